@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets everything up (virtualenv, emulators) and runs the test suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest "$@"

