@@ -15,6 +15,8 @@ REQUIRED = [
     "tf-keras==2.21.0",
     "tfx-bsl==1.21.0",
     "google-cloud-storage==3.17.1",
+    # tensorflow-hub 0.16.1 imports pkg_resources, which setuptools 81 removed.
+    "setuptools<81",
 ]
 
 TEST = [

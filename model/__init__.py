@@ -1,0 +1,1 @@
+"""Rebuilds DistilBERT/BERT encoders in TensorFlow and exports TF Hub-style SavedModels."""

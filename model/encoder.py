@@ -1,0 +1,200 @@
+"""The DistilBERT/BERT transformer encoder as a TensorFlow module.
+
+Weights are named like the Hugging Face DistilBERT checkpoint (`q_lin`, `sa_layer_norm`, `ffn.lin1`,
+`output_layer_norm`, ...), so converting a checkpoint is a mechanical name map (model/convert.py). BERT-family
+checkpoints map onto the same blocks; they add token-type embeddings and a tanh pooler.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from model.config import EncoderConfig
+
+__all__ = ["Encoder"]
+
+_MASK_PENALTY = -1e9  # Added to attention logits of padding keys; exp() of it is exactly 0 in float32.
+
+
+class _Dense(tf.Module):
+    """y = x @ kernel + bias, with kernel stored [in, out] (the transpose of a torch Linear weight)."""
+
+    def __init__(self, in_size, out_size, init, name):
+        super().__init__(name=name)
+        self.kernel = tf.Variable(init([in_size, out_size]), name="kernel")
+        self.bias = tf.Variable(tf.zeros([out_size]), name="bias")
+
+    def __call__(self, x):
+        return tf.matmul(x, tf.cast(self.kernel, x.dtype)) + tf.cast(self.bias, x.dtype)
+
+
+class _LayerNorm(tf.Module):
+    def __init__(self, size, epsilon, name):
+        super().__init__(name=name)
+        self.gamma = tf.Variable(tf.ones([size]), name="gamma")
+        self.beta = tf.Variable(tf.zeros([size]), name="beta")
+        self.epsilon = epsilon
+
+    def __call__(self, x):
+        # Statistics in float32 even when the block computes in bfloat16.
+        x32 = tf.cast(x, tf.float32)
+        mean, variance = tf.nn.moments(x32, axes=[-1], keepdims=True)
+        y = (x32 - mean) * tf.math.rsqrt(variance + self.epsilon) * self.gamma + self.beta
+        return tf.cast(y, x.dtype)
+
+
+class _Attention(tf.Module):
+    def __init__(self, config: EncoderConfig, init, name):
+        super().__init__(name=name)
+        h = config.hidden_size
+        self.num_heads, self.head_size = config.num_heads, config.head_size
+        self.q_lin = _Dense(h, h, init, "q_lin")
+        self.k_lin = _Dense(h, h, init, "k_lin")
+        self.v_lin = _Dense(h, h, init, "v_lin")
+        self.out_lin = _Dense(h, h, init, "out_lin")
+        self.dropout = config.attention_dropout
+
+    def _split_heads(self, x, batch, seq):
+        x = tf.reshape(x, [batch, seq, self.num_heads, self.head_size])  # [B, S, N, D]
+        return tf.transpose(x, [0, 2, 1, 3])  # [B, N, S, D]
+
+    def __call__(self, x, mask_bias, training):
+        batch, seq = tf.shape(x)[0], tf.shape(x)[1]
+        q = self._split_heads(self.q_lin(x), batch, seq)  # [B, N, S, D]
+        k = self._split_heads(self.k_lin(x), batch, seq)  # [B, N, S, D]
+        v = self._split_heads(self.v_lin(x), batch, seq)  # [B, N, S, D]
+        scores = tf.matmul(q, k, transpose_b=True) / math.sqrt(self.head_size)  # [B, N, S, S]
+        scores = scores + tf.cast(mask_bias, scores.dtype)  # mask_bias: [B, 1, 1, S]
+        weights = tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1)  # [B, N, S, S]
+        if training and self.dropout:
+            weights = tf.nn.dropout(weights, rate=self.dropout)
+        context = tf.matmul(tf.cast(weights, v.dtype), v)  # [B, N, S, D]
+        context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [batch, seq, -1])  # [B, S, H]
+        return self.out_lin(context)  # [B, S, H]
+
+
+class _FeedForward(tf.Module):
+    def __init__(self, config: EncoderConfig, init, name):
+        super().__init__(name=name)
+        self.lin1 = _Dense(config.hidden_size, config.intermediate_size, init, "lin1")
+        self.lin2 = _Dense(config.intermediate_size, config.hidden_size, init, "lin2")
+        self.approximate = config.approximate_gelu
+
+    def __call__(self, x):
+        return self.lin2(tf.nn.gelu(self.lin1(x), approximate=self.approximate))
+
+
+class _TransformerBlock(tf.Module):
+    """A post-LayerNorm block: x = LN(x + attention(x)); x = LN(x + ffn(x))."""
+
+    def __init__(self, config: EncoderConfig, init, name):
+        super().__init__(name=name)
+        self.attention = _Attention(config, init, "attention")
+        self.sa_layer_norm = _LayerNorm(config.hidden_size, config.layer_norm_eps, "sa_layer_norm")
+        self.ffn = _FeedForward(config, init, "ffn")
+        self.output_layer_norm = _LayerNorm(config.hidden_size, config.layer_norm_eps, "output_layer_norm")
+        self.dropout = config.dropout
+        # DistilBERT applies no dropout to the attention output; BERT does.
+        self.attention_output_dropout = config.dropout if config.family == "bert" else 0.0
+
+    def __call__(self, x, mask_bias, training):
+        attended = self.attention(x, mask_bias, training)
+        if training and self.attention_output_dropout:
+            attended = tf.nn.dropout(attended, rate=self.attention_output_dropout)
+        x = self.sa_layer_norm(x + attended)
+        transformed = self.ffn(x)
+        if training and self.dropout:
+            transformed = tf.nn.dropout(transformed, rate=self.dropout)
+        return self.output_layer_norm(x + transformed)
+
+
+class Encoder(tf.Module):
+    """A DistilBERT- or BERT-family encoder with the TF Hub text-encoder call convention.
+
+    Call it with a dict of int32 [batch, seq] tensors `input_word_ids`, `input_mask` and optionally
+    `input_type_ids` (ignored by DistilBERT, which has no token-type embeddings). It returns `pooled_output`
+    [batch, hidden], `sequence_output` [batch, seq, hidden] and `encoder_outputs`, one [batch, seq, hidden]
+    per block. DistilBERT has no pooler: its `pooled_output` is the last block's [CLS] vector.
+
+    Args:
+      config: the architecture.
+      seed: seeds the random initialisation (normal with stddev `initializer_range`, like Hugging Face).
+      compute_dtype: tf.float32, or tf.bfloat16 to run matmuls in reduced precision (weights stay float32).
+    """
+
+    def __init__(self, config: EncoderConfig, seed: int | None = None, compute_dtype=tf.float32, name=None):
+        super().__init__(name=name or "encoder")
+        self.config = config
+        self.compute_dtype = tf.as_dtype(compute_dtype)
+        generator = (tf.random.Generator.from_seed(seed) if seed is not None
+                     else tf.random.Generator.from_non_deterministic_state())
+
+        def init(shape):
+            return generator.normal(shape, stddev=config.initializer_range)
+
+        with tf.name_scope("embeddings"):
+            self.word_embeddings = tf.Variable(init([config.vocab_size, config.hidden_size]),
+                                               name="word_embeddings")
+            self.position_embeddings = tf.Variable(
+                init([config.max_position_embeddings, config.hidden_size]), name="position_embeddings")
+            self.token_type_embeddings = (
+                tf.Variable(init([config.type_vocab_size, config.hidden_size]), name="token_type_embeddings")
+                if config.family == "bert" else None)
+        self.embeddings_layer_norm = _LayerNorm(config.hidden_size, config.layer_norm_eps, "LayerNorm")
+        self.layer = [_TransformerBlock(config, init, f"layer_{i}") for i in range(config.num_layers)]
+        self.pooler = _Dense(config.hidden_size, config.hidden_size, init, "pooler") \
+            if config.family == "bert" else None
+
+    def weights_by_name(self) -> dict[str, tf.Variable]:
+        """Every variable under its Hugging Face DistilBERT-style name (BERT adds its own extras)."""
+        weights = {
+            "embeddings.word_embeddings.weight": self.word_embeddings,
+            "embeddings.position_embeddings.weight": self.position_embeddings,
+            "embeddings.LayerNorm.weight": self.embeddings_layer_norm.gamma,
+            "embeddings.LayerNorm.bias": self.embeddings_layer_norm.beta,
+        }
+        if self.token_type_embeddings is not None:
+            weights["embeddings.token_type_embeddings.weight"] = self.token_type_embeddings
+        for i, block in enumerate(self.layer):
+            prefix = f"transformer.layer.{i}."
+            dense = {"attention.q_lin": block.attention.q_lin, "attention.k_lin": block.attention.k_lin,
+                     "attention.v_lin": block.attention.v_lin, "attention.out_lin": block.attention.out_lin,
+                     "ffn.lin1": block.ffn.lin1, "ffn.lin2": block.ffn.lin2}
+            for name, layer in dense.items():
+                weights[prefix + name + ".weight"] = layer.kernel
+                weights[prefix + name + ".bias"] = layer.bias
+            for name, norm in {"sa_layer_norm": block.sa_layer_norm,
+                               "output_layer_norm": block.output_layer_norm}.items():
+                weights[prefix + name + ".weight"] = norm.gamma
+                weights[prefix + name + ".bias"] = norm.beta
+        if self.pooler is not None:
+            weights["pooler.dense.weight"] = self.pooler.kernel
+            weights["pooler.dense.bias"] = self.pooler.bias
+        return weights
+
+    def __call__(self, inputs, training=False):
+        word_ids = inputs["input_word_ids"]  # [B, S]
+        mask = inputs["input_mask"]  # [B, S]
+        seq = tf.shape(word_ids)[1]
+        x = tf.gather(self.word_embeddings, word_ids) + self.position_embeddings[tf.newaxis, :seq]  # [B, S, H]
+        if self.token_type_embeddings is not None:
+            type_ids = inputs.get("input_type_ids")
+            if type_ids is None:
+                type_ids = tf.zeros_like(word_ids)
+            x += tf.gather(self.token_type_embeddings, type_ids)
+        x = self.embeddings_layer_norm(x)
+        if training and self.config.dropout:
+            x = tf.nn.dropout(x, rate=self.config.dropout)
+        x = tf.cast(x, self.compute_dtype)
+        mask_bias = (1.0 - tf.cast(mask, tf.float32))[:, tf.newaxis, tf.newaxis, :] * _MASK_PENALTY  # [B,1,1,S]
+        encoder_outputs = []
+        for block in self.layer:
+            x = block(x, mask_bias, training)
+            encoder_outputs.append(tf.cast(x, tf.float32))
+        sequence_output = encoder_outputs[-1]
+        cls = sequence_output[:, 0]  # [B, H]
+        pooled_output = tf.tanh(self.pooler(cls)) if self.pooler is not None else cls
+        return {"pooled_output": pooled_output, "sequence_output": sequence_output,
+                "encoder_outputs": encoder_outputs}

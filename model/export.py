@@ -1,0 +1,168 @@
+"""Exports an encoder and its preprocessor as TF Hub-style SavedModels.
+
+Usage:
+  python -m model.export --checkpoint HF_DIR --output_dir OUT
+  python -m model.export --preset NAME --vocab VOCAB_TXT --output_dir OUT [--seed N]
+
+Both write OUT/encoder and OUT/preprocessor.
+
+The encoder contract (the TF Hub BERT text-encoder API):
+  Call `encoder(inputs, training=False)` with a dict of int32 [batch, seq] tensors:
+    input_word_ids: token ids, [CLS] first.
+    input_mask: 1 for real tokens, 0 for padding.
+    input_type_ids: optional segment ids. DistilBERT has no token-type embeddings and ignores them; they are
+      accepted so that BERT preprocessors plug in unchanged.
+  Any batch size, any seq up to max_position_embeddings. Returns a dict:
+    pooled_output: float32 [batch, hidden]. BERT: tanh(dense([CLS])). DistilBERT has no pooler: the last
+      block's [CLS] vector, as in the published TF Hub DistilBERT.
+    sequence_output: float32 [batch, seq, hidden], the last block's output.
+    encoder_outputs: a list with one float32 [batch, seq, hidden] per block.
+  It is a Reusable SavedModel (variables, trainable_variables, regularization_losses, a `training` argument;
+  dropout is active only when training), so `hub.KerasLayer(path, trainable=True)` fine-tunes it.
+  `serving_default` takes input_word_ids and input_mask (plus input_type_ids for BERT) and returns
+  pooled_output, sequence_output and encoder_outputs_0 .. encoder_outputs_{L-1}.
+  Extras: `get_config()` returns the architecture as JSON; `vocab_file` is the WordPiece vocabulary asset.
+
+The preprocessor contract is in model/preprocessor.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+import tensorflow as tf
+
+from model import config as config_lib
+from model import convert
+from model.encoder import Encoder
+
+__all__ = ["export_encoder", "export_model", "main"]
+
+ENCODER_DIR, PREPROCESSOR_DIR = "encoder", "preprocessor"
+
+
+def _input_specs(with_type_ids: bool) -> dict:
+    names = ["input_word_ids", "input_mask"] + (["input_type_ids"] if with_type_ids else [])
+    return {name: tf.TensorSpec([None, None], tf.int32, name=name) for name in names}
+
+
+def _serving_signature(encoder: Encoder):
+    specs = _input_specs(with_type_ids=encoder.config.family == "bert")
+
+    @tf.function(input_signature=[specs])
+    def serve(inputs):
+        outputs = encoder(inputs, training=False)
+        flat = {"pooled_output": outputs["pooled_output"], "sequence_output": outputs["sequence_output"]}
+        for i, layer_output in enumerate(outputs["encoder_outputs"]):
+            flat[f"encoder_outputs_{i}"] = layer_output
+        return flat
+
+    return serve
+
+
+def export_encoder(encoder: Encoder, output_dir: str, vocab_file: str | None = None) -> None:
+    """Saves `encoder` as a Reusable SavedModel at `output_dir` (see the module docstring)."""
+
+    @tf.function
+    def call(inputs, training=False):
+        return encoder(inputs, training=training)
+
+    for with_type_ids in (False, True):
+        for training in (False, True):
+            call.get_concrete_function(_input_specs(with_type_ids), training=training)
+
+    config_json = json.dumps(encoder.config.to_dict(), sort_keys=True)
+    root = tf.train.Checkpoint()
+    root.encoder = encoder
+    root.__call__ = call
+    root.variables = list(encoder.variables)
+    root.trainable_variables = list(encoder.trainable_variables)
+    root.regularization_losses = []
+    root.get_config = tf.function(lambda: tf.constant(config_json), input_signature=[])
+    if vocab_file:
+        root.vocab_file = tf.saved_model.Asset(vocab_file)
+    tf.saved_model.save(root, output_dir, signatures={"serving_default": _serving_signature(encoder)})
+
+
+def export_model(encoder: Encoder, vocab_file: str, do_lower_case: bool, output_dir: str,
+                 default_seq_length: int = 128) -> tuple[str, str]:
+    """Writes output_dir/encoder and output_dir/preprocessor; returns both paths."""
+    from model.preprocessor import export_preprocessor
+
+    encoder_dir = os.path.join(output_dir, ENCODER_DIR)
+    preprocessor_dir = os.path.join(output_dir, PREPROCESSOR_DIR)
+    export_encoder(encoder, encoder_dir, vocab_file)
+    export_preprocessor(preprocessor_dir, vocab_file, do_lower_case, default_seq_length=default_seq_length,
+                        max_seq_length=encoder.config.max_position_embeddings)
+    return encoder_dir, preprocessor_dir
+
+
+def _count_lines(path: str) -> int:
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for _ in f)
+
+
+def _random_encoder(args) -> Encoder:
+    if not os.path.isfile(args.vocab):
+        raise ValueError(f"--vocab {args.vocab} does not exist.")
+    vocab_size = _count_lines(args.vocab)
+    cfg = config_lib.preset(args.preset)
+    if vocab_size != cfg.vocab_size:
+        logging.warning("--vocab has %d words; preset %s has %d: sizing the embedding table to the vocab.",
+                        vocab_size, args.preset, cfg.vocab_size)
+        cfg = config_lib.preset(args.preset, vocab_size=vocab_size)
+    print(f"WARNING: the exported encoder has RANDOM weights (preset {args.preset}, seed {args.seed}). "
+          "Its embeddings mean nothing; use it for tests and benchmarks only.", file=sys.stderr)
+    return Encoder(cfg, seed=args.seed)
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m model.export", description=__doc__.split("\n\n")[0],
+        epilog="Writes OUTPUT_DIR/encoder and OUTPUT_DIR/preprocessor.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="Hugging Face checkpoint directory (config.json, "
+                        "model.safetensors or pytorch_model.bin, vocab.txt, tokenizer_config.json).")
+    source.add_argument("--preset", choices=sorted(config_lib.PRESETS),
+                        help="Architecture preset, initialised with RANDOM weights (tests, benchmarks).")
+    parser.add_argument("--vocab", help="vocab.txt for --preset (one WordPiece token per line).")
+    parser.add_argument("--lower_case", action="store_true",
+                        help="With --preset: lower-case and strip accents before WordPiece (uncased vocab).")
+    parser.add_argument("--seed", type=int, default=0, help="Random seed for --preset weights (default 0).")
+    parser.add_argument("--seq_length", type=int, default=128,
+                        help="Length the preprocessor pads to when called directly (default 128).")
+    parser.add_argument("--output_dir", required=True, help="Where to write encoder/ and preprocessor/.")
+    args = parser.parse_args(argv)
+    if args.preset and not args.vocab:
+        parser.error("--preset needs --vocab VOCAB_TXT")
+    if args.checkpoint and (args.vocab or args.lower_case):
+        parser.error("--vocab and --lower_case go with --preset; a checkpoint brings its own.")
+    return args
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        if args.checkpoint:
+            checkpoint = convert.read_checkpoint(args.checkpoint)
+            encoder = convert.encoder_from_checkpoint(checkpoint)
+            vocab_file, do_lower_case = checkpoint.vocab_file, checkpoint.do_lower_case
+        else:
+            encoder = _random_encoder(args)
+            vocab_file, do_lower_case = args.vocab, args.lower_case
+        encoder_dir, preprocessor_dir = export_model(encoder, vocab_file, do_lower_case, args.output_dir,
+                                                     default_seq_length=args.seq_length)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"Wrote encoder to {encoder_dir} and preprocessor to {preprocessor_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
