@@ -1,0 +1,1 @@
+"""Beam transforms: read the corpus, embed it, write the results."""

@@ -1,0 +1,496 @@
+"""Reads corpus files (text, JSONL, CSV, TSV, TFRecord) into records to embed, with a dead-letter output."""
+
+import base64
+import csv
+import hashlib
+import json
+import os
+import typing
+
+import apache_beam as beam
+from apache_beam.io.filesystem import BeamIOError
+from apache_beam.io.filesystems import FileSystems
+from google.protobuf.message import DecodeError
+
+__all__ = [
+    "FAILED_TAG",
+    "FAILURE_REASONS",
+    "FORMATS",
+    "RECORDS_TAG",
+    "Failure",
+    "ReadCorpus",
+    "Record",
+    "check_inputs_exist",
+    "failure_to_json",
+    "infer_format",
+]
+
+FORMATS = ("text", "jsonl", "csv", "tsv", "tfrecord")
+
+RECORDS_TAG = "records"
+FAILED_TAG = "failed"
+
+FAILURE_REASONS = (
+    "invalid_json",
+    "csv_field_count",
+    "missing_field",
+    "empty_text",
+    "not_a_string",
+    "undecodable_bytes",
+    "not_a_tf_example",
+)
+
+_METRICS_NAMESPACE = "embeddings"
+_MAX_RECORD_CHARS = 1000
+_DERIVED_ID_PREFIX = "sha256:"
+_DERIVED_ID_HEX_CHARS = 16
+
+_EXTENSIONS = {
+    ".txt": "text",
+    ".text": "text",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tfrecord": "tfrecord",
+    ".tfrec": "tfrecord",
+}
+# The suffixes Beam's CompressionTypes.AUTO decompresses; the format is named by the extension before them.
+_COMPRESSION_SUFFIXES = (".gz", ".bz2", ".deflate", ".zst", ".zstd", ".xz", ".lzma")
+
+# CSV follows RFC 4180 quoting; TSV follows the IANA text/tab-separated-values definition (no quoting at all),
+# so a text that starts with a quote keeps it.
+_CSV_DIALECTS = {
+    "csv": {"delimiter": ",", "strict": True},
+    "tsv": {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "strict": True},
+}
+
+
+class Record(typing.NamedTuple):
+    """One corpus record, ready to embed.
+
+    Attributes:
+        id: The record's id: the `id_field` value as a string, or `"sha256:"` followed by the first 16 hex
+            digits of `content_hash` when the record has no id (always so for the `text` format).
+        texts: One text, or two in pair mode, in the order of `pair_fields`.
+        content_hash: Hex SHA-256 over the texts, each UTF-8 encoded and prefixed with its byte length as 8
+            big-endian bytes, so `("ab", "c")` and `("a", "bc")` differ.
+        source: The path of the file the record came from.
+    """
+
+    id: str
+    texts: tuple[str, ...]
+    content_hash: str
+    source: str
+
+
+class Failure(typing.NamedTuple):
+    """A corpus record that could not be read, for the dead-letter output.
+
+    Attributes:
+        source: The path of the file the record came from.
+        reason: One of `FAILURE_REASONS`.
+        detail: A human-readable explanation (the field involved, the parser's message).
+        record: The raw record as text, cut to its first 1000 characters (the detail then says so). Bytes that
+            are not valid UTF-8 appear as backslash escapes (`\\xff`); TFRecord records are base64.
+    """
+
+    source: str
+    reason: str
+    detail: str
+    record: str
+
+
+def failure_to_json(failure: Failure) -> str:
+    """Serialises a failure to one line of JSON.
+
+    Args:
+        failure: The failure to serialise.
+
+    Returns:
+        A JSON object with the keys "source", "reason", "detail" and "record", without a trailing newline.
+    """
+    return json.dumps(failure._asdict(), ensure_ascii=False)
+
+
+def infer_format(patterns: list[str]) -> str:
+    """Infers the input format from the file extensions of the input patterns.
+
+    Compression suffixes (`.gz`, `.bz2`, ...) are ignored; Beam decompresses those files on read.
+    Recognised: `.txt`/`.text` (text), `.jsonl`/`.json`/`.ndjson` (jsonl), `.csv`, `.tsv`,
+    `.tfrecord`/`.tfrec` (tfrecord).
+
+    Args:
+        patterns: File paths or glob patterns, local or `gs://`.
+
+    Returns:
+        One of `FORMATS`.
+
+    Raises:
+        ValueError: If there are no patterns, an extension is not recognised, or the patterns disagree.
+    """
+    if not patterns:
+        raise ValueError("No input patterns given: pass at least one file or glob pattern.")
+    formats = {}
+    for pattern in patterns:
+        name = pattern.lower()
+        for suffix in _COMPRESSION_SUFFIXES:
+            if name.endswith(suffix):
+                name = name[: -len(suffix)]
+                break
+        input_format = _EXTENSIONS.get(os.path.splitext(name)[1])
+        if input_format is None:
+            raise ValueError(
+                f"Cannot infer the input format of {pattern!r} from its extension "
+                f"(known: {', '.join(sorted(_EXTENSIONS))}): "
+                f"pass --input_format (one of {', '.join(FORMATS)})."
+            )
+        formats[pattern] = input_format
+    if len(set(formats.values())) > 1:
+        found = ", ".join(f"{pattern!r} is {fmt}" for pattern, fmt in formats.items())
+        raise ValueError(
+            f"The input patterns have mixed formats ({found}): read one format per run, "
+            f"or pass --input_format (one of {', '.join(FORMATS)}) to read them all as one."
+        )
+    return next(iter(formats.values()))
+
+
+def check_inputs_exist(patterns: list[str]) -> list[str]:
+    """Checks that every input pattern matches at least one file.
+
+    Beam's readers of a collection of patterns read nothing, silently, from a pattern that matches no file, so
+    the pipeline calls this before it builds the graph.
+
+    Args:
+        patterns: File paths or glob patterns, local or `gs://`.
+
+    Returns:
+        The sorted paths of the matched files, each once.
+
+    Raises:
+        ValueError: If there are no patterns, a pattern matches no file, or a pattern cannot be listed.
+    """
+    if not patterns:
+        raise ValueError("No input patterns given: pass at least one file or glob pattern.")
+    try:
+        results = FileSystems.match(list(patterns))
+    except BeamIOError as err:
+        raise ValueError(f"Cannot list the input patterns: {err}") from err
+    unmatched = [result.pattern for result in results if not result.metadata_list]
+    if unmatched:
+        raise ValueError(
+            f"Input pattern(s) matched no files: {', '.join(map(repr, unmatched))}. "
+            "Check the paths, and separate several patterns with commas."
+        )
+    return sorted({metadata.path for result in results for metadata in result.metadata_list})
+
+
+class ReadCorpus(beam.PTransform):
+    """Reads corpus files into `Record`s, and the records it cannot read into `Failure`s.
+
+    Every input line (text, jsonl, csv, tsv) or TFRecord record becomes exactly one `Record` or one `Failure`:
+    nothing is dropped silently, blank lines included (reason "empty_text"). The Beam counters
+    `embeddings/records_read` and `embeddings/failed_<reason>` count them.
+
+    Formats:
+        text: one text per line; ids are always derived from the content.
+        jsonl: one JSON object per line; `text_field` must be a string, `id_field` a string or an integer.
+        csv, tsv: the first line of every file (every shard) is its header, and each further line is one row.
+            CSV uses RFC 4180 quoting; TSV has no quoting (quotes are text). A quoted field spanning several
+            lines is not supported: its pieces become "csv_field_count" failures.
+        tfrecord: serialised `tf.train.Example`s; `text_field` is a bytes feature with exactly one value,
+            `id_field` a bytes or int64 feature with one value.
+
+    A record without an id (field absent, null or empty) gets `"sha256:"` followed by the first 16 hex digits
+    of its content hash, so the same texts get the same id in every run.
+
+    The transform applies to the pipeline (`PBegin`) and returns Beam's `DoOutputsTuple` with the records
+    as its main output (tag `RECORDS_TAG`) and the failures under `FAILED_TAG`. Unpack it or use the tags::
+
+        records, failures = pipeline | "ReadCorpus" >> ReadCorpus(patterns, "jsonl")
+        outputs = pipeline | "ReadCorpus" >> ReadCorpus(patterns, "jsonl")
+        records, failures = outputs[RECORDS_TAG], outputs[FAILED_TAG]
+
+    Call `check_inputs_exist(patterns)` first: a pattern that matches no file reads as empty. A file matched
+    by two patterns is read twice.
+    """
+
+    def __init__(
+        self,
+        patterns: list[str],
+        input_format: str,
+        id_field: str = "id",
+        text_field: str = "text",
+        pair_fields: tuple[str, str] | None = None,
+    ):
+        """Initialises the transform.
+
+        Args:
+            patterns: File paths or glob patterns, local or `gs://`; each may match many shards.
+            input_format: One of `FORMATS`; see `infer_format`.
+            id_field: The field (JSON key, CSV column, Example feature) that holds the record's id.
+            text_field: The field that holds the text to embed; unused in pair mode.
+            pair_fields: Two fields whose texts are embedded as a pair, or None for one text per record.
+
+        Raises:
+            ValueError: If there are no patterns, the format is unknown, or pair mode is asked of `text`.
+        """
+        super().__init__()
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        self._patterns = list(dict.fromkeys(patterns))
+        if not self._patterns:
+            raise ValueError("No input patterns given: pass at least one file or glob pattern.")
+        if input_format not in FORMATS:
+            raise ValueError(f"Unknown --input_format {input_format!r}: use one of {', '.join(FORMATS)}.")
+        if pair_fields is not None:
+            if input_format == "text":
+                raise ValueError(
+                    "Pair mode needs named fields, which the 'text' --input_format does not have: "
+                    "use jsonl, csv, tsv or tfrecord."
+                )
+            if len(pair_fields) != 2 or not all(pair_fields) or pair_fields[0] == pair_fields[1]:
+                raise ValueError(f"pair_fields must be two different field names, got {pair_fields!r}.")
+            pair_fields = tuple(pair_fields)
+        self._input_format = input_format
+        self._id_field = id_field
+        self._text_field = text_field
+        self._pair_fields = pair_fields
+
+    def expand(self, pbegin):
+        patterns = pbegin | "Patterns" >> beam.Create(self._patterns)
+        if self._input_format == "tfrecord":
+            keyed_raw = patterns | "ReadTFRecord" >> beam.io.ReadAllFromTFRecord(with_filename=True)
+        else:
+            keyed_raw = patterns | "ReadText" >> beam.io.ReadAllFromText(
+                coder=beam.coders.BytesCoder(),
+                skip_header_lines=1 if self._input_format in _CSV_DIALECTS else 0,
+                with_filename=True,
+            )
+        return keyed_raw | "ParseRecords" >> beam.ParDo(
+            _ParseRecordsFn(self._input_format, self._id_field, self._text_field, self._pair_fields)
+        ).with_outputs(FAILED_TAG, main=RECORDS_TAG)
+
+
+class _Rejected(Exception):
+    """A record that cannot be read, with its failure reason."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class _ParseRecordsFn(beam.DoFn):
+    """Parses `(file name, raw line or TFRecord)` pairs into Records, and the rest into tagged Failures."""
+
+    def __init__(
+        self, input_format: str, id_field: str, text_field: str, pair_fields: tuple[str, str] | None
+    ):
+        self._input_format = input_format
+        self._id_field = id_field
+        self._text_fields = pair_fields or (text_field,)
+        self._records_read = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, "records_read")
+        self._failed = {
+            reason: beam.metrics.Metrics.counter(_METRICS_NAMESPACE, f"failed_{reason}")
+            for reason in FAILURE_REASONS
+        }
+
+    def setup(self):
+        self._headers = {}
+        self._example_class = None
+        if self._input_format == "tfrecord":
+            # TensorFlow is imported here, on the worker, and only to parse tf.train.Example.
+            import tensorflow as tf
+
+            self._example_class = tf.train.Example
+
+    def process(self, element):
+        source, raw = element
+        try:
+            record_id, texts = self._parse(source, raw)
+        except _Rejected as rejected:
+            self._failed[rejected.reason].inc()
+            yield beam.pvalue.TaggedOutput(FAILED_TAG, _failure(source, rejected, raw, self._input_format))
+            return
+        content_hash = _content_hash(texts)
+        if not record_id:
+            record_id = _DERIVED_ID_PREFIX + content_hash[:_DERIVED_ID_HEX_CHARS]
+        self._records_read.inc()
+        yield Record(id=record_id, texts=texts, content_hash=content_hash, source=source)
+
+    def _parse(self, source: str, raw: bytes) -> tuple[str | None, tuple[str, ...]]:
+        """Returns the id (None when absent) and texts of one raw record, or raises _Rejected."""
+        if self._input_format == "tfrecord":
+            return self._parse_example(raw)
+        line = _decode(raw, "line")
+        if not line.strip():
+            raise _Rejected("empty_text", "blank line")
+        if self._input_format == "text":
+            return None, (line,)
+        if self._input_format == "jsonl":
+            fields = _parse_json_object(line)
+        else:
+            fields = self._parse_row(source, line)
+        texts = tuple(_text_value(fields, name) for name in self._text_fields)
+        return _id_value(fields, self._id_field), texts
+
+    def _parse_row(self, source: str, line: str) -> dict[str, str]:
+        """Returns one CSV/TSV row as a dict keyed by its file's header."""
+        header = self._header(source)
+        try:
+            values = next(csv.reader([line], **_CSV_DIALECTS[self._input_format]))
+        except csv.Error as err:
+            raise _Rejected(
+                "csv_field_count", f"malformed quoting ({err}); quoted fields cannot span lines"
+            ) from err
+        if len(values) != len(header):
+            raise _Rejected(
+                "csv_field_count", f"{len(values)} fields where the header of {source} has {len(header)}"
+            )
+        return dict(zip(header, values, strict=True))
+
+    def _header(self, source: str) -> list[str]:
+        """Returns the header of a CSV/TSV file, read once per file and worker."""
+        if source not in self._headers:
+            with FileSystems.open(source) as handle:
+                first_line = handle.readline().rstrip(b"\r\n")
+            try:
+                header_line = first_line.decode("utf-8-sig")
+            except UnicodeDecodeError as err:
+                self._headers[source] = _Rejected("undecodable_bytes", f"the header of {source}: {err}")
+            else:
+                dialect = _CSV_DIALECTS[self._input_format]
+                self._headers[source] = next(csv.reader([header_line], **dialect), [])
+        header = self._headers[source]
+        if isinstance(header, _Rejected):
+            raise header
+        return header
+
+    def _parse_example(self, raw: bytes) -> tuple[str | None, tuple[str, ...]]:
+        """Returns the id and texts of one serialised tf.train.Example."""
+        try:
+            example = self._example_class.FromString(raw)
+        except DecodeError as err:
+            raise _Rejected("not_a_tf_example", f"{type(err).__name__}: {err}") from err
+        features = example.features.feature
+        texts = tuple(_example_text(features, name) for name in self._text_fields)
+        return _example_id(features, self._id_field), texts
+
+
+def _decode(raw: bytes, what: str) -> str:
+    """Decodes UTF-8 (dropping a byte order mark), or raises _Rejected."""
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as err:
+        raise _Rejected("undecodable_bytes", f"{what} is not valid UTF-8: {err}") from err
+
+
+def _parse_json_object(line: str) -> dict:
+    """Parses one JSON Lines line that must hold an object."""
+    try:
+        value = json.loads(line)
+    except ValueError as err:
+        raise _Rejected("invalid_json", str(err)) from err
+    if not isinstance(value, dict):
+        raise _Rejected("invalid_json", f"expected a JSON object, got {_type_name(value)}")
+    return value
+
+
+def _text_value(fields: dict, name: str) -> str:
+    """Returns a non-blank string field of a JSON object or CSV row."""
+    value = fields.get(name)
+    if value is None:
+        raise _Rejected("missing_field", f"field {name!r} is {'null' if name in fields else 'absent'}")
+    if not isinstance(value, str):
+        raise _Rejected("not_a_string", f"field {name!r} is {_type_name(value)}, not a string")
+    if not value.strip():
+        raise _Rejected("empty_text", f"field {name!r} is empty")
+    return value
+
+
+def _id_value(fields: dict, name: str) -> str | None:
+    """Returns a string or integer id as a string, or None when it is absent, null or empty."""
+    value = fields.get(name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if value is not None and not isinstance(value, str):
+        raise _Rejected("not_a_string", f"id field {name!r} is {_type_name(value)}, not a string or integer")
+    return value if value and value.strip() else None
+
+
+def _example_text(features, name: str) -> str:
+    """Returns the one UTF-8 value of a bytes_list feature."""
+    if name not in features:
+        raise _Rejected("missing_field", f"feature {name!r} is absent")
+    feature = features[name]
+    kind = feature.WhichOneof("kind")
+    if kind is None:
+        raise _Rejected("missing_field", f"feature {name!r} has no value list")
+    if kind != "bytes_list":
+        raise _Rejected("not_a_string", f"feature {name!r} is a {kind}, not a bytes_list")
+    values = feature.bytes_list.value
+    if not values:
+        raise _Rejected("missing_field", f"feature {name!r} has no values")
+    if len(values) > 1:
+        raise _Rejected("not_a_string", f"feature {name!r} has {len(values)} values, not exactly one")
+    text = _decode(values[0], f"feature {name!r}")
+    if not text.strip():
+        raise _Rejected("empty_text", f"feature {name!r} is empty")
+    return text
+
+
+def _example_id(features, name: str) -> str | None:
+    """Returns the one bytes or int64 value of the id feature as a string, or None when absent or empty."""
+    if name not in features:
+        return None
+    feature = features[name]
+    kind = feature.WhichOneof("kind")
+    values = getattr(feature, kind).value if kind else []
+    if not values:
+        return None
+    if kind == "float_list" or len(values) > 1:
+        raise _Rejected(
+            "not_a_string", f"id feature {name!r} is a {kind} of {len(values)}, not one bytes or int64 value"
+        )
+    if kind == "int64_list":
+        return str(values[0])
+    record_id = _decode(values[0], f"id feature {name!r}")
+    return record_id if record_id.strip() else None
+
+
+def _content_hash(texts: tuple[str, ...]) -> str:
+    """Hex SHA-256 over the texts, each UTF-8 encoded and prefixed with its length as 8 big-endian bytes."""
+    digest = hashlib.sha256()
+    for text in texts:
+        encoded = text.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "big"))
+        digest.update(encoded)
+    return digest.hexdigest()
+
+
+def _failure(source: str, rejected: _Rejected, raw: bytes, input_format: str) -> Failure:
+    """Builds the dead-letter entry, keeping at most _MAX_RECORD_CHARS characters of the raw record."""
+    if input_format == "tfrecord":
+        record = base64.b64encode(raw).decode("ascii")
+    else:
+        record = raw.decode("utf-8", errors="backslashreplace")
+    detail = rejected.detail
+    if len(record) > _MAX_RECORD_CHARS:
+        detail += f" (record cut from {len(record)} to {_MAX_RECORD_CHARS} characters)"
+        record = record[:_MAX_RECORD_CHARS]
+    return Failure(source=source, reason=rejected.reason, detail=detail, record=record)
+
+
+def _type_name(value) -> str:
+    """Names a JSON value's type the way JSON does."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
