@@ -74,9 +74,9 @@ PRESETS = {
     "distilbert_en_cased_L-6_H-768_A-12": EncoderConfig(),
     # Tiny presets for tests: every dimension a different size so a swapped axis fails loudly.
     "distilbert_tiny": EncoderConfig(vocab_size=99, hidden_size=32, num_layers=2, num_heads=4,
-                                     intermediate_size=37, max_position_embeddings=64),
+                                     intermediate_size=37, max_position_embeddings=128),
     "bert_tiny": EncoderConfig(family="bert", vocab_size=99, hidden_size=32, num_layers=2, num_heads=4,
-                               intermediate_size=37, max_position_embeddings=64, type_vocab_size=2),
+                               intermediate_size=37, max_position_embeddings=128, type_vocab_size=2),
 }
 
 

@@ -17,6 +17,8 @@ __all__ = [
     "FAILURE_REASONS",
     "FORMATS",
     "RECORDS_TAG",
+    "content_hash",
+    "derived_id",
     "Failure",
     "ReadCorpus",
     "Record",
@@ -314,11 +316,11 @@ class _ParseRecordsFn(beam.DoFn):
             self._failed[rejected.reason].inc()
             yield beam.pvalue.TaggedOutput(FAILED_TAG, _failure(source, rejected, raw, self._input_format))
             return
-        content_hash = _content_hash(texts)
+        digest = content_hash(texts)
         if not record_id:
-            record_id = _DERIVED_ID_PREFIX + content_hash[:_DERIVED_ID_HEX_CHARS]
+            record_id = derived_id(digest)
         self._records_read.inc()
-        yield Record(id=record_id, texts=texts, content_hash=content_hash, source=source)
+        yield Record(id=record_id, texts=texts, content_hash=digest, source=source)
 
     def _parse(self, source: str, raw: bytes) -> tuple[str | None, tuple[str, ...]]:
         """Returns the id (None when absent) and texts of one raw record, or raises _Rejected."""
@@ -460,7 +462,7 @@ def _example_id(features, name: str) -> str | None:
     return record_id if record_id.strip() else None
 
 
-def _content_hash(texts: tuple[str, ...]) -> str:
+def content_hash(texts: tuple[str, ...]) -> str:
     """Hex SHA-256 over the texts, each UTF-8 encoded and prefixed with its length as 8 big-endian bytes."""
     digest = hashlib.sha256()
     for text in texts:
@@ -494,3 +496,8 @@ def _type_name(value) -> str:
     if isinstance(value, dict):
         return "an object"
     return f"a {type(value).__name__}"
+
+
+def derived_id(hash_hex: str) -> str:
+    """The id of a record that has none: "sha256:" and the first 16 hex digits of its content hash."""
+    return _DERIVED_ID_PREFIX + hash_hex[:_DERIVED_ID_HEX_CHARS]

@@ -1,0 +1,1 @@
+"""Assembles the embedding pipeline from options: read -> embed -> write."""

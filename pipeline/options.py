@@ -1,0 +1,95 @@
+"""The pipeline's options, declared once; their help text doubles as the Flex Template's helpText."""
+
+from __future__ import annotations
+
+import argparse
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+__all__ = ["EmbeddingOptions", "DEFAULT_ENCODER", "DEFAULT_PREPROCESSOR", "FORMATS", "POOLING_MODES",
+           "split_patterns", "parse_pair_fields"]
+
+DEFAULT_ENCODER = "https://tfhub.dev/jeongukjae/distilbert_en_cased_L-6_H-768_A-12/1"
+DEFAULT_PREPROCESSOR = "https://tfhub.dev/jeongukjae/distilbert_en_cased_preprocess/2"
+# Kept literal here (and checked against transforms/ by a test) so --help needs no TensorFlow import.
+FORMATS = ("text", "jsonl", "csv", "tsv", "tfrecord")
+POOLING_MODES = ("pooled", "cls", "mean")
+
+
+def split_patterns(value: str) -> list[str]:
+    """--input "a/*.jsonl, b/*.jsonl" -> ["a/*.jsonl", "b/*.jsonl"]."""
+    return [pattern.strip() for pattern in value.split(",") if pattern.strip()]
+
+
+def parse_pair_fields(value: str | None) -> tuple[str, str] | None:
+    """--pair_fields "premise,hypothesis" -> ("premise", "hypothesis"); ValueError naming the flag."""
+    if not value:
+        return None
+    fields = [field.strip() for field in value.split(",")]
+    if len(fields) != 2 or not all(fields) or fields[0] == fields[1]:
+        raise ValueError(f"--pair_fields {value!r} must name two different fields, like premise,hypothesis.")
+    return fields[0], fields[1]
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
+    return number
+
+
+class EmbeddingOptions(PipelineOptions):
+    """Options of `python -m pipeline.run`; Beam's own options (--runner, --project, ...) sit beside them."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        group = parser.add_argument_group("Embedding pipeline")
+        group.add_argument(
+            "--input", help="Corpus file pattern(s), local or gs://, comma-separated; globs and sharded "
+            "files welcome, e.g. gs://bucket/corpus/part-*.jsonl.")
+        group.add_argument(
+            "--input_format", choices=FORMATS, default=None,
+            help="Corpus format: text (one text per line), jsonl, csv, tsv (header line first) or tfrecord "
+            "(tf.train.Example). Default: inferred from the file extension.")
+        group.add_argument("--id_field", default="id",
+                           help="Field holding each record's id (jsonl/csv/tsv/tfrecord). Records without one "
+                           "get a stable id derived from their content: sha256: and 16 hex digits.")
+        group.add_argument("--text_field", default="text", help="Field holding the text to embed.")
+        group.add_argument(
+            "--pair_fields", default=None,
+            help="Two comma-separated fields embedded as one input, [CLS] A [SEP] B [SEP] with type ids "
+            "0/1 and round-robin truncation (NLI-style corpora). Replaces --text_field.")
+        group.add_argument("--model_dir", default=None,
+                           help="Directory written by model.export; shorthand for --encoder DIR/encoder "
+                           "--preprocessor DIR/preprocessor. Local or gs://.")
+        group.add_argument("--encoder", default=None,
+                           help="Encoder SavedModel: local directory, gs:// path or TF Hub URL. Default: "
+                           f"{DEFAULT_ENCODER}.")
+        group.add_argument("--preprocessor", default=None,
+                           help="Preprocessor SavedModel (tokenize, bert_pack_inputs): local directory, gs:// "
+                           f"path or TF Hub URL. Default: {DEFAULT_PREPROCESSOR}.")
+        group.add_argument("--seq_length", type=_positive_int, default=128,
+                           help="Longest input in tokens, [CLS] and [SEP] included; longer inputs are "
+                           "truncated (and counted). At most the model's maximum (512 for DistilBERT).")
+        group.add_argument("--pooling", choices=POOLING_MODES, default="pooled",
+                           help="pooled: the encoder's pooled_output (DistilBERT: the [CLS] vector); cls: the "
+                           "[CLS] token of sequence_output; mean: average over real tokens.")
+        group.add_argument("--normalize", action="store_true", default=False,
+                           help="L2-normalise every embedding (cosine similarity becomes a dot product).")
+        group.add_argument("--batch_size", type=_positive_int, default=64,
+                           help="Most texts handed to the model at once (an upper bound; Beam adapts).")
+        group.add_argument("--token_budget", type=_positive_int, default=4096,
+                           help="Most padded tokens encoded at once; a batch is sorted by length and cut "
+                           "into sub-batches, each padded only to its own longest text.")
+        group.add_argument("--large_model", action="store_true", default=False,
+                           help="Hold one copy of the models per machine, shared by all worker processes.")
+        group.add_argument("--model_copies", type=_positive_int, default=None,
+                           help="Hold exactly this many model copies per machine (implies sharing).")
+        group.add_argument("--output_tfrecord", default=None,
+                           help="Output prefix, local or gs://: writes PREFIX-SSSSS-of-NNNNN.tfrecord files of "
+                           "tf.train.Example with id, embedding, model and content_hash.")
+        group.add_argument("--output_sequence", action="store_true", default=False,
+                           help="Also write each record's unpadded token vectors (sequence, sequence_length).")
+        group.add_argument("--output_failed", default=None,
+                           help="Dead-letter prefix: records that could not be embedded, as JSON lines with "
+                           "source, reason, detail and the raw record. Default: OUTPUT_TFRECORD-failed.")

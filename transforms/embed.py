@@ -1,0 +1,313 @@
+"""Embeds texts with a preprocessor + encoder SavedModel pair through Beam RunInference."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+
+__all__ = ["POOLING_MODES", "EmbeddingModelHandler", "Embedding", "Embed", "model_fingerprint", "check_models",
+           "resolve_handle", "stage_locally"]
+
+POOLING_MODES = ("pooled", "cls", "mean")
+_NAMESPACE = "embeddings"
+_ENCODER_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
+
+
+class Embedding(NamedTuple):
+    """What the model handler returns for one input.
+
+    Attributes:
+      vector: float32 [hidden], pooled (and normalised when asked).
+      tokens: real tokens fed to the encoder, [CLS] and [SEP] included.
+      truncated: whether the packed input was cut to seq_length.
+      sequence: float32 [tokens, hidden] token vectors, or None unless asked for.
+    """
+
+    vector: np.ndarray
+    tokens: int
+    truncated: bool
+    sequence: np.ndarray | None = None
+
+
+def resolve_handle(handle: str) -> str:
+    """Returns a path `tf.saved_model.load` can read: URLs through tensorflow_hub, gs:// staged locally."""
+    if handle.startswith(("http://", "https://")):
+        import tensorflow_hub as hub
+
+        return hub.resolve(handle)
+    if "://" in handle and not handle.startswith("file://"):
+        return stage_locally(handle)
+    return handle
+
+
+def stage_locally(uri: str) -> str:
+    """Copies a SavedModel directory from any Beam filesystem (gs://...) to local disk, once per machine.
+
+    TensorFlow's own gs:// support talks to a fixed endpoint, so models are read through Beam's FileSystems
+    (which honour the Google client libraries' settings) into a directory named after the URI. The copy is
+    made in a private temporary directory and renamed into place, so processes racing to stage the same
+    model never see a half-written copy; later processes reuse it.
+    """
+    prefix = uri.rstrip("/") + "/"
+    target = os.path.join(tempfile.gettempdir(), "staged_models",
+                          hashlib.sha256(prefix.encode()).hexdigest()[:16])
+    if os.path.isfile(os.path.join(target, "saved_model.pb")):
+        return target
+    matches = FileSystems.match([prefix + "**"])[0].metadata_list
+    if not matches:
+        raise ValueError(f"No files under {uri}; is it a SavedModel directory?")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    scratch = tempfile.mkdtemp(dir=os.path.dirname(target))
+    for metadata in matches:
+        destination = os.path.join(scratch, metadata.path[len(prefix):])
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
+        with FileSystems.open(metadata.path) as source, open(destination, "wb") as sink:
+            shutil.copyfileobj(source, sink)
+    try:
+        os.rename(scratch, target)
+    except OSError:  # Another process staged it first.
+        shutil.rmtree(scratch, ignore_errors=True)
+    logging.info("Staged %s to %s", uri, target)
+    return target
+
+
+def _is_url(handle: str) -> bool:
+    return handle.startswith(("http://", "https://"))
+
+
+def _read_bytes(path: str) -> bytes | None:
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as f:
+        return f.read()
+
+
+def check_models(encoder: str, preprocessor: str) -> None:
+    """Fails fast, before a pipeline starts, on model handles that cannot work.
+
+    Checks that local and gs:// handles are SavedModel directories and, when both carry their WordPiece
+    vocabulary as an asset (as model.export writes them), that the vocabularies are the same. URL handles
+    are checked when workers load them.
+    """
+    for flag, handle in (("--encoder", encoder), ("--preprocessor", preprocessor)):
+        if _is_url(handle):
+            continue
+        if not FileSystems.exists(handle.rstrip("/") + "/saved_model.pb"):
+            what = "does not exist" if not FileSystems.exists(handle) else "is not a SavedModel (no saved_model.pb)"
+            raise ValueError(f"{flag} {handle} {what}.")
+    if _is_url(encoder) or _is_url(preprocessor):
+        return
+    encoder_vocab = _read_bytes(encoder.rstrip("/") + "/assets/vocab.txt")
+    preprocessor_vocab = _read_bytes(preprocessor.rstrip("/") + "/assets/vocab.txt")
+    if encoder_vocab is not None and preprocessor_vocab is not None and encoder_vocab != preprocessor_vocab:
+        sizes = f"{len(encoder_vocab.splitlines())} vs {len(preprocessor_vocab.splitlines())} tokens"
+        raise ValueError(f"--encoder {encoder} and --preprocessor {preprocessor} use different vocabularies "
+                         f"({sizes}); export both from the same checkpoint.")
+
+
+def model_fingerprint(encoder: str, preprocessor: str, pooling: str, normalize: bool, seq_length: int) -> str:
+    """A short hash naming what made an embedding: both models' graphs and weights index, pooling, length.
+
+    For local and gs:// handles it hashes saved_model.pb and variables/variables.index (whose entries carry
+    each tensor's checksum); for URLs, the URL itself.
+    """
+    digest = hashlib.sha256()
+    for handle in (encoder, preprocessor):
+        digest.update(handle.encode() if _is_url(handle) else b"")
+        for name in ("saved_model.pb", "variables/variables.index"):
+            if not _is_url(handle):
+                digest.update(_read_bytes(handle.rstrip("/") + "/" + name) or b"")
+    digest.update(f"pooling={pooling};normalize={normalize};seq_length={seq_length}".encode())
+    return digest.hexdigest()[:16]
+
+
+class _Embedder:
+    """The loaded models plus the graph that packs, encodes and pools a batch; one per worker (or machine).
+
+    Inputs are plain Python and outputs numpy, so the object also works behind Beam's MultiProcessShared
+    proxy when one copy serves every process on a machine.
+    """
+
+    def __init__(self, preprocessor, encoder, seq_length: int, pooling: str, normalize: bool,
+                 with_sequence: bool, token_budget: int):
+        import tensorflow as tf
+
+        self._preprocessor, self._encoder = preprocessor, encoder
+        self._seq_length, self._with_sequence, self._token_budget = seq_length, with_sequence, token_budget
+        self._encoder_keys = self._accepted_encoder_keys()
+        text_spec = tf.TensorSpec([None], tf.string)
+        id_spec = tf.TensorSpec([None, None], tf.int32)
+
+        @tf.function(input_signature=[text_spec])
+        def pack_one(texts):
+            return self._pack([texts])
+
+        @tf.function(input_signature=[text_spec, text_spec])
+        def pack_two(first, second):
+            return self._pack([first, second])
+
+        @tf.function(input_signature=[id_spec, id_spec, id_spec])
+        def encode(word_ids, mask, type_ids):
+            inputs = {"input_word_ids": word_ids, "input_mask": mask, "input_type_ids": type_ids}
+            outputs = self._encoder({key: inputs[key] for key in self._encoder_keys})
+            sequence = outputs["sequence_output"]
+            if pooling == "pooled":
+                vectors = outputs["pooled_output"]
+            elif pooling == "cls":
+                vectors = sequence[:, 0]
+            else:
+                weights = tf.cast(mask, sequence.dtype)[:, :, tf.newaxis]
+                vectors = tf.reduce_sum(sequence * weights, axis=1) / tf.maximum(
+                    tf.reduce_sum(weights, axis=1), 1e-9)
+            if normalize:
+                vectors = tf.math.l2_normalize(vectors, axis=-1)
+            return vectors, sequence
+
+        self._pack_fns = {1: pack_one, 2: pack_two}
+        self._encode = encode
+
+    def _accepted_encoder_keys(self) -> tuple[str, ...]:
+        """The published TF Hub DistilBERT takes no input_type_ids; BERT encoders need them."""
+        import tensorflow as tf
+
+        probe = {"input_word_ids": tf.zeros([1, 2], tf.int32), "input_mask": tf.ones([1, 2], tf.int32),
+                 "input_type_ids": tf.zeros([1, 2], tf.int32)}
+        for keys in (_ENCODER_KEYS, _ENCODER_KEYS[:2]):
+            try:
+                self._encoder({key: probe[key] for key in keys})
+                return keys
+            except (ValueError, TypeError):
+                continue
+        raise ValueError("The encoder accepts neither (input_word_ids, input_mask, input_type_ids) nor "
+                         "(input_word_ids, input_mask); is it a TF Hub BERT-style text encoder?")
+
+    def _pack(self, segments):
+        import tensorflow as tf
+
+        tokenized = [self._preprocessor.tokenize(texts) for texts in segments]
+        # Tokens each row would need untruncated: its word pieces plus [CLS] and one [SEP] per segment.
+        needed = tf.add_n([tf.cast(t.merge_dims(-2, -1).row_lengths(), tf.int32) for t in tokenized])
+        needed += len(segments) + 1
+        packed = self._preprocessor.bert_pack_inputs(tokenized, seq_length=tf.constant(self._seq_length))
+        return packed["input_word_ids"], packed["input_mask"], packed["input_type_ids"], needed
+
+    def embed(self, texts: Sequence[tuple[str, ...]]) -> list[Embedding]:
+        """Embeds a batch; results come back in input order, one per input."""
+        segments = list(zip(*texts, strict=True))
+        word_ids, mask, type_ids, needed = (t.numpy() for t in self._pack_fns[len(segments)](*segments))
+        lengths = mask.sum(axis=1)
+        vectors = np.zeros((len(texts), 0), np.float32)
+        sequences: list[np.ndarray | None] = [None] * len(texts)
+        # Sort by length and pad each sub-batch only to its own longest row: real text is mostly short.
+        order = np.argsort(lengths, kind="stable")
+        for chunk in self._chunks(order, lengths):
+            width = int(lengths[chunk].max())
+            chunk_vectors, chunk_sequence = self._encode(word_ids[chunk, :width], mask[chunk, :width],
+                                                         type_ids[chunk, :width])
+            if vectors.shape[1] == 0:
+                vectors = np.zeros((len(texts), chunk_vectors.shape[-1]), np.float32)
+            vectors[chunk] = chunk_vectors.numpy()
+            if self._with_sequence:
+                chunk_sequence = chunk_sequence.numpy()
+                for row, index in enumerate(chunk):
+                    sequences[index] = chunk_sequence[row, :lengths[index]]
+        return [Embedding(vectors[i], int(lengths[i]), bool(needed[i] > self._seq_length), sequences[i])
+                for i in range(len(texts))]
+
+    def _chunks(self, order: np.ndarray, lengths: np.ndarray) -> Iterable[np.ndarray]:
+        """Cuts length-sorted indices into sub-batches whose padded size stays within the token budget."""
+        start = 0
+        for end in range(1, len(order) + 1):
+            if end == len(order) or (end + 1 - start) * lengths[order[end]] > self._token_budget:
+                yield order[start:end]
+                start = end
+
+
+class EmbeddingModelHandler(ModelHandler[tuple, Embedding, Any]):
+    """Loads a preprocessor + encoder SavedModel pair once per worker and embeds batches of texts.
+
+    Each example is a tuple of one text, or two for pairs ([CLS] a [SEP] b [SEP]). Tokenisation, packing,
+    encoding and pooling all run in the TensorFlow graph.
+
+    Args:
+      encoder: encoder SavedModel handle: local path, gs:// path, or TF Hub URL.
+      preprocessor: preprocessor SavedModel handle (tokenize and bert_pack_inputs signatures).
+      seq_length: the longest packed input; longer inputs are truncated round-robin.
+      pooling: "pooled" (the encoder's pooled_output), "cls" or "mean" (over the attention mask).
+      normalize: L2-normalise each vector.
+      with_sequence: also return the unpadded token vectors.
+      max_batch_size: the largest batch Beam hands to the model.
+      token_budget: the most padded tokens encoded at once; batches are cut into length-sorted sub-batches.
+      large_model: hold one copy of the models per machine, shared by every worker process.
+      model_copies: hold exactly this many copies per machine.
+    """
+
+    def __init__(self, encoder: str, preprocessor: str, seq_length: int = 128, pooling: str = "pooled",
+                 normalize: bool = False, with_sequence: bool = False, max_batch_size: int = 64,
+                 token_budget: int = 4096, large_model: bool = False, model_copies: int | None = None):
+        if pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, not {pooling!r}.")
+        super().__init__(min_batch_size=1, max_batch_size=max_batch_size, large_model=large_model,
+                         model_copies=model_copies)
+        self._encoder_handle, self._preprocessor_handle = encoder, preprocessor
+        self._seq_length, self._pooling, self._normalize = seq_length, pooling, normalize
+        self._with_sequence, self._token_budget = with_sequence, max(token_budget, seq_length)
+
+    def load_model(self) -> _Embedder:
+        import tensorflow as tf
+        import tensorflow_text  # noqa: F401  Registers the ops the preprocessor's graph uses.
+
+        preprocessor = tf.saved_model.load(resolve_handle(self._preprocessor_handle))
+        encoder = tf.saved_model.load(resolve_handle(self._encoder_handle))
+        return _Embedder(preprocessor, encoder, self._seq_length, self._pooling, self._normalize,
+                         self._with_sequence, self._token_budget)
+
+    def run_inference(self, batch: Sequence[tuple], model: _Embedder,
+                      inference_args: dict | None = None) -> Iterable[PredictionResult]:
+        embeddings = model.embed(list(batch))
+        if len(embeddings) != len(batch):
+            raise RuntimeError(f"The model returned {len(embeddings)} results for {len(batch)} inputs.")
+        return [PredictionResult(example, embedding) for example, embedding in zip(batch, embeddings, strict=True)]
+
+    def get_num_bytes(self, batch: Sequence[tuple]) -> int:
+        return sum(len(text.encode("utf-8")) for texts in batch for text in texts)
+
+    def get_metrics_namespace(self) -> str:
+        return _NAMESPACE
+
+
+class Embed(beam.PTransform):
+    """(key, texts) -> (key, Embedding) through RunInference, plus (key, texts, error) for failed batches.
+
+    Keys travel with their texts through inference (KeyedModelHandler); results are never matched back by
+    position. Returns a tuple (embedded, failed).
+    """
+
+    def __init__(self, handler: EmbeddingModelHandler):
+        super().__init__()
+        self._handler = handler
+
+    def expand(self, keyed_texts):
+        results, errors = (keyed_texts
+                           | "RunInference" >> RunInference(KeyedModelHandler(self._handler))
+                           .with_exception_handling())
+        embedded = results | "TakeInference" >> beam.MapTuple(lambda key, prediction: (key, prediction.inference))
+        failed = errors.failed_inferences | "SplitFailedBatches" >> beam.FlatMap(_split_failed_batch)
+        return embedded, failed
+
+
+def _split_failed_batch(batch_and_error):
+    """One failure per record of a batch that raised; Beam's element is (batch, (class, repr, traceback))."""
+    batch, (_, error, _) = batch_and_error
+    for key, texts in batch:
+        yield key, texts, error
