@@ -11,8 +11,13 @@ fi
 stamp=.venv/.installed-$(cat setup.py constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   echo "==> installing the project and its pinned dependencies into .venv (first run takes a few minutes)"
-  .venv/bin/pip install --quiet --upgrade pip
-  .venv/bin/pip install --quiet -c constraints.txt -e '.[test]'
+  mkdir -p out
+  if ! { .venv/bin/pip install --upgrade pip && .venv/bin/pip install -c constraints.txt -e '.[test]'; } \
+      > out/bootstrap.log 2>&1; then
+    tail -40 out/bootstrap.log
+    echo "bootstrap failed; the full log is out/bootstrap.log" >&2
+    exit 1
+  fi
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
