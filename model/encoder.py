@@ -23,8 +23,9 @@ class _Dense(tf.Module):
 
     def __init__(self, in_size, out_size, init, name):
         super().__init__(name=name)
-        self.kernel = tf.Variable(init([in_size, out_size]), name="kernel")
-        self.bias = tf.Variable(tf.zeros([out_size]), name="bias")
+        with self.name_scope:
+            self.kernel = tf.Variable(init([in_size, out_size]), name="kernel")
+            self.bias = tf.Variable(tf.zeros([out_size]), name="bias")
 
     def __call__(self, x):
         return tf.matmul(x, tf.cast(self.kernel, x.dtype)) + tf.cast(self.bias, x.dtype)
@@ -33,8 +34,9 @@ class _Dense(tf.Module):
 class _LayerNorm(tf.Module):
     def __init__(self, size, epsilon, name):
         super().__init__(name=name)
-        self.gamma = tf.Variable(tf.ones([size]), name="gamma")
-        self.beta = tf.Variable(tf.zeros([size]), name="beta")
+        with self.name_scope:
+            self.gamma = tf.Variable(tf.ones([size]), name="gamma")
+            self.beta = tf.Variable(tf.zeros([size]), name="beta")
         self.epsilon = epsilon
 
     def __call__(self, x):
@@ -50,10 +52,11 @@ class _Attention(tf.Module):
         super().__init__(name=name)
         h = config.hidden_size
         self.num_heads, self.head_size = config.num_heads, config.head_size
-        self.q_lin = _Dense(h, h, init, "q_lin")
-        self.k_lin = _Dense(h, h, init, "k_lin")
-        self.v_lin = _Dense(h, h, init, "v_lin")
-        self.out_lin = _Dense(h, h, init, "out_lin")
+        with self.name_scope:
+            self.q_lin = _Dense(h, h, init, "q_lin")
+            self.k_lin = _Dense(h, h, init, "k_lin")
+            self.v_lin = _Dense(h, h, init, "v_lin")
+            self.out_lin = _Dense(h, h, init, "out_lin")
         self.dropout = config.attention_dropout
 
     def _split_heads(self, x, batch, seq):
@@ -78,8 +81,9 @@ class _Attention(tf.Module):
 class _FeedForward(tf.Module):
     def __init__(self, config: EncoderConfig, init, name):
         super().__init__(name=name)
-        self.lin1 = _Dense(config.hidden_size, config.intermediate_size, init, "lin1")
-        self.lin2 = _Dense(config.intermediate_size, config.hidden_size, init, "lin2")
+        with self.name_scope:
+            self.lin1 = _Dense(config.hidden_size, config.intermediate_size, init, "lin1")
+            self.lin2 = _Dense(config.intermediate_size, config.hidden_size, init, "lin2")
         self.approximate = config.approximate_gelu
 
     def __call__(self, x):
@@ -91,10 +95,11 @@ class _TransformerBlock(tf.Module):
 
     def __init__(self, config: EncoderConfig, init, name):
         super().__init__(name=name)
-        self.attention = _Attention(config, init, "attention")
-        self.sa_layer_norm = _LayerNorm(config.hidden_size, config.layer_norm_eps, "sa_layer_norm")
-        self.ffn = _FeedForward(config, init, "ffn")
-        self.output_layer_norm = _LayerNorm(config.hidden_size, config.layer_norm_eps, "output_layer_norm")
+        with self.name_scope:
+            self.attention = _Attention(config, init, "attention")
+            self.sa_layer_norm = _LayerNorm(config.hidden_size, config.layer_norm_eps, "sa_layer_norm")
+            self.ffn = _FeedForward(config, init, "ffn")
+            self.output_layer_norm = _LayerNorm(config.hidden_size, config.layer_norm_eps, "output_layer_norm")
         self.dropout = config.dropout
         # DistilBERT applies no dropout to the attention output; BERT does.
         self.attention_output_dropout = config.dropout if config.family == "bert" else 0.0
@@ -134,7 +139,7 @@ class Encoder(tf.Module):
         def init(shape):
             return generator.normal(shape, stddev=config.initializer_range)
 
-        with tf.name_scope("embeddings"):
+        with self.name_scope, tf.name_scope("embeddings"):
             self.word_embeddings = tf.Variable(init([config.vocab_size, config.hidden_size]),
                                                name="word_embeddings")
             self.position_embeddings = tf.Variable(
@@ -142,10 +147,11 @@ class Encoder(tf.Module):
             self.token_type_embeddings = (
                 tf.Variable(init([config.type_vocab_size, config.hidden_size]), name="token_type_embeddings")
                 if config.family == "bert" else None)
-        self.embeddings_layer_norm = _LayerNorm(config.hidden_size, config.layer_norm_eps, "LayerNorm")
-        self.layer = [_TransformerBlock(config, init, f"layer_{i}") for i in range(config.num_layers)]
-        self.pooler = _Dense(config.hidden_size, config.hidden_size, init, "pooler") \
-            if config.family == "bert" else None
+            self.embeddings_layer_norm = _LayerNorm(config.hidden_size, config.layer_norm_eps, "LayerNorm")
+        with self.name_scope:
+            self.layer = [_TransformerBlock(config, init, f"layer_{i}") for i in range(config.num_layers)]
+            self.pooler = (_Dense(config.hidden_size, config.hidden_size, init, "pooler")
+                           if config.family == "bert" else None)
 
     def weights_by_name(self) -> dict[str, tf.Variable]:
         """Every variable under its Hugging Face DistilBERT-style name (BERT adds its own extras)."""
