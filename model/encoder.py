@@ -28,7 +28,9 @@ class _Dense(tf.Module):
             self.bias = tf.Variable(tf.zeros([out_size]), name="bias")
 
     def __call__(self, x):
-        return tf.matmul(x, tf.cast(self.kernel, x.dtype)) + tf.cast(self.bias, x.dtype)
+        # x: [rows, in]. A 2-D MatMul + BiasAdd is what oneDNN fuses into one kernel; a 3-D x would become a
+        # broadcasting BatchMatMulV2 + AddV2, about 15% slower end to end on CPU.
+        return tf.nn.bias_add(tf.matmul(x, tf.cast(self.kernel, x.dtype)), tf.cast(self.bias, x.dtype))
 
 
 class _LayerNorm(tf.Module):
@@ -63,8 +65,8 @@ class _Attention(tf.Module):
         x = tf.reshape(x, [batch, seq, self.num_heads, self.head_size])  # [B, S, N, D]
         return tf.transpose(x, [0, 2, 1, 3])  # [B, N, S, D]
 
-    def __call__(self, x, mask_bias, training):
-        batch, seq = tf.shape(x)[0], tf.shape(x)[1]
+    def __call__(self, x, mask_bias, batch, seq, training):
+        # x: [B*S, H], tokens of all rows stacked so that every projection is one 2-D matmul.
         q = self._split_heads(self.q_lin(x), batch, seq)  # [B, N, S, D]
         k = self._split_heads(self.k_lin(x), batch, seq)  # [B, N, S, D]
         v = self._split_heads(self.v_lin(x), batch, seq)  # [B, N, S, D]
@@ -74,8 +76,8 @@ class _Attention(tf.Module):
         if training and self.dropout:
             weights = tf.nn.dropout(weights, rate=self.dropout)
         context = tf.matmul(tf.cast(weights, v.dtype), v)  # [B, N, S, D]
-        context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [batch, seq, -1])  # [B, S, H]
-        return self.out_lin(context)  # [B, S, H]
+        context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [batch * seq, -1])  # [B*S, H]
+        return self.out_lin(context)  # [B*S, H]
 
 
 class _FeedForward(tf.Module):
@@ -104,8 +106,8 @@ class _TransformerBlock(tf.Module):
         # DistilBERT applies no dropout to the attention output; BERT does.
         self.attention_output_dropout = config.dropout if config.family == "bert" else 0.0
 
-    def __call__(self, x, mask_bias, training):
-        attended = self.attention(x, mask_bias, training)
+    def __call__(self, x, mask_bias, batch, seq, training):
+        attended = self.attention(x, mask_bias, batch, seq, training)  # x, attended: [B*S, H]
         if training and self.attention_output_dropout:
             attended = tf.nn.dropout(attended, rate=self.attention_output_dropout)
         x = self.sa_layer_norm(x + attended)
@@ -183,7 +185,7 @@ class Encoder(tf.Module):
     def __call__(self, inputs, training=False):
         word_ids = inputs["input_word_ids"]  # [B, S]
         mask = inputs["input_mask"]  # [B, S]
-        seq = tf.shape(word_ids)[1]
+        batch, seq = tf.shape(word_ids)[0], tf.shape(word_ids)[1]
         x = tf.gather(self.word_embeddings, word_ids) + self.position_embeddings[tf.newaxis, :seq]  # [B, S, H]
         if self.token_type_embeddings is not None:
             type_ids = inputs.get("input_type_ids")
@@ -193,12 +195,13 @@ class Encoder(tf.Module):
         x = self.embeddings_layer_norm(x)
         if training and self.config.dropout:
             x = tf.nn.dropout(x, rate=self.config.dropout)
-        x = tf.cast(x, self.compute_dtype)
+        hidden = self.config.hidden_size
+        x = tf.reshape(tf.cast(x, self.compute_dtype), [batch * seq, hidden])  # [B*S, H]
         mask_bias = (1.0 - tf.cast(mask, tf.float32))[:, tf.newaxis, tf.newaxis, :] * _MASK_PENALTY  # [B,1,1,S]
         encoder_outputs = []
         for block in self.layer:
-            x = block(x, mask_bias, training)
-            encoder_outputs.append(tf.cast(x, tf.float32))
+            x = block(x, mask_bias, batch, seq, training)  # [B*S, H]
+            encoder_outputs.append(tf.reshape(tf.cast(x, tf.float32), [batch, seq, hidden]))  # [B, S, H]
         sequence_output = encoder_outputs[-1]
         cls = sequence_output[:, 0]  # [B, H]
         pooled_output = tf.tanh(self.pooler(cls)) if self.pooler is not None else cls

@@ -4,7 +4,7 @@ Usage:
   python -m model.export --checkpoint HF_DIR --output_dir OUT
   python -m model.export --preset NAME --vocab VOCAB_TXT --output_dir OUT [--seed N]
 
-Both write OUT/encoder and OUT/preprocessor.
+Both write OUT/encoder and OUT/preprocessor; OUT may be gs://BUCKET/PATH (exported locally, then uploaded).
 
 The encoder contract (the TF Hub BERT text-encoder API):
   Call `encoder(inputs, training=False)` with a dict of int32 [batch, seq] tensors:
@@ -37,7 +37,7 @@ import sys
 import tensorflow as tf
 
 from model import config as config_lib
-from model import convert
+from model import convert, storage
 from model.encoder import Encoder
 
 __all__ = ["export_encoder", "export_model", "main"]
@@ -135,7 +135,8 @@ def _parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="Random seed for --preset weights (default 0).")
     parser.add_argument("--seq_length", type=int, default=128,
                         help="Length the preprocessor pads to when called directly (default 128).")
-    parser.add_argument("--output_dir", required=True, help="Where to write encoder/ and preprocessor/.")
+    parser.add_argument("--output_dir", required=True,
+                        help="Where to write encoder/ and preprocessor/: a local directory or gs://BUCKET/PATH.")
     args = parser.parse_args(argv)
     if args.preset and not args.vocab:
         parser.error("--preset needs --vocab VOCAB_TXT")
@@ -148,19 +149,21 @@ def main(argv=None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        if args.checkpoint:
-            checkpoint = convert.read_checkpoint(args.checkpoint)
-            encoder = convert.encoder_from_checkpoint(checkpoint)
-            vocab_file, do_lower_case = checkpoint.vocab_file, checkpoint.do_lower_case
-        else:
-            encoder = _random_encoder(args)
-            vocab_file, do_lower_case = args.vocab, args.lower_case
-        encoder_dir, preprocessor_dir = export_model(encoder, vocab_file, do_lower_case, args.output_dir,
-                                                     default_seq_length=args.seq_length)
+        # A gs:// --output_dir is checked first, exported to a local temporary directory, then uploaded.
+        with storage.local_output_dir(args.output_dir) as local_dir:
+            if args.checkpoint:
+                checkpoint = convert.read_checkpoint(args.checkpoint)
+                encoder = convert.encoder_from_checkpoint(checkpoint)
+                vocab_file, do_lower_case = checkpoint.vocab_file, checkpoint.do_lower_case
+            else:
+                encoder = _random_encoder(args)
+                vocab_file, do_lower_case = args.vocab, args.lower_case
+            export_model(encoder, vocab_file, do_lower_case, local_dir, default_seq_length=args.seq_length)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"Wrote encoder to {encoder_dir} and preprocessor to {preprocessor_dir}")
+    root = args.output_dir.rstrip("/")
+    print(f"Wrote encoder to {root}/{ENCODER_DIR} and preprocessor to {root}/{PREPROCESSOR_DIR}")
     return 0
 
 

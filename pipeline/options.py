@@ -87,9 +87,35 @@ class EmbeddingOptions(PipelineOptions):
                            help="Hold exactly this many model copies per machine (implies sharing).")
         group.add_argument("--output_tfrecord", default=None,
                            help="Output prefix, local or gs://: writes PREFIX-SSSSS-of-NNNNN.tfrecord files of "
-                           "tf.train.Example with id, embedding, model and content_hash.")
+                           "tf.train.Example with id, embedding, model and content_hash. Give this, "
+                           "--output_bigquery, or both.")
         group.add_argument("--output_sequence", action="store_true", default=False,
                            help="Also write each record's unpadded token vectors (sequence, sequence_length).")
         group.add_argument("--output_failed", default=None,
                            help="Dead-letter prefix: records that could not be embedded, as JSON lines with "
-                           "source, reason, detail and the raw record. Default: OUTPUT_TFRECORD-failed.")
+                           "source, reason, detail and the raw record. Default: OUTPUT_TFRECORD-failed; "
+                           "required when --output_bigquery is the only output.")
+        group.add_argument(
+            "--output_bigquery", default=None,
+            help="BigQuery table PROJECT:DATASET.TABLE (or PROJECT.DATASET.TABLE) to append the embeddings to, "
+            "one row per record: id STRING, embedding FLOAT64 REPEATED, model STRING, content_hash STRING, "
+            "embedded_at TIMESTAMP, run_id STRING (--run_id). The dataset must exist; the table is created "
+            "when missing. An existing table must have these columns with these types (NULLABLE is fine); "
+            "its other columns must not be REQUIRED. Checked before the job starts.")
+        group.add_argument(
+            "--bigquery_method", choices=("file_loads", "streaming"), default="file_loads",
+            help="How --output_bigquery is written: file_loads (default) stages files under --temp_location, "
+            "which must then be gs://, and loads them with BigQuery load jobs (free, atomic per job); "
+            "streaming uses streaming inserts (billed per byte, rows visible at once), and rows BigQuery "
+            "refuses go to --output_failed.")
+        group.add_argument("--run_id", default=None,
+                           help="Names this run: replaces {run_id} in --output_tfrecord and --output_failed, "
+                           "e.g. gs://bucket/emb/run={run_id}/part. Default: the launch time in UTC, "
+                           "YYYY-MM-DDTHH-MM-SS. Pass an earlier run's id to repeat that run in place.")
+        group.add_argument("--previous_output", default=None,
+                           help="The --output_tfrecord prefix of an earlier run, to update incrementally: only "
+                           "records whose id is new or whose content_hash changed are embedded, unchanged "
+                           "embeddings are copied forward and records gone from the corpus are dropped. Everything "
+                           "is re-embedded when the earlier run used another model. {latest} picks the newest "
+                           "complete run before this one, e.g. gs://bucket/emb/run={latest}/part (none yet: "
+                           "embed everything).")

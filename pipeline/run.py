@@ -1,8 +1,8 @@
-"""Entry point: python -m pipeline.run --input GLOB --output_tfrecord PREFIX [options].
+"""Entry point: python -m pipeline.run --input GLOB (--output_tfrecord PREFIX | --output_bigquery TABLE) [options].
 
 Reads a corpus, embeds every record with a preprocessor + encoder SavedModel pair through RunInference, and
-writes the embeddings as TFRecord files of tf.train.Example; records that cannot be embedded go to a
-dead-letter output as JSON lines. Run with --help for every option.
+writes the embeddings as TFRecord files of tf.train.Example, rows of a BigQuery table, or both; records that
+cannot be embedded go to a dead-letter output as JSON lines. Run with --help for every option.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import re
 import sys
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from pipeline.options import DEFAULT_ENCODER, DEFAULT_PREPROCESSOR, EmbeddingOptions, parse_pair_fields, split_patterns
 
@@ -22,6 +23,7 @@ __all__ = ["Plan", "validate", "build", "run", "main"]
 
 _LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PrismRunner")
 _MAX_SEQ_LENGTH = 512  # Every BERT-family checkpoint's position table; a model's own limit is checked on load.
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +45,15 @@ class Plan:
     token_budget: int
     large_model: bool
     model_copies: int | None
-    output_tfrecord: str
+    output_tfrecord: str | None  # None: BigQuery is the only sink.
     output_sequence: bool
     output_failed: str
+    run_id: str
+    previous_output: str | None  # An earlier run's prefix with {latest} resolved; None: embed everything.
+    previous_files: tuple
+    output_bigquery: str | None  # PROJECT:DATASET.TABLE; None: no BigQuery sink.
+    bigquery_method: str
+    bigquery_table_exists: bool  # Append with the table's own schema; else create it with transforms.bigquery's.
 
 
 def _resolve_models(options: EmbeddingOptions) -> tuple[str, str]:
@@ -57,18 +65,102 @@ def _resolve_models(options: EmbeddingOptions) -> tuple[str, str]:
     return options.encoder or DEFAULT_ENCODER, options.preprocessor or DEFAULT_PREPROCESSOR
 
 
+def _resolve_run(options: EmbeddingOptions) -> dict:
+    """This run's id, its output prefixes with {run_id} filled in, and the earlier output it updates."""
+    from transforms import incremental
+
+    run_id = options.run_id or incremental.default_run_id()
+    if not _RUN_ID.fullmatch(run_id):
+        raise ValueError(f"--run_id {run_id!r} goes into paths: use letters, digits, '.', '_' and '-' only.")
+    output_tfrecord, output_failed = (
+        path.replace(incremental.RUN_ID_PLACEHOLDER, run_id) if path else None
+        for path in (options.output_tfrecord, options.output_failed))
+    if not output_failed and output_tfrecord:
+        output_failed = output_tfrecord + "-failed"
+    previous_output, previous_files = None, ()
+    if options.previous_output:
+        if not output_tfrecord:
+            # TODO(issue 6): read an earlier run from its BigQuery rows too; until then the TFRecord output is
+            # the complete set that the next run reads.
+            raise ValueError("--previous_output needs --output_tfrecord: an incremental run reads and writes "
+                             "TFRecord prefixes (BigQuery receives only the records this run embeds).")
+        if incremental.RUN_ID_PLACEHOLDER in options.previous_output:
+            raise ValueError(f"--previous_output {options.previous_output} names an earlier run: use "
+                             f"{incremental.LATEST_PLACEHOLDER} or that run's prefix, not "
+                             f"{incremental.RUN_ID_PLACEHOLDER}.")
+        previous_output = incremental.resolve_previous(options.previous_output, run_id)
+        if previous_output is None:
+            logging.info("--previous_output %s: no complete run before %s; embedding everything.",
+                         options.previous_output, run_id)
+        elif previous_output == output_tfrecord:
+            raise ValueError(f"--previous_output {previous_output} is this run's own --output_tfrecord; write each "
+                             "run to its own prefix, e.g. gs://bucket/emb/run={run_id}/part.")
+        else:
+            previous_files = tuple(incremental.previous_files(previous_output))
+    return {"run_id": run_id, "output_tfrecord": output_tfrecord, "output_failed": output_failed,
+            "previous_output": previous_output, "previous_files": previous_files}
+
+
+def _resolve_bigquery(options: PipelineOptions):
+    """The --output_bigquery table, checked without network access; None when not asked for."""
+    from transforms import bigquery
+
+    opts = options.view_as(EmbeddingOptions)
+    if not opts.output_bigquery:
+        return None
+    table = bigquery.parse_table(opts.output_bigquery)
+    temp_location = options.view_as(GoogleCloudOptions).temp_location
+    if opts.bigquery_method == "file_loads" and not (temp_location or "").startswith("gs://"):
+        raise ValueError(f"--output_bigquery with --bigquery_method file_loads stages files for BigQuery load jobs "
+                         f"under --temp_location, which must be gs:// (got {temp_location or 'none'}): pass "
+                         "--temp_location gs://BUCKET/tmp, or --bigquery_method streaming.")
+    return table
+
+
+def _check_buckets(options: PipelineOptions, paths_by_flag: dict) -> None:
+    """Fails fast on a gs:// path whose bucket does not exist, before Beam fails late or reads nothing."""
+    from apache_beam.io.gcp import gcsio
+    from google.api_core import exceptions
+
+    gcs, checked = None, set()
+    for flag, paths in paths_by_flag.items():
+        for path in paths:
+            bucket = path[len("gs://"):].split("/", 1)[0] if path and path.startswith("gs://") else None
+            if not bucket or bucket in checked:
+                continue
+            gcs = gcs or gcsio.GcsIO(pipeline_options=options)
+            try:
+                found = gcs.get_bucket(bucket)
+            except exceptions.Forbidden:  # Object permissions without storage.buckets.get: let Beam try.
+                found = True
+            if not found:
+                raise ValueError(f"{flag} {path}: bucket gs://{bucket} does not exist (or is not visible to "
+                                 "these credentials).")
+            checked.add(bucket)
+
+
 def validate(options: PipelineOptions) -> Plan:
     """Checks the options before anything runs; user mistakes raise ValueError naming the flag."""
-    from transforms import embed, read
+    from transforms import bigquery, embed, read
 
     opts = options.view_as(EmbeddingOptions)
     if not opts.input:
         raise ValueError("--input is required: a corpus file pattern such as corpus/*.jsonl.")
-    if not opts.output_tfrecord:
-        raise ValueError("--output_tfrecord is required: an output prefix such as out/embeddings.")
+    if not opts.output_tfrecord and not opts.output_bigquery:
+        raise ValueError("--output_tfrecord or --output_bigquery is required: an output prefix such as "
+                         "out/embeddings, or a table such as my-project:my_dataset.embeddings.")
+    if not opts.output_tfrecord and not opts.output_failed:
+        raise ValueError("--output_failed is required when --output_bigquery is the only output: a prefix for "
+                         "the records that could not be embedded, such as gs://bucket/failed/part.")
+    bigquery_table = _resolve_bigquery(options)
     if opts.seq_length < 2 or opts.seq_length > _MAX_SEQ_LENGTH:
         raise ValueError(f"--seq_length {opts.seq_length} must be between 2 and {_MAX_SEQ_LENGTH}.")
     patterns = split_patterns(opts.input)
+    _check_buckets(options, {
+        "--input": patterns, "--output_tfrecord": [opts.output_tfrecord], "--output_failed": [opts.output_failed],
+        "--model_dir": [opts.model_dir], "--encoder": [opts.encoder], "--preprocessor": [opts.preprocessor],
+        "--temp_location": [options.view_as(GoogleCloudOptions).temp_location
+                            if bigquery_table and opts.bigquery_method == "file_loads" else None]})
     read.check_inputs_exist(patterns)
     input_format = opts.input_format or read.infer_format(patterns)
     pair_fields = parse_pair_fields(opts.pair_fields)
@@ -78,13 +170,15 @@ def validate(options: PipelineOptions) -> Plan:
     encoder, preprocessor = _resolve_models(opts)
     embed.check_models(encoder, preprocessor)
     fingerprint = embed.model_fingerprint(encoder, preprocessor, opts.pooling, opts.normalize, opts.seq_length)
+    table_exists = bool(bigquery_table) and bigquery.check_table(bigquery_table,
+                                                                 options.view_as(GoogleCloudOptions).project)
     return Plan(patterns=patterns, input_format=input_format, id_field=opts.id_field, text_field=opts.text_field,
                 pair_fields=pair_fields, encoder=encoder, preprocessor=preprocessor, model_fingerprint=fingerprint,
                 seq_length=opts.seq_length, pooling=opts.pooling, normalize=opts.normalize,
                 batch_size=opts.batch_size, token_budget=opts.token_budget, large_model=opts.large_model,
-                model_copies=opts.model_copies, output_tfrecord=opts.output_tfrecord,
-                output_sequence=opts.output_sequence,
-                output_failed=opts.output_failed or opts.output_tfrecord + "-failed")
+                model_copies=opts.model_copies, output_sequence=opts.output_sequence,
+                output_bigquery=bigquery_table.spec if bigquery_table else None,
+                bigquery_method=opts.bigquery_method, bigquery_table_exists=table_exists, **_resolve_run(opts))
 
 
 def _key_by_record(record):
@@ -92,8 +186,8 @@ def _key_by_record(record):
 
 
 def build(pipeline: beam.Pipeline, plan: Plan) -> None:
-    """Adds read -> embed -> write to `pipeline`."""
-    from transforms import embed, read, write
+    """Adds read -> embed -> write to `pipeline`; with an earlier output, embeds only what changed since."""
+    from transforms import bigquery, embed, incremental, read, write
 
     handler = embed.EmbeddingModelHandler(
         plan.encoder, plan.preprocessor, seq_length=plan.seq_length, pooling=plan.pooling,
@@ -102,12 +196,28 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
     records, read_failures = pipeline | "ReadCorpus" >> read.ReadCorpus(
         plan.patterns, plan.input_format, id_field=plan.id_field, text_field=plan.text_field,
         pair_fields=plan.pair_fields)
+    carried_forward = None
+    if plan.previous_output:
+        previous = pipeline | "ReadPrevious" >> incremental.ReadPrevious(plan.previous_files)
+        records, carried_forward = (records, previous) | "SelectChanged" >> incremental.SelectChanged(
+            plan.model_fingerprint, with_sequence=plan.output_sequence)
     keyed_texts = records | "KeyByRecord" >> beam.Map(_key_by_record)
     embeddings, inference_failures = keyed_texts | "Embed" >> embed.Embed(handler)
-    _ = embeddings | "WriteTFRecord" >> write.WriteTFRecord(plan.output_tfrecord, plan.model_fingerprint)
+    if plan.output_tfrecord:
+        to_write = embeddings if carried_forward is None else (embeddings, carried_forward)
+        written = to_write | "WriteTFRecord" >> write.WriteTFRecord(plan.output_tfrecord, plan.model_fingerprint)
+        _ = written | "WriteManifest" >> incremental.WriteManifest(plan.output_tfrecord, plan.run_id,
+                                                                   plan.model_fingerprint)
+    bigquery_failures = ()
+    if plan.output_bigquery:
+        # Rows embedded by this run only (embedded_at stays true); WriteTFRecord counts unless it is absent.
+        bigquery_failures = (embeddings | "WriteBigQuery" >> bigquery.WriteBigQuery(
+            plan.output_bigquery, plan.model_fingerprint, plan.run_id, method=plan.bigquery_method,
+            table_exists=plan.bigquery_table_exists, count=not plan.output_tfrecord),)
     failure_lines = (
         (read_failures | "ReadFailureToJson" >> beam.Map(read.failure_to_json),
-         inference_failures | "InferenceFailureToJson" >> beam.MapTuple(write.inference_failure_json))
+         inference_failures | "InferenceFailureToJson" >> beam.MapTuple(write.inference_failure_json),
+         *bigquery_failures)
         | "AllFailures" >> beam.Flatten())
     _ = failure_lines | "WriteFailures" >> write.WriteFailures(plan.output_failed)
 
@@ -120,14 +230,26 @@ def _counters(result) -> dict[str, int]:
     return totals
 
 
+def _destinations(plan: Plan) -> str:
+    sinks = [f"{plan.output_tfrecord}-*.tfrecord"] if plan.output_tfrecord else []
+    return ", ".join(sinks + ([f"BigQuery {plan.output_bigquery}"] if plan.output_bigquery else []))
+
+
 def summarize(counters: dict[str, int], plan: Plan) -> str:
     """One line: what was read, embedded, failed (by reason) and truncated, and where it went."""
     failed = {name[len("failed_"):]: n for name, n in sorted(counters.items()) if name.startswith("failed_") and n}
     failed_text = ", ".join(f"{reason} {n}" for reason, n in failed.items()) or "none"
+    incremental_text = ""
+    if plan.previous_output:
+        incremental_text = (
+            f". Since {plan.previous_output}: new {counters.get('new', 0)}, changed {counters.get('changed', 0)} "
+            f"({counters.get('changed_model', 0)} for another model), unchanged {counters.get('unchanged', 0)} "
+            f"(carried forward), deleted {counters.get('deleted', 0)}")
     return (f"Read {counters.get('records_read', 0)} records: embedded {counters.get('embedded', 0)} "
             f"({counters.get('tokens_embedded', 0)} tokens, {counters.get('truncated', 0)} truncated to "
             f"{plan.seq_length}), failed {sum(failed.values())} ({failed_text}). "
-            f"Embeddings: {plan.output_tfrecord}-*.tfrecord; failures: {plan.output_failed}-*.jsonl")
+            f"Embeddings: {_destinations(plan)}; failures: {plan.output_failed}-*.jsonl"
+            + incremental_text)
 
 
 def run(argv=None) -> beam.runners.runner.PipelineResult:

@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+bash scripts/emulators.sh || echo "==> scripts/emulators.sh failed: the tests in tests/gcp will fail" >&2
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -12,6 +13,7 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
@@ -54,31 +56,89 @@ def stage_locally(uri: str) -> str:
     """Copies a SavedModel directory from any Beam filesystem (gs://...) to local disk, once per machine.
 
     TensorFlow's own gs:// support talks to a fixed endpoint, so models are read through Beam's FileSystems
-    (which honour the Google client libraries' settings) into a directory named after the URI. The copy is
-    made in a private temporary directory and renamed into place, so processes racing to stage the same
-    model never see a half-written copy; later processes reuse it.
+    (which honour the Google client libraries' settings) into TMPDIR/staged_models/URI_HASH/VERSION, where
+    VERSION hashes every file's path, size and modification time: a model re-exported to the same URI is
+    staged afresh, an unchanged one is reused by every later call and process on the machine.
+
+    One process copies while the others wait on a file lock; the copy is made in a scratch directory,
+    checked against the listed sizes and renamed into place, so no process ever sees a half-written copy,
+    even if a copier dies. The copier then removes older versions of the same URI and abandoned scratch
+    directories. A process still loading a version that was just replaced fails to load and is retried.
+
+    Raises:
+      ValueError: when no saved_model.pb lies directly under `uri`.
     """
     prefix = uri.rstrip("/") + "/"
-    target = os.path.join(tempfile.gettempdir(), "staged_models",
-                          hashlib.sha256(prefix.encode()).hexdigest()[:16])
+    # Directory placeholders (zero-byte objects named like "dir/") hold no data.
+    files = [metadata for metadata in FileSystems.match([prefix + "**"])[0].metadata_list
+             if not metadata.path.endswith("/")]
+    if not any(metadata.path == prefix + "saved_model.pb" for metadata in files):
+        raise ValueError(f"{uri} is not a SavedModel directory: there is no {prefix}saved_model.pb.")
+    listing = sorted((m.path, m.size_in_bytes, m.last_updated_in_seconds) for m in files)
+    home = os.path.join(tempfile.gettempdir(), "staged_models", hashlib.sha256(prefix.encode()).hexdigest()[:16])
+    target = os.path.join(home, hashlib.sha256(repr(listing).encode()).hexdigest()[:16])
     if os.path.isfile(os.path.join(target, "saved_model.pb")):
         return target
-    matches = FileSystems.match([prefix + "**"])[0].metadata_list
-    if not matches:
-        raise ValueError(f"No files under {uri}; is it a SavedModel directory?")
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    scratch = tempfile.mkdtemp(dir=os.path.dirname(target))
-    for metadata in matches:
-        destination = os.path.join(scratch, metadata.path[len(prefix):])
-        os.makedirs(os.path.dirname(destination), exist_ok=True)
-        with FileSystems.open(metadata.path) as source, open(destination, "wb") as sink:
-            shutil.copyfileobj(source, sink)
+    os.makedirs(home, exist_ok=True)
+    with _exclusive_lock(os.path.join(home, ".lock")):
+        if not os.path.isfile(os.path.join(target, "saved_model.pb")):
+            _copy_into_place(files, prefix, target)
+            _remove_all_but(home, keep={os.path.basename(target), ".lock"})
+            logging.info("Staged %s to %s", uri, target)
+    return target
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: str):
+    """Holds an exclusive flock on `path`; the kernel releases it if the process dies."""
+    try:
+        import fcntl
+    except ImportError:  # Not POSIX: the atomic rename alone keeps copies whole.
+        yield
+        return
+    with open(path, "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _copy_into_place(files, prefix: str, target: str) -> None:
+    """Copies `files` (FileMetadata under `prefix`) to a scratch directory, then renames it to `target`."""
+    home = os.path.dirname(target)
+    scratch = tempfile.mkdtemp(dir=home, prefix=".staging-")
+    try:
+        for metadata in files:
+            relative = os.path.normpath(metadata.path[len(prefix):])
+            if os.path.isabs(relative) or relative == ".." or relative.startswith(".." + os.sep):
+                raise ValueError(f"Refusing to stage {metadata.path}: it points outside {prefix}.")
+            destination = os.path.join(scratch, relative)
+            os.makedirs(os.path.dirname(destination), exist_ok=True)
+            # Uncompressed: an asset named *.gz is copied as is, not inflated.
+            with FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED) as source, \
+                    open(destination, "wb") as sink:
+                shutil.copyfileobj(source, sink, 1 << 20)
+            if os.path.getsize(destination) != metadata.size_in_bytes:
+                raise OSError(f"Staging {metadata.path} copied {os.path.getsize(destination)} bytes of "
+                              f"{metadata.size_in_bytes}; did it change while being read?")
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     try:
         os.rename(scratch, target)
-    except OSError:  # Another process staged it first.
+    except OSError:
         shutil.rmtree(scratch, ignore_errors=True)
-    logging.info("Staged %s to %s", uri, target)
-    return target
+        if not os.path.isfile(os.path.join(target, "saved_model.pb")):
+            raise
+        # Else a stager that took no lock (a non-POSIX system) renamed its complete copy first.
+
+
+def _remove_all_but(home: str, keep: set[str]) -> None:
+    """Removes older staged versions and abandoned scratch directories (best effort)."""
+    for name in os.listdir(home):
+        if name not in keep:
+            shutil.rmtree(os.path.join(home, name), ignore_errors=True)
 
 
 def _is_url(handle: str) -> bool:
@@ -233,6 +293,16 @@ class _Embedder:
                 start = end
 
 
+def _allow_gpu_memory_growth(tf) -> None:
+    """Lets each process take GPU memory as it needs it, not all at once: Dataflow runs several SDK
+    processes per VM (and NVIDIA MPS shares one GPU between them), and the first to load would starve the rest."""
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError as err:  # The GPU is initialised already: an earlier load in this process set it.
+            logging.debug("GPU memory growth left as it is for %s: %s", gpu.name, err)
+
+
 class EmbeddingModelHandler(ModelHandler[tuple, Embedding, Any]):
     """Loads a preprocessor + encoder SavedModel pair once per worker and embeds batches of texts.
 
@@ -267,6 +337,7 @@ class EmbeddingModelHandler(ModelHandler[tuple, Embedding, Any]):
         import tensorflow as tf
         import tensorflow_text  # noqa: F401  Registers the ops the preprocessor's graph uses.
 
+        _allow_gpu_memory_growth(tf)
         preprocessor = tf.saved_model.load(resolve_handle(self._preprocessor_handle))
         encoder = tf.saved_model.load(resolve_handle(self._encoder_handle))
         return _Embedder(preprocessor, encoder, self._seq_length, self._pooling, self._normalize,

@@ -95,16 +95,23 @@ def inference_failure_json(key, texts, error: str) -> str:
 
 
 class WriteTFRecord(beam.PTransform):
-    """Writes ((id, content_hash, source), Embedding) pairs to PREFIX-SSSSS-of-NNNNN.tfrecord."""
+    """Writes ((id, content_hash, source), Embedding) pairs to PREFIX-SSSSS-of-NNNNN.tfrecord.
+
+    Applied to a pair (embeddings, carried_forward) instead, it also writes `carried_forward`, serialised
+    Examples copied unchanged from an earlier run (transforms.incremental). Returns the written file names.
+    """
 
     def __init__(self, prefix: str, model_fingerprint: str):
         super().__init__()
         self._prefix, self._model = prefix, model_fingerprint
 
-    def expand(self, embeddings):
-        return (embeddings
-                | "ToExample" >> beam.ParDo(ToExample(self._model))
-                | "Write" >> beam.io.WriteToTFRecord(self._prefix, file_name_suffix=TFRECORD_SUFFIX))
+    def expand(self, embeddings_or_pair):
+        embeddings, carried_forward = (embeddings_or_pair if isinstance(embeddings_or_pair, tuple)
+                                       else (embeddings_or_pair, None))
+        examples = embeddings | "ToExample" >> beam.ParDo(ToExample(self._model))
+        if carried_forward is not None:
+            examples = (examples, carried_forward) | "WithCarriedForward" >> beam.Flatten()
+        return examples | "Write" >> beam.io.WriteToTFRecord(self._prefix, file_name_suffix=TFRECORD_SUFFIX)
 
 
 class WriteFailures(beam.PTransform):
