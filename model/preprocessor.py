@@ -17,8 +17,9 @@ tensorflow/models `official/nlp/tools/export_tfhub_lib.py`). Load it with `tf.sa
   over the segments, pads to `seq_length` and returns the dict above, shaped [batch, seq_length], with type
   id 1 on b [SEP]. `seq_length` is a Python int or an int32 scalar Tensor (it may be computed at run time,
   e.g. a batch's longest length) from len(segments) + 1 to max_seq_length; None means default_seq_length.
-- Attributes: `vocab_file` (an Asset: the vocab travels inside the SavedModel), `do_lower_case` (bool) and
-  `vocab_size`, `default_seq_length`, `max_seq_length` (int32), all non-trainable scalar Variables.
+- Attributes: `vocab_file` (an Asset, `assets/vocab.txt`: the vocab travels inside the SavedModel),
+  `do_lower_case` (bool), `vocab_size`, `default_seq_length` and `max_seq_length` (int32), all non-trainable
+  scalar Variables.
 
 Tokenization gives the ids of Hugging Face's BertTokenizer for the same vocab and casing (transformers 5;
 BertTokenizerFast before: the `tokenizers` backend that sentence-transformers uses), where tensorflow_text's
@@ -47,14 +48,17 @@ budget, the first gets the extra token, where Hugging Face's "longest_first" giv
 """
 
 import collections
+import os
 import re
 import sys
+import tempfile
 
 import tensorflow as tf
 import tensorflow_text as text
 
 __all__ = ["build_preprocessor", "export_preprocessor", "read_vocab"]
 
+_VOCAB_ASSET = "vocab.txt"
 _CLS, _SEP, _PAD, _MASK, _UNK = "[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]"
 _REQUIRED_TOKENS = (_CLS, _SEP, _PAD, _UNK)
 # Hugging Face's max_input_chars_per_word. tensorflow_text counts bytes, so its own limit is set where no
@@ -334,7 +338,7 @@ def build_preprocessor(vocab_file: str, do_lower_case: bool, default_seq_length:
     """Builds the preprocessor in memory, ready for `tf.saved_model.save`.
 
     Args:
-        vocab_file: The WordPiece vocab, one token per line. It is read again when saving.
+        vocab_file: The WordPiece vocab, one token per line. Saving copies it in, so it must still exist then.
         do_lower_case: Whether to lowercase and strip accents; must match the vocab (True for "uncased").
         default_seq_length: The output length of the root call and the default of `bert_pack_inputs`.
         max_seq_length: The largest `seq_length` that `bert_pack_inputs` accepts (the encoder's position
@@ -356,15 +360,19 @@ def build_preprocessor(vocab_file: str, do_lower_case: bool, default_seq_length:
 
 def export_preprocessor(output_dir: str, vocab_file: str, do_lower_case: bool, default_seq_length: int = 128,
                         max_seq_length: int = 512) -> None:
-    """Exports the preprocessor as a SavedModel that carries its vocab as an asset.
+    """Exports the preprocessor as a SavedModel that carries its vocab as the asset `assets/vocab.txt`.
 
     Args:
         output_dir: Where to write the SavedModel.
-        vocab_file: The WordPiece vocab, one token per line.
+        vocab_file: The WordPiece vocab, one token per line (any filesystem tf.io.gfile reads, e.g. gs://).
         do_lower_case: Whether to lowercase and strip accents; must match the vocab (True for "uncased").
         default_seq_length: The output length of the root call and the default of `bert_pack_inputs`.
         max_seq_length: The largest `seq_length` that `bert_pack_inputs` accepts.
     """
-    preprocessor = build_preprocessor(vocab_file, do_lower_case, default_seq_length, max_seq_length)
-    signatures = {"serving_default": preprocessor.__call__.get_concrete_function()}
-    tf.saved_model.save(preprocessor, output_dir, signatures=signatures)
+    # A local copy under a fixed name: the asset is then always assets/vocab.txt, whatever the source.
+    with tempfile.TemporaryDirectory() as tmpdir:
+        local_vocab_file = os.path.join(tmpdir, _VOCAB_ASSET)
+        tf.io.gfile.copy(vocab_file, local_vocab_file)
+        preprocessor = build_preprocessor(local_vocab_file, do_lower_case, default_seq_length, max_seq_length)
+        signatures = {"serving_default": preprocessor.__call__.get_concrete_function()}
+        tf.saved_model.save(preprocessor, output_dir, signatures=signatures)

@@ -159,6 +159,7 @@ def validate(options: PipelineOptions) -> Plan:
     _check_buckets(options, {
         "--input": patterns, "--output_tfrecord": [opts.output_tfrecord], "--output_failed": [opts.output_failed],
         "--model_dir": [opts.model_dir], "--encoder": [opts.encoder], "--preprocessor": [opts.preprocessor],
+        "--previous_output": [opts.previous_output],
         "--temp_location": [options.view_as(GoogleCloudOptions).temp_location
                             if bigquery_table and opts.bigquery_method == "file_loads" else None]})
     read.check_inputs_exist(patterns)

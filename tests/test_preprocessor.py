@@ -103,7 +103,7 @@ def real(request, tmp_path_factory):
 def tiny(tmp_path_factory):
     """The uncased tiny-vocab preprocessor: in memory, exported, and loaded after its source vocab is deleted."""
     source_dir = tmp_path_factory.mktemp("source_vocab_dir")
-    vocab_file = source_dir / "vocab.txt"
+    vocab_file = source_dir / "tiny_vocab.txt"  # Exported as assets/vocab.txt all the same.
     vocab_file.write_text("".join(token + "\n" for token in TINY_VOCAB), encoding="utf-8")
     in_memory = preprocessor.build_preprocessor(
         str(vocab_file), True, default_seq_length=TINY_DEFAULT_SEQ_LENGTH, max_seq_length=TINY_MAX_SEQ_LENGTH)
@@ -319,6 +319,19 @@ def test_read_vocab_rejects_a_vocab_without_special_tokens(tmp_path):
     vocab_file = tmp_path / "vocab.txt"
     vocab_file.write_text("the\nfox\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"\[CLS\]"):
+        preprocessor.read_vocab(str(vocab_file))
+
+
+def test_read_vocab_reads_crlf_line_ends_like_the_lookup_table(tmp_path):
+    vocab_file = tmp_path / "vocab.txt"
+    vocab_file.write_bytes("".join(token + "\r\n" for token in TINY_VOCAB).encode("utf-8"))
+    assert preprocessor.read_vocab(str(vocab_file)) == TINY_VOCAB
+
+
+def test_read_vocab_rejects_repeated_tokens(tmp_path):
+    vocab_file = tmp_path / "vocab.txt"
+    vocab_file.write_text("\n".join([*TINY_VOCAB, "fox"]) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="repeats tokens \\['fox'\\]"):
         preprocessor.read_vocab(str(vocab_file))
 
 

@@ -157,8 +157,9 @@ def test_entry_point_builds_the_same_graph_as_the_command_line_and_does_not_wait
     assert transforms[0] == transforms[1]
 
 
-def test_entry_point_refuses_to_let_workers_download_models(capsys):
+def test_entry_point_refuses_to_let_workers_download_models(caplog):
     assert template_main.main(["--input=gs://b/c.txt", "--output_tfrecord=gs://b/o"]) == 2
+    assert "model_dir=gs://" in caplog.text
 
 
 def _dockerfile() -> str:

