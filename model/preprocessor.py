@@ -35,7 +35,7 @@ BertTokenizer differs on control and format characters, case folding and long wo
    is a word of its own.
 5. WordPiece, greedy longest match first; a word of more than 100 characters (not bytes) is [UNK].
 
-Character classes follow the Unicode 8 tables of `tokenizers`, not RE2's, through the exception lists below.
+Character categories are those of `tokenizers` (Unicode 8), not RE2's, through the code point lists below.
 Residual differences, which change ids only if the vocab holds such characters (no BERT vocab does): the
 lowercase of letters encoded in Unicode 15 and 16 (e.g. U+A7CB, U+10D50..U+10D65, U+16EA0..U+16EB8) follows
 the exporting Python's tables (Unicode 14 in 3.11), and decompositions new in Unicode 16 (e.g. U+105C9,
@@ -115,7 +115,7 @@ _WHITESPACE_REGEX = r"[\t\n\r\p{Z}]"
 _REMOVED_REGEX = rf"([{_char_class(_KEPT_FORMAT)}])|[\p{{C}}\x{{FFFD}}]"
 _NONSPACING_REGEX = rf"([{_char_class(_NOT_NONSPACING)}])|[\p{{Mn}}{_char_class(_NONSPACING_EXTRA)}]"
 # BertPreTokenizer: words end at whitespace (only spaces are left after cleaning); each punctuation character
-# (ASCII symbols and the list above) and each CJK ideograph is a word of its own.
+# (ASCII symbols and _PUNCTUATION) and each CJK ideograph is a word of its own.
 _SPLIT_KEPT_REGEX = rf"[!-/:-@\[-`{{-~{_char_class(_PUNCTUATION)}{_char_class(_CJK)}]"
 _SPLIT_REGEX = rf" +|{_SPLIT_KEPT_REGEX}"
 # Stands in for a special token through normalization and splitting: one character that is punctuation,
