@@ -43,6 +43,7 @@ class Plan:
     normalize: bool
     batch_size: int
     token_budget: int
+    precision: str
     large_model: bool
     model_copies: int | None
     output_tfrecord: str | None  # None: BigQuery is the only sink.
@@ -54,6 +55,9 @@ class Plan:
     output_bigquery: str | None  # PROJECT:DATASET.TABLE; None: no BigQuery sink.
     bigquery_method: str
     bigquery_table_exists: bool  # Append with the table's own schema; else create it with transforms.bigquery's.
+    # --previous_output names a table: read it (previous_output, None when there is none yet) and keep
+    # output_bigquery current instead of appending (transforms.bigquery.UpdateTable).
+    bigquery_update: bool = False
 
 
 def _resolve_models(options: EmbeddingOptions) -> tuple[str, str]:
@@ -66,8 +70,8 @@ def _resolve_models(options: EmbeddingOptions) -> tuple[str, str]:
 
 
 def _resolve_run(options: EmbeddingOptions) -> dict:
-    """This run's id, its output prefixes with {run_id} filled in, and the earlier output it updates."""
-    from transforms import incremental
+    """This run's id, its output prefixes with {run_id} filled in, and the earlier TFRecord output it updates."""
+    from transforms import bigquery, incremental
 
     run_id = options.run_id or incremental.default_run_id()
     if not _RUN_ID.fullmatch(run_id):
@@ -78,12 +82,11 @@ def _resolve_run(options: EmbeddingOptions) -> dict:
     if not output_failed and output_tfrecord:
         output_failed = output_tfrecord + "-failed"
     previous_output, previous_files = None, ()
-    if options.previous_output:
+    if options.previous_output and not bigquery.is_table_spec(options.previous_output):
         if not output_tfrecord:
-            # TODO(issue 6): read an earlier run from its BigQuery rows too; until then the TFRecord output is
-            # the complete set that the next run reads.
-            raise ValueError("--previous_output needs --output_tfrecord: an incremental run reads and writes "
-                             "TFRecord prefixes (BigQuery receives only the records this run embeds).")
+            raise ValueError(f"--previous_output {options.previous_output} is a TFRecord prefix and needs "
+                             "--output_tfrecord; to update a BigQuery table instead, name it: --previous_output "
+                             "PROJECT:DATASET.TABLE with --output_bigquery.")
         if incremental.RUN_ID_PLACEHOLDER in options.previous_output:
             raise ValueError(f"--previous_output {options.previous_output} names an earlier run: use "
                              f"{incremental.LATEST_PLACEHOLDER} or that run's prefix, not "
@@ -115,6 +118,31 @@ def _resolve_bigquery(options: PipelineOptions):
                          f"under --temp_location, which must be gs:// (got {temp_location or 'none'}): pass "
                          "--temp_location gs://BUCKET/tmp, or --bigquery_method streaming.")
     return table
+
+
+def _resolve_previous_table(options: PipelineOptions, output_table) -> dict:
+    """--previous_output naming a BigQuery table: the table to read (None: none yet) and bigquery_update; else {}."""
+    from transforms import bigquery
+
+    opts = options.view_as(EmbeddingOptions)
+    if not opts.previous_output or not bigquery.is_table_spec(opts.previous_output):
+        return {}
+    previous = bigquery.parse_table(opts.previous_output, flag="--previous_output")
+    if output_table is None:
+        raise ValueError(f"--previous_output {opts.previous_output} is a BigQuery table: pass --output_bigquery, the "
+                         "table the run keeps current (usually that same table).")
+    if opts.output_tfrecord:
+        raise ValueError(f"--previous_output {opts.previous_output} is a BigQuery table, which updates the "
+                         "--output_bigquery table only: drop --output_tfrecord, or give a TFRecord --previous_output "
+                         "to write TFRecord.")
+    if opts.bigquery_method != "file_loads":
+        raise ValueError(f"--bigquery_method {opts.bigquery_method} cannot keep a table current: with a BigQuery "
+                         "--previous_output the run loads its complete set with load jobs; use --bigquery_method "
+                         "file_loads (the default).")
+    exists = bigquery.check_previous_table(previous, output_table, options.view_as(GoogleCloudOptions).project)
+    if not exists:
+        logging.info("--previous_output %s does not exist yet; embedding everything.", previous.spec)
+    return {"previous_output": previous.spec if exists else None, "bigquery_update": True}
 
 
 def _check_buckets(options: PipelineOptions, paths_by_flag: dict) -> None:
@@ -170,16 +198,19 @@ def validate(options: PipelineOptions) -> Plan:
                          "or tfrecord).")
     encoder, preprocessor = _resolve_models(opts)
     embed.check_models(encoder, preprocessor)
-    fingerprint = embed.model_fingerprint(encoder, preprocessor, opts.pooling, opts.normalize, opts.seq_length)
+    embed.check_seq_length(preprocessor, opts.seq_length)
+    fingerprint = embed.model_fingerprint(encoder, preprocessor, opts.pooling, opts.normalize, opts.seq_length,
+                                          opts.precision)
     table_exists = bool(bigquery_table) and bigquery.check_table(bigquery_table,
                                                                  options.view_as(GoogleCloudOptions).project)
+    run_plan = {**_resolve_run(opts), **_resolve_previous_table(options, bigquery_table)}
     return Plan(patterns=patterns, input_format=input_format, id_field=opts.id_field, text_field=opts.text_field,
                 pair_fields=pair_fields, encoder=encoder, preprocessor=preprocessor, model_fingerprint=fingerprint,
                 seq_length=opts.seq_length, pooling=opts.pooling, normalize=opts.normalize,
-                batch_size=opts.batch_size, token_budget=opts.token_budget, large_model=opts.large_model,
-                model_copies=opts.model_copies, output_sequence=opts.output_sequence,
+                batch_size=opts.batch_size, token_budget=opts.token_budget, precision=opts.precision,
+                large_model=opts.large_model, model_copies=opts.model_copies, output_sequence=opts.output_sequence,
                 output_bigquery=bigquery_table.spec if bigquery_table else None,
-                bigquery_method=opts.bigquery_method, bigquery_table_exists=table_exists, **_resolve_run(opts))
+                bigquery_method=opts.bigquery_method, bigquery_table_exists=table_exists, **run_plan)
 
 
 def _key_by_record(record):
@@ -193,15 +224,18 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
     handler = embed.EmbeddingModelHandler(
         plan.encoder, plan.preprocessor, seq_length=plan.seq_length, pooling=plan.pooling,
         normalize=plan.normalize, with_sequence=plan.output_sequence, max_batch_size=plan.batch_size,
-        token_budget=plan.token_budget, large_model=plan.large_model, model_copies=plan.model_copies)
+        token_budget=plan.token_budget, large_model=plan.large_model, model_copies=plan.model_copies,
+        precision=plan.precision)
     records, read_failures = pipeline | "ReadCorpus" >> read.ReadCorpus(
         plan.patterns, plan.input_format, id_field=plan.id_field, text_field=plan.text_field,
         pair_fields=plan.pair_fields)
     carried_forward = None
     if plan.previous_output:
-        previous = pipeline | "ReadPrevious" >> incremental.ReadPrevious(plan.previous_files)
+        previous = pipeline | "ReadPrevious" >> (incremental.ReadPreviousTable(plan.previous_output)
+                                                 if plan.bigquery_update else
+                                                 incremental.ReadPrevious(plan.previous_files))
         records, carried_forward = (records, previous) | "SelectChanged" >> incremental.SelectChanged(
-            plan.model_fingerprint, with_sequence=plan.output_sequence)
+            plan.model_fingerprint, with_sequence=plan.output_sequence and not plan.bigquery_update)
     keyed_texts = records | "KeyByRecord" >> beam.Map(_key_by_record)
     embeddings, inference_failures = keyed_texts | "Embed" >> embed.Embed(handler)
     if plan.output_tfrecord:
@@ -210,7 +244,12 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
         _ = written | "WriteManifest" >> incremental.WriteManifest(plan.output_tfrecord, plan.run_id,
                                                                    plan.model_fingerprint)
     bigquery_failures = ()
-    if plan.output_bigquery:
+    if plan.bigquery_update:
+        # The run's complete set (embedded and carried forward) replaces the table's rows in one MERGE.
+        to_update = embeddings if carried_forward is None else (embeddings, carried_forward)
+        _ = to_update | "UpdateBigQuery" >> bigquery.UpdateTable(
+            plan.output_bigquery, plan.model_fingerprint, plan.run_id)
+    elif plan.output_bigquery:
         # Rows embedded by this run only (embedded_at stays true); WriteTFRecord counts unless it is absent.
         bigquery_failures = (embeddings | "WriteBigQuery" >> bigquery.WriteBigQuery(
             plan.output_bigquery, plan.model_fingerprint, plan.run_id, method=plan.bigquery_method,

@@ -218,6 +218,7 @@ def test_counters_add_up_and_summary_names_outputs(tmp_path, tiny_model_dir, cap
     (["--pair_fields=onlyone"], "--pair_fields"),
     (["--encoder=/nonexistent/encoder", "--preprocessor=/nonexistent/preprocessor"], "--encoder"),
     (["--seq_length=1000"], "--seq_length"),
+    (["--seq_length=200"], "--seq_length 200 exceeds the longest input the model takes (128 tokens"),
 ])
 def test_user_mistakes_get_one_clear_line(argv, message, tmp_path, tiny_model_dir, capsys):
     corpus = tmp_path / "corpus.jsonl"

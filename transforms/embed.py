@@ -18,7 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
 __all__ = ["POOLING_MODES", "PRECISIONS", "EmbeddingModelHandler", "Embedding", "Embed", "model_fingerprint",
-           "check_models", "plan_sub_batches", "resolve_handle", "stage_locally"]
+           "check_models", "check_seq_length", "plan_sub_batches", "resolve_handle", "stage_locally"]
 
 POOLING_MODES = ("pooled", "cls", "mean")
 _NAMESPACE = "embeddings"
@@ -178,6 +178,22 @@ def check_models(encoder: str, preprocessor: str) -> None:
         sizes = f"{len(encoder_vocab.splitlines())} vs {len(preprocessor_vocab.splitlines())} tokens"
         raise ValueError(f"--encoder {encoder} and --preprocessor {preprocessor} use different vocabularies "
                          f"({sizes}); export both from the same checkpoint.")
+
+
+def check_seq_length(preprocessor: str, seq_length: int) -> None:
+    """Refuses a --seq_length beyond what the preprocessor packs (its `max_seq_length`, as model.export writes).
+
+    Loads the preprocessor (small: a vocabulary and a graph); handles without that attribute are not checked.
+    """
+    if _is_url(preprocessor):
+        return
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  Registers the preprocessor's ops.
+
+    limit = getattr(tf.saved_model.load(resolve_handle(preprocessor)), "max_seq_length", None)
+    if limit is not None and seq_length > int(limit.numpy()):
+        raise ValueError(f"--seq_length {seq_length} exceeds the longest input the model takes "
+                         f"({int(limit.numpy())} tokens, --preprocessor {preprocessor}).")
 
 
 def model_fingerprint(encoder: str, preprocessor: str, pooling: str, normalize: bool, seq_length: int,
