@@ -34,13 +34,16 @@ def build_checkpoint(out_dir: str, seed: int = 0) -> str:
 
     vocab = vocab_file()
     with open(vocab, encoding="utf-8") as f:
-        vocab_size = sum(1 for _ in f)
+        tokens = {line.rstrip("\n"): i for i, line in enumerate(f)}
+    vocab_size = len(tokens)
     torch.manual_seed(seed)
     config = transformers.DistilBertConfig(vocab_size=vocab_size, dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS,
                                            hidden_dim=FFN, max_position_embeddings=512)
     transformers.DistilBertModel(config).eval().save_pretrained(out_dir)
-    transformers.BertTokenizerFast(vocab_file=vocab, do_lower_case=True).save_pretrained(out_dir)
-    shutil.copyfile(vocab, os.path.join(out_dir, "vocab.txt"))  # transformers 5 writes tokenizer.json only.
+    # transformers 5 takes the vocabulary itself (a vocab_file argument is silently ignored) and saves
+    # tokenizer.json only; model.export reads vocab.txt.
+    transformers.BertTokenizerFast(vocab=tokens, do_lower_case=True).save_pretrained(out_dir)
+    shutil.copyfile(vocab, os.path.join(out_dir, "vocab.txt"))
     return out_dir
 
 
@@ -60,7 +63,7 @@ def sentence_transformer(checkpoint_dir: str, seq_length: int):
     from sentence_transformers import SentenceTransformer, models
 
     transformer = models.Transformer(checkpoint_dir, max_seq_length=seq_length)
-    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="cls")
+    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
     return SentenceTransformer(modules=[transformer, pooling], device="cpu")
 
 

@@ -6,7 +6,7 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ["EmbeddingOptions", "DEFAULT_ENCODER", "DEFAULT_PREPROCESSOR", "FORMATS", "POOLING_MODES",
+__all__ = ["EmbeddingOptions", "DEFAULT_ENCODER", "DEFAULT_PREPROCESSOR", "FORMATS", "POOLING_MODES", "PRECISIONS",
            "split_patterns", "parse_pair_fields"]
 
 DEFAULT_ENCODER = "https://tfhub.dev/jeongukjae/distilbert_en_cased_L-6_H-768_A-12/1"
@@ -14,6 +14,7 @@ DEFAULT_PREPROCESSOR = "https://tfhub.dev/jeongukjae/distilbert_en_cased_preproc
 # Kept literal here (and checked against transforms/ by a test) so --help needs no TensorFlow import.
 FORMATS = ("text", "jsonl", "csv", "tsv", "tfrecord")
 POOLING_MODES = ("pooled", "cls", "mean")
+PRECISIONS = ("fp32", "bf16")
 
 
 def split_patterns(value: str) -> list[str]:
@@ -76,11 +77,19 @@ class EmbeddingOptions(PipelineOptions):
                            "[CLS] token of sequence_output; mean: average over real tokens.")
         group.add_argument("--normalize", action="store_true", default=False,
                            help="L2-normalise every embedding (cosine similarity becomes a dot product).")
-        group.add_argument("--batch_size", type=_positive_int, default=64,
-                           help="Most texts handed to the model at once (an upper bound; Beam adapts).")
+        group.add_argument("--batch_size", type=_positive_int, default=512,
+                           help="Texts handed to the model at once (fewer only at the end of a bundle). A batch "
+                           "is sorted by length and cut into sub-batches of similar lengths: the larger the "
+                           "batch, the less padding (about 95 percent of computed tokens are real at 512 on short "
+                           "texts).")
         group.add_argument("--token_budget", type=_positive_int, default=4096,
                            help="Most padded tokens encoded at once; a batch is sorted by length and cut "
                            "into sub-batches, each padded only to its own longest text.")
+        group.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                           help="fp32, or bf16 to run the encoder's matrix multiplications in bfloat16 on CPU "
+                           "workers with AVX512_BF16 or AMX (e.g. Sapphire Rapids, Zen 4 and later): about 2x "
+                           "faster, cosine to fp32 above 0.999 (measured on a random-weight DistilBERT; check "
+                           "your model). Works with any SavedModel; changes the model fingerprint.")
         group.add_argument("--large_model", action="store_true", default=False,
                            help="Hold one copy of the models per machine, shared by all worker processes.")
         group.add_argument("--model_copies", type=_positive_int, default=None,
@@ -101,7 +110,9 @@ class EmbeddingOptions(PipelineOptions):
             "one row per record: id STRING, embedding FLOAT64 REPEATED, model STRING, content_hash STRING, "
             "embedded_at TIMESTAMP, run_id STRING (--run_id). The dataset must exist; the table is created "
             "when missing. An existing table must have these columns with these types (NULLABLE is fine); "
-            "its other columns must not be REQUIRED. Checked before the job starts.")
+            "its other columns must not be REQUIRED. Checked before the job starts. With a BigQuery "
+            "--previous_output the run keeps this table current instead of appending: one row per id, "
+            "exactly the corpus's complete set.")
         group.add_argument(
             "--bigquery_method", choices=("file_loads", "streaming"), default="file_loads",
             help="How --output_bigquery is written: file_loads (default) stages files under --temp_location, "
@@ -113,9 +124,13 @@ class EmbeddingOptions(PipelineOptions):
                            "e.g. gs://bucket/emb/run={run_id}/part. Default: the launch time in UTC, "
                            "YYYY-MM-DDTHH-MM-SS. Pass an earlier run's id to repeat that run in place.")
         group.add_argument("--previous_output", default=None,
-                           help="The --output_tfrecord prefix of an earlier run, to update incrementally: only "
-                           "records whose id is new or whose content_hash changed are embedded, unchanged "
-                           "embeddings are copied forward and records gone from the corpus are dropped. Everything "
-                           "is re-embedded when the earlier run used another model. {latest} picks the newest "
-                           "complete run before this one, e.g. gs://bucket/emb/run={latest}/part (none yet: "
-                           "embed everything).")
+                           help="An earlier run's embeddings, to update incrementally: only records whose id is "
+                           "new or whose content_hash changed are embedded, unchanged embeddings are copied forward "
+                           "and records gone from the corpus are dropped. Everything is re-embedded when the "
+                           "earlier run used another model. Either the --output_tfrecord prefix of an earlier run, "
+                           "where {latest} picks the newest complete run before this one, e.g. "
+                           "gs://bucket/emb/run={latest}/part (none yet: embed everything); or a BigQuery table "
+                           "PROJECT:DATASET.TABLE, usually the --output_bigquery table itself, which the run then "
+                           "keeps current: it loads its complete set into TABLE__run_RUNID and MERGEs that into "
+                           "the --output_bigquery table in one statement (needs --bigquery_method file_loads and "
+                           "no --output_tfrecord; a missing --output_bigquery table: embed everything).")

@@ -50,7 +50,7 @@ class Plan:
     output_sequence: bool
     output_failed: str
     run_id: str
-    previous_output: str | None  # An earlier run's prefix with {latest} resolved; None: embed everything.
+    previous_output: str | None  # An earlier run's prefix ({latest} resolved) or table; None: embed everything.
     previous_files: tuple
     output_bigquery: str | None  # PROJECT:DATASET.TABLE; None: no BigQuery sink.
     bigquery_method: str

@@ -23,6 +23,8 @@ METADATA_PATH = pathlib.Path(__file__).with_name("metadata.json")
 REQUIRED = ("input",)
 
 _GCS_PATH = r"^gs://[^\n\r]+$"
+# PROJECT:DATASET.TABLE or PROJECT.DATASET.TABLE, as transforms/bigquery.py's parse_table accepts them.
+_TABLE = r"(([a-z0-9.-]+:)?[a-z][a-z0-9-]*[a-z0-9])[:.][A-Za-z0-9_]{1,1024}\.[\w-]{1,1024}"
 # Formats the options cannot state themselves. On Dataflow every path is read by workers or the launcher, never
 # on this machine, so paths are gs:// (models included: workers do not download from the internet).
 PATTERNS = {
@@ -33,9 +35,9 @@ PATTERNS = {
     "preprocessor": _GCS_PATH,
     "output_tfrecord": _GCS_PATH,
     "output_failed": _GCS_PATH,
-    "previous_output": _GCS_PATH,
-    # PROJECT:DATASET.TABLE or PROJECT.DATASET.TABLE, as transforms/bigquery.py's parse_table accepts them.
-    "output_bigquery": r"^(([a-z0-9.-]+:)?[a-z][a-z0-9-]*[a-z0-9])[:.][A-Za-z0-9_]{1,1024}\.[\w-]{1,1024}$",
+    # A TFRecord prefix on Cloud Storage, or a BigQuery table.
+    "previous_output": rf"^(gs://[^\n\r]+|{_TABLE})$",
+    "output_bigquery": rf"^{_TABLE}$",
     "run_id": r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
 }
 _TYPE_PATTERNS = {"_positive_int": r"^[1-9][0-9]*$", "int": r"^-?[0-9]+$"}

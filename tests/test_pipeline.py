@@ -262,3 +262,13 @@ def test_formats_and_pooling_choices_agree_with_the_transforms():
 
     assert options_lib.FORMATS == read_lib.FORMATS
     assert options_lib.POOLING_MODES == embed.POOLING_MODES
+
+
+def test_help_explains_every_option(capsys):
+    assert run_lib.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    parser = run_lib._help_parser()
+    for action in parser._actions:
+        for flag in action.option_strings:
+            assert flag in out
+        assert action.help, f"{action.option_strings} has no help text"

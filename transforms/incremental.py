@@ -1,15 +1,23 @@
 """Incremental runs: embed only new and changed records, carry the rest forward from an earlier run's output.
 
-Each run writes its embeddings under its own prefix, for example gs://bucket/emb/run=2026-11-24T02-00-00/part,
-and, once every shard is in place, a manifest PREFIX-manifest.json naming the shards, the run id and the model
-fingerprint. A run that fails leaves no manifest, so it is never taken for a complete run, and the earlier runs'
-files are only ever read. A later run pointed at an earlier prefix (`--previous_output`, or `{latest}` for the
-newest complete run before it) joins its corpus with the earlier embeddings on the record id:
+The earlier output is either TFRecord or a BigQuery table.
+
+TFRecord: each run writes its embeddings under its own prefix, for example
+gs://bucket/emb/run=2026-11-24T02-00-00/part, and, once every shard is in place, a manifest PREFIX-manifest.json
+naming the shards, the run id and the model fingerprint. A run that fails leaves no manifest, so it is never taken
+for a complete run, and the earlier runs' files are only ever read. A later run is pointed at an earlier prefix
+(`--previous_output`, or `{latest}` for the newest complete run before it).
+
+BigQuery: `--previous_output PROJECT:DATASET.TABLE` reads the table's rows (ReadPreviousTable), and the run keeps
+its --output_bigquery table current (transforms.bigquery.UpdateTable: a run table, then one MERGE).
+
+Either way the run joins its corpus with the earlier embeddings on the record id:
 
     new        the id is not in the earlier output: embedded.
     changed    the content_hash differs, or the earlier embedding was made by another model fingerprint (or
                with another --output_sequence choice): embedded. `changed_model` counts the latter alone.
-    unchanged  same content_hash and model: the earlier tf.train.Example is written again, byte for byte.
+    unchanged  same content_hash and model: the earlier tf.train.Example is written again byte for byte (a table
+               row value for value, its embedded_at and run_id included).
     deleted    the id is only in the earlier output: dropped.
 
 So every run's output is the complete set for its corpus, equal to a full re-embedding. The four counts are
@@ -30,7 +38,7 @@ from apache_beam.metrics import Metrics
 
 __all__ = ["RUN_ID_PLACEHOLDER", "LATEST_PLACEHOLDER", "MANIFEST_SUFFIX", "EMBED_TAG", "CARRIED_TAG",
            "default_run_id", "manifest_path", "resolve_previous", "previous_files", "ReadPrevious",
-           "SelectChanged", "WriteManifest"]
+           "ReadPreviousTable", "SelectChanged", "WriteManifest"]
 
 RUN_ID_PLACEHOLDER = "{run_id}"
 LATEST_PLACEHOLDER = "{latest}"
@@ -111,12 +119,13 @@ def previous_files(prefix: str) -> list[str]:
 
 
 class _Previous(NamedTuple):
-    """What an incremental run needs of one earlier record, and its serialised Example to copy forward."""
+    """What an incremental run needs of one earlier record, and what to copy forward: its serialised Example
+    (TFRecord) or its row (BigQuery)."""
 
     content_hash: str
     model: str
     has_sequence: bool
-    serialized: bytes
+    carried: bytes | dict
 
 
 class _KeyPreviousFn(beam.DoFn):
@@ -154,8 +163,28 @@ class ReadPrevious(beam.PTransform):
                 | "KeyById" >> beam.ParDo(_KeyPreviousFn()))
 
 
+def _key_previous_row(row: dict):
+    """A row read back from BigQuery -> (id, _Previous); rows hold no token vectors."""
+    return row["id"], _Previous(row["content_hash"], row["model"], False, row)
+
+
+class ReadPreviousTable(beam.PTransform):
+    """Reads the rows of an earlier run's BigQuery table (transforms.bigquery.ReadTable) into (id, _Previous)."""
+
+    def __init__(self, table: str):
+        super().__init__()
+        self._table = table
+
+    def expand(self, pbegin):
+        from transforms import bigquery
+
+        return (pbegin
+                | "ReadTable" >> bigquery.ReadTable(self._table)
+                | "KeyById" >> beam.Map(_key_previous_row))
+
+
 class _ClassifyFn(beam.DoFn):
-    """(id, {"records": [Record], "previous": [_Previous]}) -> Records to embed, or tagged Examples to carry."""
+    """(id, {"records": [Record], "previous": [_Previous]}) -> Records to embed, or tagged Examples/rows to carry."""
 
     def __init__(self, model_fingerprint: str, with_sequence: bool):
         self._model, self._with_sequence = model_fingerprint, with_sequence
@@ -173,7 +202,7 @@ class _ClassifyFn(beam.DoFn):
             match = next((p for p in current if p.content_hash == record.content_hash), None)
             if match is not None:
                 self._counters["unchanged"].inc()
-                yield beam.pvalue.TaggedOutput(CARRIED_TAG, match.serialized)
+                yield beam.pvalue.TaggedOutput(CARRIED_TAG, match.carried)
                 continue
             if not previous:
                 self._counters["new"].inc()
@@ -189,9 +218,10 @@ def _key_record(record):
 
 
 class SelectChanged(beam.PTransform):
-    """(records, previous) -> (records to embed, serialised Examples to carry forward), joined on the id.
+    """(records, previous) -> (records to embed, earlier Examples or rows to carry forward), joined on the id.
 
-    `records` are transforms.read.Records of this run's corpus; `previous` comes from ReadPrevious. A record
+    `records` are transforms.read.Records of this run's corpus; `previous` comes from ReadPrevious (carried:
+    serialised Examples) or ReadPreviousTable (carried: table rows; pass with_sequence=False). A record
     keeps its earlier embedding only when the content_hash, the model fingerprint and the presence of token
     vectors all match; ids only in `previous` are dropped. Counts new, changed, changed_model, unchanged and
     deleted in the "embeddings" namespace.

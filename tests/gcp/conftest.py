@@ -96,6 +96,20 @@ def _check_installed() -> None:
                     "tests need them.", pytrace=False)
 
 
+def _storage_read_client(address: str):
+    """A stand-in for BigQueryReadClient() that talks to `address` without TLS."""
+    import grpc
+    from google.cloud import bigquery_storage_v1
+    from google.cloud.bigquery_storage_v1.services.big_query_read.transports import BigQueryReadGrpcTransport
+
+    client_class = bigquery_storage_v1.BigQueryReadClient
+
+    def make_client(*args, **kwargs):
+        return client_class(transport=BigQueryReadGrpcTransport(channel=grpc.insecure_channel(address)))
+
+    return make_client
+
+
 @pytest.fixture(scope="session")
 def fake_adc(tmp_path_factory) -> str:
     """The path of a throwaway credentials file (see _FAKE_ADC)."""
@@ -152,6 +166,12 @@ def gcp_emulators(tmp_path_factory, fake_adc):
         from apache_beam.io.gcp.internal.clients.bigquery import bigquery_v2_client
 
         mp.setattr(bigquery_v2_client.BigqueryV2, "BASE_URL", f"{urls['bigquery']}/bigquery/v2/")
+        # Test-only, likewise: ReadFromBigQuery's DIRECT_READ builds its Storage Read API client with no arguments,
+        # so it dials bigquerystorage.googleapis.com over TLS; no environment variable moves it. Point it at
+        # bqemulator's gRPC port, in plain text.
+        from google.cloud import bigquery_storage_v1
+
+        mp.setattr(bigquery_storage_v1, "BigQueryReadClient", _storage_read_client(f"127.0.0.1:{grpc_port}"))
         yield urls
     finally:
         mp.undo()

@@ -1,0 +1,171 @@
+"""Engine speed at a fixed shape against the matrix-multiply ceiling, and the cold-start cost of the handler.
+
+The ceiling is what the encoder's matrix multiplications alone would take at the same shape (4 projections,
+2 feed-forward matmuls and 2 attention batch-matmuls per layer), each timed by itself with tf.matmul in eager
+mode, so nothing else (LayerNorm, softmax, GELU, memory traffic between ops) is counted. Eager ops are not
+touched by grappler, so the bf16 switch of the engine runs does not leak into them.
+
+Run as `python -m bench.engine latency MODEL_DIR TEXTS_JSONL` for the cold-start numbers in a fresh process;
+it prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+__all__ = ["EngineBench", "matmul_flops_per_token", "cold_start"]
+
+_AMP = "auto_mixed_precision_onednn_bfloat16"
+
+
+def matmul_flops_per_token(seq: int, hidden: int = 768, ffn: int = 3072, layers: int = 6) -> float:
+    """Multiply-add FLOPs of the encoder's matmuls per token at sequence length `seq`."""
+    return layers * (2 * 4 * hidden * hidden + 2 * 2 * hidden * ffn + 2 * 2 * seq * hidden)
+
+
+def _best_seconds(fn, reps: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+class EngineBench:
+    """Tokens/s of the matmul ceiling and of the exported encoder at batch x seq, fp32 and bf16.
+
+    Every measurement is the best of `reps` calls, and `run_round` can be called repeatedly so that ceiling
+    and engine alternate: on a shared machine the best of interleaved rounds is the least disturbed.
+    """
+
+    def __init__(self, encoder_dir: str, batch: int = 32, seq: int = 128, hidden: int = 768, heads: int = 12,
+                 ffn: int = 3072, layers: int = 6):
+        import tensorflow as tf
+
+        self.batch, self.seq, self.layers = batch, seq, layers
+        self.tokens = batch * seq
+        self._encoder = tf.saved_model.load(encoder_dir)
+        rng = tf.random.Generator.from_seed(0)
+        self._ids = rng.uniform([batch, seq], 1000, 30000, tf.int32)
+        self._mask = tf.ones([batch, seq], tf.int32)
+        self._shapes = {  # name: (count per layer, a shape, b shape, transpose_b)
+            "projection": (4, [batch * seq, hidden], [hidden, hidden], False),
+            "ffn_in": (1, [batch * seq, hidden], [hidden, ffn], False),
+            "ffn_out": (1, [batch * seq, ffn], [ffn, hidden], False),
+            "scores": (1, [batch, heads, seq, hidden // heads], [batch, heads, seq, hidden // heads], True),
+            "context": (1, [batch, heads, seq, seq], [batch, heads, seq, hidden // heads], False),
+        }
+        self._operands = {dtype: {name: (rng.normal(a), rng.normal(b)) for name, (_, a, b, _) in self._shapes.items()}
+                          for dtype in ("fp32",)}
+        self._operands["bf16"] = {name: (tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16))
+                                  for name, (a, b) in self._operands["fp32"].items()}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2)
+        def encode(word_ids, mask):
+            return self._encoder({"input_word_ids": word_ids, "input_mask": mask})["pooled_output"]
+
+        self._encode = encode
+        self.best = {"ceiling_fp32": 0.0, "ceiling_bf16": 0.0, "engine_fp32": 0.0, "engine_bf16": 0.0}
+
+    def ceiling(self, precision: str, reps: int = 3) -> float:
+        """Tokens/s if the encoder's matmuls were all it computed, at eager tf.matmul speed."""
+        import tensorflow as tf
+
+        seconds = 0.0
+        for name, (count, _, _, transpose_b) in self._shapes.items():
+            a, b = self._operands[precision][name]
+            seconds += count * _best_seconds(lambda a=a, b=b, t=transpose_b: tf.matmul(a, b, transpose_b=t), reps)
+        return self.tokens / (seconds * self.layers)
+
+    def engine(self, precision: str, reps: int = 3) -> float:
+        """Tokens/s of the exported encoder at batch x seq; bf16 through grappler's oneDNN mixed precision."""
+        import tensorflow as tf
+
+        tf.config.optimizer.set_experimental_options({_AMP: precision == "bf16"})
+        try:
+            return self.tokens / _best_seconds(lambda: self._encode(self._ids, self._mask), reps)
+        finally:
+            tf.config.optimizer.set_experimental_options({_AMP: False})
+
+    def run_round(self, reps: int = 3) -> None:
+        for precision in ("fp32", "bf16"):
+            for kind, measure in (("ceiling", self.ceiling), ("engine", self.engine)):
+                key = f"{kind}_{precision}"
+                self.best[key] = max(self.best[key], measure(precision, reps))
+
+    def gflops(self, tokens_per_second: float) -> float:
+        return tokens_per_second * matmul_flops_per_token(self.seq, layers=self.layers) / 1e9
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def cold_start(model_dir: str, texts: list[str], batch_size: int = 512) -> dict:
+    """In a fresh process: model load (+ warm-up) time and memory, first-batch stall, cost of new shapes."""
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401
+
+    from transforms import embed
+
+    result = {}
+    batch = [(text,) for text in texts[:batch_size]]
+    handler = embed.EmbeddingModelHandler(model_dir + "/encoder", model_dir + "/preprocessor",
+                                          max_batch_size=batch_size)
+    rss_before = _rss_bytes()
+    start = time.perf_counter()
+    embedder = handler.load_model()
+    result["load_s"] = time.perf_counter() - start
+    result["model_rss_bytes"] = _rss_bytes() - rss_before
+    for label, model in (("warm", embedder), ("cold", None)):
+        if model is None:  # The same models without load_model's warm-up: what the first batch paid before.
+            model = embed._Embedder(tf.saved_model.load(model_dir + "/preprocessor"),
+                                    tf.saved_model.load(model_dir + "/encoder"), 128, "pooled", False, False, 4096)
+        start = time.perf_counter()
+        model.embed(batch)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        model.embed(batch)
+        result[f"first_batch_s_{label}"], result[f"steady_batch_s_{label}"] = first, time.perf_counter() - start
+    # A new (rows, width) shape after warm-up: no retracing, only oneDNN's per-shape setup.
+    word_ids = tf.random.uniform([256, 128], 1000, 30000, tf.int32)
+    rng = np.random.default_rng(0)
+    extra = []
+    for _ in range(12):
+        width = int(rng.integers(8, 129))
+        rows = int(rng.integers(1, max(2, 2048 // width)))
+        args = (word_ids[:rows, :width], tf.ones([rows, width], tf.int32), tf.zeros([rows, width], tf.int32))
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            embedder._encode(*args)
+            times.append(time.perf_counter() - start)
+        extra.append(times[0] - times[1])
+    result["new_shape_extra_s"] = float(np.median(extra))
+    result["encode_traces"] = int(embedder._encode.experimental_get_tracing_count())
+    return result
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[0] != "latency":
+        print("usage: python -m bench.engine latency MODEL_DIR TEXTS_JSONL", file=sys.stderr)
+        return 2
+    with open(argv[2], encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    print(json.dumps(cold_start(argv[1], texts)))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,332 @@
+"""Throughput benchmark: python -m bench.run [--small] [--workdir DIR] [--json FILE].
+
+Builds a full-size DistilBERT with RANDOM weights (bench/models.py), a generated corpus with the length
+distribution of real short English texts (bench/corpus.py), then measures in one run, peers side by side:
+the encoder at a fixed shape against the matrix-multiply ceiling (fp32 and bf16), our pipeline end to end on
+Beam's local runner (fp32 and bf16), sentence-transformers' encode and a naive Beam pipeline on the same
+texts, memory of a multi-process run with and without --large_model, and the first batch after loading.
+Prints one Markdown table with the ratios to the targets of issue 5.
+
+The machine is shared and noisy: every figure is the best of interleaved repeats, and the CPU share column
+says how much of the machine the process actually got. --small finishes in a few minutes; the full run in
+about 15 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+
+from bench import corpus as corpus_lib  # noqa: E402
+from bench import models  # noqa: E402
+
+__all__ = ["main"]
+
+_MODES = {
+    # texts: our corpus; naive: the naive pipeline's share of it; repeats: end-to-end runs per precision;
+    # rounds: interleaved engine rounds; workers: process counts for the memory runs.
+    "full": {"texts": 4000, "naive": 600, "repeats": 2, "rounds": 5, "workers": (1, 2, 4), "memory_texts": 96},
+    "small": {"texts": 600, "naive": 150, "repeats": 1, "rounds": 2, "workers": (1, 2), "memory_texts": 48},
+}
+_TINY_TEXTS = 64  # The short run whose time is subtracted to cancel one-time costs.
+_SOURCES = ("model/encoder.py", "model/export.py", "model/convert.py", "model/preprocessor.py", "bench/models.py")
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _source_hash() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    digest = hashlib.sha256()
+    for name in _SOURCES:
+        with open(os.path.join(root, name), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def _prepare(workdir: str, n_texts: int) -> tuple[str, str, list[str]]:
+    """The checkpoint and SavedModels (rebuilt when the model code changed) and the corpus."""
+    checkpoint, model_dir = os.path.join(workdir, "checkpoint"), os.path.join(workdir, "model")
+    stamp = os.path.join(workdir, "model.stamp")
+    version = _source_hash()
+    if not (os.path.exists(stamp) and open(stamp, encoding="utf-8").read() == version):
+        _log("building the random-weight DistilBERT checkpoint and exporting it with model.export")
+        models.build_checkpoint(checkpoint)
+        models.export_saved_models(checkpoint, model_dir)
+        with open(stamp, "w", encoding="utf-8") as f:
+            f.write(version)
+    texts = corpus_lib.make_texts(models.vocab_file(), n_texts)
+    return checkpoint, model_dir, texts
+
+
+def _wordpiece_lengths(model_dir: str, texts: list[str]) -> np.ndarray:
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401
+
+    preprocessor = tf.saved_model.load(model_dir + "/preprocessor")
+    return preprocessor.tokenize(tf.constant(texts)).merge_dims(-2, -1).row_lengths().numpy()
+
+
+def _machine() -> str:
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    model = fields.get("model name")
+    if not model:  # Some virtual machines leave it out of /proc/cpuinfo; lscpu reads it from the firmware.
+        done = subprocess.run(["lscpu"], capture_output=True, text=True, check=False)
+        model = next((line.split(":", 1)[1].strip() for line in done.stdout.splitlines()
+                      if line.startswith("Model name")), "unknown CPU")
+    flags = f" {fields.get('flags', '')} "
+    isa = [name for name in ("avx512f", "avx512_bf16", "amx_bf16") if f" {name} " in flags]
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{model} (CPU family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}), "
+            f"{os.cpu_count()} cores, {'/'.join(isa) or 'no AVX-512'}, {memory:.0f} GiB, {platform.system()}")
+
+
+def _versions() -> str:
+    import apache_beam
+    import sentence_transformers
+    import tensorflow as tf
+    import torch
+    import transformers
+
+    return (f"Python {platform.python_version()}, apache-beam {apache_beam.__version__}, TensorFlow {tf.__version__}, "
+            f"torch {torch.__version__}, transformers {transformers.__version__}, sentence-transformers "
+            f"{sentence_transformers.__version__}")
+
+
+def _engine(model_dir: str, rounds: int) -> dict:
+    from bench.engine import EngineBench
+
+    bench = EngineBench(model_dir + "/encoder")
+    for i in range(rounds):
+        _log(f"engine round {i + 1}/{rounds}")
+        bench.run_round()
+    best = dict(bench.best)
+    best["gflops"] = {key: bench.gflops(value) for key, value in bench.best.items()}
+    return best
+
+
+def _end_to_end(corpus: str, tiny_corpus: str, model_dir: str, workdir: str, repeats: int) -> dict:
+    """Marginal throughput: (full run - tiny run) texts and tokens over the difference of their wall times.
+
+    Both runs pay the same one-time costs (pipeline construction, model load and warm-up, runner start and
+    shutdown), so the difference is the cost of the extra texts: the rate a long job sustains.
+    """
+    from bench import pipelines
+
+    runs: dict[str, list[dict]] = {"fp32": [], "bf16": []}
+    for i in range(repeats):
+        for precision in ("fp32", "bf16"):
+            _log(f"our pipeline, {precision}, run {i + 1}/{repeats}")
+            out = os.path.join(workdir, "out", f"ours-{precision}-{i}")
+            tiny = pipelines.run_ours(tiny_corpus, model_dir, os.path.join(out, "tiny"), precision)
+            full = pipelines.run_ours(corpus, model_dir, os.path.join(out, "emb"), precision)
+            seconds = full["wall_s"] - tiny["wall_s"]
+            runs[precision].append({**full, "tiny_wall_s": tiny["wall_s"], "steady_s": seconds,
+                                    "texts_per_s": (full["texts"] - tiny["texts"]) / seconds,
+                                    "tokens_per_s": (full["tokens"] - tiny["tokens"]) / seconds})
+    best = {precision: max(results, key=lambda r: r["tokens_per_s"]) for precision, results in runs.items()}
+    fp32, bf16 = (pipelines.read_embeddings(best[p]["out_prefix"]) for p in ("fp32", "bf16"))
+    best["runs"] = runs
+    best["bf16_cosine"] = pipelines.cosines(fp32, bf16)
+    best["fp32_vectors"] = fp32
+    return best
+
+
+def _memory(corpus: str, model_dir: str, workdir: str, workers: tuple) -> list[dict]:
+    from bench import pipelines
+
+    results = []
+    for large_model in (True, False):
+        for n in workers:
+            _log(f"memory: {n} worker process(es), large_model={large_model}")
+            prefix = os.path.join(workdir, "out", f"memory-{n}-{int(large_model)}", "emb")
+            results.append(pipelines.tree_memory(corpus, model_dir, prefix, n, large_model))
+    return results
+
+
+def _cold_start(model_dir: str, corpus: str) -> dict:
+    """In a fresh process, so that loading and the first batch are really cold."""
+    argv = [sys.executable, "-m", "bench.engine", "latency", model_dir, corpus]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if done.returncode:
+        raise RuntimeError(f"bench.engine latency failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _slope(points: list[tuple[int, int]]) -> float:
+    """Bytes per extra worker: least squares over (workers, bytes)."""
+    x, y = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
+    return float(np.polyfit(x, y, 1)[0]) if len(points) > 1 else float("nan")
+
+
+def _rows(r: dict) -> list[tuple[str, str, str, str, str]]:
+    """(measure, value, target, ratio, verdict) rows of the table."""
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    eng, ours, st, naive, cold = r["engine"], r["ours"], r["st"], r["naive"], r["cold"]
+    fp32, bf16 = ours["fp32"], ours["bf16"]
+    stats = r["lengths"]
+    rows = [
+        ("Corpus (generated, log-normal lengths)",
+         f"{r['n_texts']} texts; WordPiece p50 {stats['p50']:.0f} / p90 {stats['p90']:.0f} / p99 {stats['p99']:.0f} "
+         f"/ mean {stats['mean']:.1f}", "p50 24 / p90 88 / p99 255 / mean 40", "", "info"),
+        ("Matmul ceiling fp32, 32x128",
+         f"{eng['ceiling_fp32']:,.0f} tok/s ({eng['gflops']['ceiling_fp32']:.0f} GFLOP/s)", "", "", "info"),
+        ("Engine fp32, 32x128 (exported encoder)",
+         f"{eng['engine_fp32']:,.0f} tok/s ({eng['gflops']['engine_fp32']:.0f} GFLOP/s in matmuls)",
+         ">= 0.9 x ceiling", f"{eng['engine_fp32'] / eng['ceiling_fp32']:.2f}",
+         verdict(eng['engine_fp32'] >= 0.9 * eng['ceiling_fp32'])),
+        ("Matmul ceiling bf16, 32x128",
+         f"{eng['ceiling_bf16']:,.0f} tok/s ({eng['gflops']['ceiling_bf16']:.0f} GFLOP/s)", "", "", "info"),
+        ("Engine bf16, 32x128 (grappler oneDNN AMP)", f"{eng['engine_bf16']:,.0f} tok/s",
+         "(info) vs bf16 ceiling", f"{eng['engine_bf16'] / eng['ceiling_bf16']:.2f}", "info"),
+        ("End to end fp32 (FnApiRunner, 1 process)",
+         f"{fp32['texts_per_s']:.1f} texts/s, {fp32['tokens_per_s']:,.0f} real tok/s (marginal: {fp32['wall_s']:.1f} s "
+         f"for {fp32['texts']} texts - {fp32['tiny_wall_s']:.1f} s for {r['tiny_texts']}; CPU share "
+         f"{fp32['cpu_share']:.2f}; model load {fp32['load_s']:.1f} s)",
+         ">= 0.85 x engine fp32", f"{fp32['tokens_per_s'] / eng['engine_fp32']:.2f}",
+         verdict(fp32['tokens_per_s'] >= 0.85 * eng['engine_fp32'])),
+        ("Padding efficiency fp32 (real / computed tokens)", f"{fp32['tokens'] / fp32['computed']:.3f}",
+         ">= 0.9", f"{fp32['tokens'] / fp32['computed'] / 0.9:.2f}", verdict(fp32['tokens'] >= 0.9 * fp32['computed'])),
+        ("End to end bf16 (--precision bf16)",
+         f"{bf16['texts_per_s']:.1f} texts/s, {bf16['tokens_per_s']:,.0f} real tok/s (CPU share "
+         f"{bf16['cpu_share']:.2f})", ">= 1.6 x fp32 end to end", f"{bf16['tokens_per_s'] / fp32['tokens_per_s']:.2f}",
+         verdict(bf16['tokens_per_s'] >= 1.6 * fp32['tokens_per_s'])),
+        ("bf16 fidelity: cosine to fp32, per text",
+         f"min {ours['bf16_cosine'].min():.5f}, mean {ours['bf16_cosine'].mean():.5f}", "min >= 0.999",
+         f"{ours['bf16_cosine'].min():.5f}", verdict(ours['bf16_cosine'].min() >= 0.999)),
+    ]
+    best_st = max(st.values(), key=lambda s: s["texts_per_s"])
+    st_text = "; ".join(f"batch {bs}: {s['texts_per_s']:.1f} texts/s" for bs, s in sorted(st.items()))
+    rows += [
+        ("sentence-transformers encode, fp32, torch "
+         f"{best_st['torch_threads']} threads", f"{st_text} (cosine to ours min {r['st_cosine'].min():.5f})",
+         "ours fp32 >= 1.0 x best", f"{fp32['texts_per_s'] / best_st['texts_per_s']:.2f}",
+         verdict(fp32['texts_per_s'] >= best_st['texts_per_s'])),
+        ("Naive Beam pipeline (stock batching, pad to 128), fp32",
+         f"{naive['texts_per_s']:.1f} texts/s on {naive['texts']} of the texts", "ours fp32 >= 3 x",
+         f"{fp32['texts_per_s'] / naive['texts_per_s']:.2f}", verdict(fp32['texts_per_s'] >= 3 * naive['texts_per_s'])),
+    ]
+    memory = r["memory"]
+    shared = [(m["workers"], m["pss"]) for m in memory if m["large_model"]]
+    unshared = [(m["workers"], m["pss"]) for m in memory if not m["large_model"]]
+    model_bytes = cold["model_rss_bytes"]
+    per_worker_shared, per_worker_unshared = _slope(shared), _slope(unshared)
+    detail = ", ".join(f"{m['workers']}w{'+shared' if m['large_model'] else ''}: PSS {m['pss'] / 2**30:.2f} / "
+                       f"RSS {m['rss'] / 2**30:.2f} GiB" for m in memory)
+    rows += [
+        ("Peak RSS, this process (all in-process runs)", f"{r['peak_rss'] / 2**30:.2f} GiB", "", "", "info"),
+        ("Memory per extra worker process, --large_model (PSS of the process tree)",
+         f"{per_worker_shared / 2**30:.2f} GiB per worker vs {per_worker_unshared / 2**30:.2f} without sharing; "
+         f"one loaded model {model_bytes / 2**30:.2f} GiB RSS. {detail}",
+         "< 0.5 x one model", f"{per_worker_shared / model_bytes:.2f}", verdict(per_worker_shared < 0.5 * model_bytes)),
+        ("First batch after load_model (warm-up in load_model)",
+         f"load {cold['load_s']:.1f} s; first 512-text batch {cold['first_batch_s_warm']:.2f} s vs "
+         f"{cold['steady_batch_s_warm']:.2f} s steady (without warm-up: {cold['first_batch_s_cold']:.2f} s vs "
+         f"{cold['steady_batch_s_cold']:.2f} s); a new shape costs {cold['new_shape_extra_s'] * 1000:.1f} ms; "
+         f"encode traced {cold['encode_traces']}x", "stall < 1 s",
+         f"{cold['first_batch_s_warm'] - cold['steady_batch_s_warm']:.2f} s",
+         verdict(cold['first_batch_s_warm'] - cold['steady_batch_s_warm'] < 1.0)),
+    ]
+    return rows
+
+
+def render(r: dict) -> str:
+    lines = [f"Date: {r['date']}. Machine: {r['machine']}.", f"Software: {r['versions']}.",
+             f"Mode: {r['mode']}; model: full-size DistilBERT (6 x 768, vocab 30522), RANDOM weights; "
+             f"--batch_size 512, --token_budget 4096, --seq_length 128, pooling pooled.", "",
+             "| Measure | Value | Target | Ratio | Verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {' | '.join(row)} |" for row in _rows(r)]
+    return "\n".join(lines)
+
+
+def _peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small", action="store_true", help="A few minutes: fewer texts, fewer repeats.")
+    parser.add_argument("--workdir", default=os.path.join("/tmp", "distilbert-bench"),
+                        help="Where the model, corpus and outputs go (default /tmp/distilbert-bench).")
+    parser.add_argument("--json", default=None, help="Also write the raw numbers to this JSON file.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    mode = "small" if args.small else "full"
+    settings = _MODES[mode]
+    os.makedirs(args.workdir, exist_ok=True)
+    shutil.rmtree(os.path.join(args.workdir, "out"), ignore_errors=True)
+    started = time.perf_counter()
+
+    checkpoint, model_dir, texts = _prepare(args.workdir, settings["texts"])
+    corpus = os.path.join(args.workdir, f"corpus-{len(texts)}.jsonl")
+    corpus_lib.write_jsonl(texts, corpus)
+    naive_corpus = os.path.join(args.workdir, f"corpus-naive-{settings['naive']}.jsonl")
+    corpus_lib.write_jsonl(texts[:settings["naive"]], naive_corpus)
+    memory_corpus = os.path.join(args.workdir, f"corpus-memory-{settings['memory_texts']}.jsonl")
+    corpus_lib.write_jsonl(texts[:settings["memory_texts"]], memory_corpus)
+    tiny_corpus = os.path.join(args.workdir, f"corpus-tiny-{_TINY_TEXTS}.jsonl")
+    corpus_lib.write_jsonl(texts[:_TINY_TEXTS], tiny_corpus)
+
+    results = {"mode": mode, "n_texts": len(texts), "machine": _machine(), "versions": _versions(),
+               "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")}
+    results["lengths"] = corpus_lib.length_stats(_wordpiece_lengths(model_dir, texts))
+    _log("cold start in a fresh process")
+    results["cold"] = _cold_start(model_dir, corpus)
+    results["engine"] = _engine(model_dir, settings["rounds"])
+    results["tiny_texts"] = _TINY_TEXTS
+    results["ours"] = _end_to_end(corpus, tiny_corpus, model_dir, args.workdir, settings["repeats"])
+
+    from bench import pipelines
+
+    _log(f"naive Beam pipeline on {settings['naive']} texts")
+    results["naive"] = pipelines.run_naive(naive_corpus, model_dir, os.path.join(args.workdir, "out", "naive", "emb"),
+                                           settings["naive"])
+    results["st"] = {}
+    for batch_size in (32, 512):
+        _log(f"sentence-transformers encode, batch {batch_size}")
+        results["st"][batch_size] = pipelines.run_sentence_transformers(checkpoint, texts, batch_size)
+    st_vectors = {f"t{i:05d}": v for i, v in enumerate(results["st"][32].pop("vectors"))}
+    results["st"][512].pop("vectors")
+    results["st_cosine"] = pipelines.cosines(results["ours"].pop("fp32_vectors"), st_vectors)
+    results["peak_rss"] = _peak_rss()
+    results["memory"] = _memory(memory_corpus, model_dir, args.workdir, settings["workers"])
+    results["elapsed_s"] = time.perf_counter() - started
+
+    table = render(results)
+    print(table)
+    print(f"\n({mode} run, {results['elapsed_s'] / 60:.1f} min)")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""Incremental runs that read their earlier embeddings from BigQuery and keep the table current, on the emulators.
+
+`--previous_output TABLE --output_bigquery TABLE`: a run reads TABLE's rows through the Storage Read API, embeds
+only new and changed records, loads its complete set into TABLE__run_RUNID and MERGEs that into TABLE. Checked
+here: exactly the changed and new records are embedded (counters and rows), the table then equals a full
+re-embedding of the corpus, a run over an unchanged corpus embeds nothing, another model re-embeds everything, a
+failed run leaves the table as it was, and repeating a run changes nothing. bqemulator runs the MERGE (with
+WHEN NOT MATCHED BY SOURCE) and the Storage Read API; tests/gcp/conftest.py points Beam's clients at it.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.api_core import exceptions
+
+from pipeline import run as run_lib
+from transforms import bigquery as bigquery_lib
+from transforms.write import feature_spec
+
+DATASET = "incremental"
+_WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "hello", "world", "good", "bad", "movie", "is",
+          "was", "very", "book", "read", "and", "or", "not", "yes", "no", "to", "of"]
+
+
+def _text(i: int, variant: int = 0) -> str:
+    """A distinct text per (i, variant), 3 to 12 words long, from the tiny vocabulary."""
+    length = 3 + (i * 7 + variant) % 10
+    return " ".join(_WORDS[(i * 3 + j * (5 + variant)) % len(_WORDS)] for j in range(length))
+
+
+def _write_corpus(path, docs: dict) -> str:
+    path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs.items()))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def dataset(gcp_emulators, bq, bucket):
+    """The dataset these tests keep their tables in (and the bucket for load jobs' files, gs://tests/tmp)."""
+    bq.create_dataset(DATASET, exists_ok=True)
+    return DATASET
+
+
+@pytest.fixture(scope="module")
+def other_model_dir(tmp_path_factory, tiny_vocab_file) -> str:
+    """The tiny DistilBERT again, initialised with another seed: another model fingerprint."""
+    from model import config as config_lib
+    from model.encoder import Encoder
+    from model.export import export_model
+
+    out = tmp_path_factory.mktemp("other_model")
+    export_model(Encoder(config_lib.preset("distilbert_tiny"), seed=8), tiny_vocab_file, do_lower_case=False,
+                 output_dir=str(out))
+    return str(out)
+
+
+def _run(corpus: str, table: str, run_id: str, model_dir: str, tmp_path, *extra):
+    argv = ["--runner=FnApiRunner", "--project=test-project", f"--input={corpus}", f"--model_dir={model_dir}",
+            "--batch_size=4", f"--output_bigquery={table}", f"--previous_output={table}",
+            "--temp_location=gs://tests/tmp", f"--output_failed={tmp_path}/failed/run={{run_id}}/part",
+            f"--run_id={run_id}", *extra]
+    return run_lib._counters(run_lib.run(argv))
+
+
+def _changes(counters: dict) -> dict:
+    return {name: counters.get(name, 0) for name in ("new", "changed", "changed_model", "unchanged", "deleted",
+                                                       "embedded")}
+
+
+def _rows(bq, table: str) -> dict:
+    """{id: row as a dict} read with the BigQuery client; each id once."""
+    rows = {}
+    for row in bq.list_rows(bigquery_lib.parse_table(table).table_id):
+        assert row["id"] not in rows, f"{row['id']} is in {table} twice"
+        rows[row["id"]] = dict(row.items())
+    return rows
+
+
+def _assert_no_run_table(bq, table: str, run_id: str) -> None:
+    run = bigquery_lib.run_table(bigquery_lib.parse_table(table), run_id)
+    with pytest.raises(exceptions.NotFound):
+        bq.get_table(run.table_id)
+
+
+def _full_run(corpus: str, model_dir: str, prefix: str) -> dict:
+    """Embeds the whole corpus to local TFRecord (no earlier output) and reads it back with tf.data."""
+    run_lib.run(["--runner=FnApiRunner", f"--input={corpus}", f"--model_dir={model_dir}",
+                 f"--output_tfrecord={prefix}"])
+    rows = {}
+    for serialized in tf.data.TFRecordDataset(tf.io.gfile.glob(prefix + "-*.tfrecord")):
+        parsed = tf.io.parse_single_example(serialized, feature_spec())
+        rows[parsed["id"].numpy().decode()] = {key: value.numpy() for key, value in parsed.items()}
+    return rows
+
+
+def test_runs_embed_only_new_and_changed_records_and_keep_the_table_current(
+        dataset, bq, tiny_model_dir, other_model_dir, tmp_path, capsys):
+    table = f"test-project:{dataset}.docs"
+    old = {f"d{i:02d}": _text(i) for i in range(30)}
+    first = _run(_write_corpus(tmp_path / "old.jsonl", old), table, "2026-11-01T00-00-00", tiny_model_dir, tmp_path)
+    assert _changes(first)["embedded"] == 30 and _changes(first)["new"] == 0  # No table yet: a full run.
+    first_rows = _rows(bq, table)
+    assert sorted(first_rows) == sorted(old)
+    assert {row["run_id"] for row in first_rows.values()} == {"2026-11-01T00-00-00"}
+    _assert_no_run_table(bq, table, "2026-11-01T00-00-00")
+
+    changed = {"d03", "d11", "d27"}  # 10% of the corpus.
+    deleted = {"d05", "d20"}
+    added = {f"n{i}": _text(40 + i) for i in range(4)}
+    new = {i: (_text(int(i[1:]), variant=1) if i in changed else t) for i, t in old.items() if i not in deleted}
+    new.update(added)
+    new_corpus = _write_corpus(tmp_path / "new.jsonl", new)
+    capsys.readouterr()
+    second = _run(new_corpus, table, "2026-11-02T00-00-00", tiny_model_dir, tmp_path)
+    assert _changes(second) == {"new": 4, "changed": 3, "changed_model": 0, "unchanged": 25, "deleted": 2,
+                                "embedded": 7}
+    assert f"Since {table}: new 4, changed 3 (0 for another model), unchanged 25" in capsys.readouterr().out
+    second_rows = _rows(bq, table)
+    assert sorted(second_rows) == sorted(new)
+    # Exactly the new and changed records were embedded by run 2; the others are run 1's rows, untouched.
+    assert {i for i, row in second_rows.items() if row["run_id"] == "2026-11-02T00-00-00"} == changed | set(added)
+    for record_id in set(new) - changed - set(added):
+        assert second_rows[record_id] == first_rows[record_id]
+    _assert_no_run_table(bq, table, "2026-11-02T00-00-00")
+
+    full = _full_run(new_corpus, tiny_model_dir, str(tmp_path / "full" / "part"))
+    assert sorted(full) == sorted(second_rows)
+    for record_id, reference in full.items():
+        row = second_rows[record_id]
+        assert row["content_hash"] == reference["content_hash"].decode()
+        assert row["model"] == reference["model"].decode()
+        np.testing.assert_allclose(row["embedding"], reference["embedding"], atol=1e-6, rtol=0)
+
+    third = _run(new_corpus, table, "2026-11-03T00-00-00", tiny_model_dir, tmp_path)
+    assert _changes(third) == {"new": 0, "changed": 0, "changed_model": 0, "unchanged": 32, "deleted": 0,
+                               "embedded": 0}
+    assert _rows(bq, table) == second_rows
+
+    fourth = _run(new_corpus, table, "2026-11-04T00-00-00", other_model_dir, tmp_path)
+    assert _changes(fourth) == {"new": 0, "changed": 32, "changed_model": 32, "unchanged": 0, "deleted": 0,
+                                "embedded": 32}
+    fourth_rows = _rows(bq, table)
+    assert sorted(fourth_rows) == sorted(new)
+    assert {row["run_id"] for row in fourth_rows.values()} == {"2026-11-04T00-00-00"}
+    assert len({row["model"] for row in fourth_rows.values()} | {row["model"] for row in second_rows.values()}) == 2
+
+
+def test_a_failed_run_leaves_the_table_as_it_was_and_repeating_a_run_changes_nothing(
+        dataset, bq, tiny_model_dir, tmp_path, monkeypatch):
+    table = f"test-project:{dataset}.repeat"
+    corpus = {f"d{i}": _text(i) for i in range(6)}
+    _run(_write_corpus(tmp_path / "c1.jsonl", corpus), table, "r1", tiny_model_dir, tmp_path)
+    before = _rows(bq, table)
+
+    corpus["d0"], corpus["new"] = _text(0, variant=1), _text(50)
+    del corpus["d1"]
+    changed_corpus = _write_corpus(tmp_path / "c2.jsonl", corpus)
+    # The run's rows are loaded, then its MERGE fails: the table is left as it was.
+    monkeypatch.setattr(bigquery_lib, "merge_sql", lambda table, run: f"SELECT * FROM `{table.table_id}_missing`")
+    with pytest.raises(Exception, match="missing"):
+        _run(changed_corpus, table, "r2", tiny_model_dir, tmp_path)
+    assert _rows(bq, table) == before
+    run_table = bigquery_lib.run_table(bigquery_lib.parse_table(table), "r2").table_id
+    assert bq.get_table(run_table).num_rows == 6  # Left for the next attempt, which replaces it.
+    monkeypatch.undo()
+
+    again = _run(changed_corpus, table, "r2", tiny_model_dir, tmp_path)
+    assert _changes(again) == {"new": 1, "changed": 1, "changed_model": 0, "unchanged": 4, "deleted": 1,
+                               "embedded": 2}
+    after = _rows(bq, table)
+    assert sorted(after) == sorted(corpus)
+    _assert_no_run_table(bq, table, "r2")
+    # The same run again: everything is unchanged now, and the table stays exactly as it is.
+    repeated = _run(changed_corpus, table, "r2", tiny_model_dir, tmp_path)
+    assert _changes(repeated) == {"new": 0, "changed": 0, "changed_model": 0, "unchanged": 6, "deleted": 0,
+                                  "embedded": 0}
+    assert _rows(bq, table) == after
+
+    # Read one table, keep another current: every row is carried into it exactly, vector and timestamps included.
+    moved = f"test-project:{dataset}.moved"
+    moved_run = _run(changed_corpus, moved, "r3", tiny_model_dir, tmp_path, f"--previous_output={table}")
+    assert _changes(moved_run)["unchanged"] == 6 and _changes(moved_run)["embedded"] == 0
+    assert _rows(bq, moved) == after
+
+
+def test_merge_leaves_unchanged_rows_and_own_columns_alone_and_removes_duplicates(dataset, bq):
+    from google.cloud import bigquery
+
+    table = bigquery_lib.parse_table(f"test-project:{dataset}.merge")
+    run = bigquery_lib.run_table(table, "r.2")
+    assert run.table == "merge__run_r_2"
+    for name in (table.table_id, run.table_id):
+        bq.delete_table(name, not_found_ok=True)
+    # The kept table as a user may have made it: NULLABLE columns and one of their own.
+    bq.create_table(bigquery.Table(table.table_id, schema=[
+        bigquery.SchemaField(name, type_, mode="REPEATED" if mode == "REPEATED" else "NULLABLE")
+        for name, type_, mode in bigquery_lib.SCHEMA] + [bigquery.SchemaField("note", "STRING")]))
+    bq.create_table(bigquery.Table(run.table_id, schema=[
+        bigquery.SchemaField(name, type_, mode=mode) for name, type_, mode in bigquery_lib.SCHEMA]))
+
+    def row(record_id, text_hash, run_id, when, **extra):
+        return {"id": record_id, "embedding": [1.0, 2.0], "model": "m", "content_hash": text_hash,
+                "embedded_at": when, "run_id": run_id, **extra}
+
+    t1, t2 = "2026-11-01 00:00:00.000001 UTC", "2026-11-02 00:00:00 UTC"
+    assert not bq.insert_rows_json(table.table_id, [
+        row("keep", "h", "r1", t1, note="mine"), row("edit", "old", "r1", t1), row("gone", "h", "r1", t1),
+        row("twice", "h", "r0", "2026-10-01 00:00:00 UTC"), row("twice", "h", "r1", t1)])
+    assert not bq.insert_rows_json(run.table_id, [
+        row("keep", "h", "r1", t1), row("edit", "new", "r.2", t2), row("twice", "h", "r1", t1),
+        row("fresh", "x", "r.2", t2), row("fresh", "x", "r.2", t2)])
+    for _ in range(2):  # A second MERGE of the same run table changes nothing.
+        bq.query(bigquery_lib.merge_sql(table, run)).result()
+        rows = sorted((r["id"], r["content_hash"], r["run_id"], r["note"]) for r in bq.list_rows(table.table_id))
+        assert rows == [("edit", "new", "r.2", None), ("fresh", "x", "r.2", None), ("keep", "h", "r1", "mine"),
+                        ("twice", "h", "r1", None)]
+
+
+def _error(argv, capsys):
+    assert run_lib.main(["--runner=FnApiRunner", "--project=test-project", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    assert err[-1].startswith("error: ")
+    return err[-1]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--previous_output=test-project:incremental.docs", "--output_tfrecord={tmp}/out/part"],
+     "--previous_output test-project:incremental.docs is a BigQuery table: pass --output_bigquery"),
+    (["--previous_output=test-project:incremental.docs", "--output_bigquery=test-project:incremental.docs",
+      "--output_tfrecord={tmp}/out/part"], "drop --output_tfrecord"),
+    (["--previous_output=test-project.incremental.docs", "--output_bigquery=test-project:incremental.docs",
+      "--bigquery_method=streaming", "--output_failed={tmp}/failed"],
+     "--bigquery_method streaming cannot keep a table current"),
+    (["--previous_output=test-project:incremental.missing", "--output_bigquery=test-project:incremental.docs"],
+     "--previous_output test-project:incremental.missing does not exist"),
+    (["--previous_output=test-project:no_such_dataset.docs", "--output_bigquery=test-project:incremental.docs"],
+     "--previous_output test-project:no_such_dataset.docs: dataset test-project:no_such_dataset does not exist"),
+    (["--previous_output=test-project:incremental.wrong_schema", "--output_bigquery=test-project:incremental.docs"],
+     "--previous_output test-project:incremental.wrong_schema exists with an incompatible schema"),
+    (["--previous_output=test-project:docs", "--output_bigquery=test-project:incremental.docs"],
+     "--previous_output 'test-project:docs' is not a table"),
+    (["--previous_output={tmp}/earlier/part", "--output_bigquery=test-project:incremental.docs"],
+     "is a TFRecord prefix and needs --output_tfrecord"),
+])
+def test_incremental_bigquery_mistakes_get_one_clear_line(extra, message, dataset, bq, tiny_model_dir, tmp_path,
+                                                          capsys):
+    from google.cloud import bigquery
+
+    bq.create_table(bigquery.Table(f"test-project.{dataset}.wrong_schema",
+                                   schema=[bigquery.SchemaField("id", "STRING")]), exists_ok=True)
+    corpus = _write_corpus(tmp_path / "c.jsonl", {"x": "the cat"})
+    argv = [f"--input={corpus}", f"--model_dir={tiny_model_dir}", "--temp_location=gs://tests/tmp", "--run_id=r1"]
+    if not any(arg.startswith(("--output_tfrecord", "--output_failed")) for arg in extra):
+        argv.append(f"--output_failed={tmp_path}/failed")
+    line = _error(argv + [arg.format(tmp=tmp_path) for arg in extra], capsys)
+    assert message in line, line
+
+
+@pytest.mark.parametrize("value,is_table", [
+    ("my-project:emb.docs", True), ("my-project.emb.docs", True), ("example.com:proj:emb.docs", True),
+    ("my-project:docs", True),  # A colon and no slash: meant as a table, and refused as a malformed one.
+    ("gs://b/emb/run={latest}/part", False), ("out/emb/part", False), ("/tmp/emb/part", False), ("part", False),
+])
+def test_a_table_is_told_from_a_tfrecord_prefix(value, is_table):
+    assert bigquery_lib.is_table_spec(value) == is_table
+
+
+def test_an_incremental_bigquery_run_translates_for_dataflow(tmp_path, tiny_model_dir, monkeypatch):
+    """DataflowRunner --dry_run=True: the graph pickles and translates; no job is submitted, no table looked up."""
+    import types
+
+    from apache_beam.io.gcp import gcsio
+
+    monkeypatch.setattr(gcsio.GcsIO, "get_bucket", lambda self, name: types.SimpleNamespace(name=name))
+    monkeypatch.setattr(bigquery_lib, "check_table", lambda table, billing_project=None: True)
+    monkeypatch.setattr(bigquery_lib, "check_previous_table", lambda table, output, billing_project=None: True)
+    corpus = _write_corpus(tmp_path / "c.jsonl", {f"d{i}": _text(i) for i in range(3)})
+    result = run_lib.run([
+        "--runner=DataflowRunner", "--dry_run=True", "--project=test-project", "--region=us-central1",
+        "--temp_location=gs://test-bucket/tmp", "--sdk_container_image=REGION-docker.pkg.dev/P/R/embed-corpus:T",
+        f"--input={corpus}", f"--model_dir={tiny_model_dir}", "--output_bigquery=test-project:emb.docs",
+        "--previous_output=test-project:emb.docs", "--output_failed=gs://test-bucket/failed/run={run_id}/part",
+        "--run_id=2026-11-24T02-00-00"])
+    names = {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}
+    for label in ("ReadPrevious/ReadTable/Read", "SelectChanged/Classify", "UpdateBigQuery/ToRow",
+                  "UpdateBigQuery/WithCarriedForward", "UpdateBigQuery/WriteRunTable", "UpdateBigQuery/CountRows",
+                  "UpdateBigQuery/MergeIntoTable"):
+        assert label in names, label
+    assert not any(name.startswith(("WriteBigQuery", "WriteTFRecord", "WriteManifest")) for name in names)
+    assert "emb.docs__run_2026-11-24T02-00-00" in str(result.job.proto_pipeline)
+
+
+def test_the_scheduled_bigquery_launch_request_fills_in_to_valid_parameters(tmp_path):
+    """create-job.sh with the BigQuery body and a stand-in gcloud: the body it would send, checked like a launch."""
+    import os
+    import pathlib
+    import re
+    import subprocess
+
+    from google.cloud.dataflow_v1beta3.types import templates as dataflow_templates
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    sent = tmp_path / "sent.json"
+    fake = tmp_path / "bin" / "gcloud"
+    fake.parent.mkdir()
+    fake.write_text("#!/usr/bin/env bash\nfor arg in \"$@\"; do case $arg in --message-body-from-file=*) "
+                    f"cp \"${{arg#*=}}\" {sent};; esac; done\n")
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}", PROJECT="my-project", REGION="us-central1",
+               BUCKET="my-bucket", REPOSITORY="dataflow", TAG="2026-11-24", DATASET="corpus_embeddings",
+               SERVICE_ACCOUNT="scheduler@my-project.iam.gserviceaccount.com", BODY="launch-request-bigquery.json")
+    subprocess.run(["bash", str(root / "templates" / "scheduler" / "create-job.sh")], env=env, check=True)
+    launch = dataflow_templates.LaunchFlexTemplateRequest.from_json(sent.read_text()).launch_parameter
+    assert launch.parameters["output_bigquery"] == launch.parameters["previous_output"] == (
+        "my-project:corpus_embeddings.embeddings")
+    assert "{run_id}" in launch.parameters["output_failed"]
+    metadata = {p["name"]: p for p in json.loads((root / "templates" / "metadata.json").read_text())["parameters"]}
+    for name, value in launch.parameters.items():
+        assert all(re.fullmatch(regex, value) for regex in metadata[name].get("regexes", [])), (name, value)
+    assert bigquery_lib.is_table_spec(launch.parameters["previous_output"])
+    image = launch.environment.sdk_container_image
+    assert image == "us-central1-docker.pkg.dev/my-project/dataflow/embed-corpus:2026-11-24"
+    with pytest.raises(subprocess.CalledProcessError):  # The BigQuery body without DATASET is refused.
+        subprocess.run(["bash", str(root / "templates" / "scheduler" / "create-job.sh")],
+                       env={k: v for k, v in env.items() if k != "DATASET"}, check=True, capture_output=True)

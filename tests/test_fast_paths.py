@@ -1,0 +1,160 @@
+"""The fast paths give the embeddings of the plain path: sub-batch planning, padding widths, bf16, warm-up."""
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import tensorflow as tf
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing import test_pipeline
+from apache_beam.testing.util import assert_that
+
+from transforms import embed
+
+WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "hello", "world", "good", "bad", "movie", "is",
+         "very", "unbelievable", "playing", "read", "book", "and", "or", "not", "to", "of"]
+
+
+def _texts(n, seed=0):
+    """n texts of 1 to 40 words, lengths spread like real text (mostly short, a few long)."""
+    rng = np.random.RandomState(seed)
+    lengths = np.clip(np.rint(np.exp(rng.normal(np.log(6), 0.9, n))), 1, 40).astype(int)
+    return [" ".join(rng.choice(WORDS, size=length)) for length in lengths]
+
+
+def _handler(model_dir, **kwargs):
+    return embed.EmbeddingModelHandler(model_dir + "/encoder", model_dir + "/preprocessor", **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _fp32_afterwards():
+    """bf16 is a process-wide TensorFlow switch: leave it off for the tests that follow."""
+    yield
+    tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": False})
+
+
+@pytest.mark.parametrize("budget,overhead", [(64, 0), (64, 16), (200, 64), (10_000, 64), (3, 0)])
+def test_plan_covers_every_row_once_within_the_budget(budget, overhead):
+    lengths = np.random.RandomState(1).randint(2, 60, size=97)
+    plan = embed.plan_sub_batches(lengths, budget, overhead)
+    assert sorted(np.concatenate(plan).tolist()) == list(range(len(lengths)))
+    for rows in plan:
+        assert len(rows) == 1 or len(rows) * lengths[rows].max() <= budget
+    widths = [lengths[rows].max() for rows in plan]
+    assert widths == sorted(widths)
+    again = embed.plan_sub_batches(lengths, budget, overhead)
+    assert all(np.array_equal(a, b) for a, b in zip(plan, again, strict=True))
+
+
+def test_plan_without_call_overhead_pads_nothing_and_with_it_pads_little():
+    lengths = np.random.RandomState(2).randint(2, 128, size=512)
+    exact = embed.plan_sub_batches(lengths, 4096, call_overhead=0)
+    assert sum(len(rows) * lengths[rows].max() for rows in exact) == lengths.sum()
+    plan = embed.plan_sub_batches(lengths, 4096)
+    computed = sum(len(rows) * lengths[rows].max() for rows in plan)
+    assert lengths.sum() / computed > 0.9
+    assert len(plan) < len(exact)
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_model_dir):
+    return _handler(tiny_model_dir, pooling="mean", with_sequence=True, token_budget=40).load_model()
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(embedder):
+    texts = _texts(23) + ["", "the " * 200]  # Empty and truncated rows too.
+    return texts, [embedder.embed([(text,)])[0] for text in texts]
+
+
+def test_sub_batched_embeddings_equal_one_at_a_time(embedder, one_at_a_time):
+    texts, singles = one_at_a_time
+    order = np.random.RandomState(3).permutation(len(texts))
+    batched = embedder.embed([(texts[i],) for i in order])
+    assert len(embed.plan_sub_batches([e.tokens for e in batched], 40)) > 3  # Really cut into sub-batches.
+    for got, i in zip(batched, order, strict=True):
+        want = singles[i]
+        np.testing.assert_allclose(got.vector, want.vector, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(got.sequence, want.sequence, atol=1e-5, rtol=0)
+        assert (got.tokens, got.truncated) == (want.tokens, want.truncated)
+
+
+def test_wider_padding_does_not_change_embeddings(embedder):
+    """What per-sub-batch padding (or padding to any bucketed width) relies on: padding columns change nothing."""
+    word_ids, mask, type_ids, _ = (t.numpy() for t in embedder._pack_fns[1](tf.constant(_texts(6, seed=4))))
+    width = int(mask.sum(axis=1).max())
+    narrow, _ = embedder._encode(word_ids[:, :width], mask[:, :width], type_ids[:, :width])
+    for wider in (width + 1, width + 8, 128):
+        padded, _ = embedder._encode(word_ids[:, :wider], mask[:, :wider], type_ids[:, :wider])
+        np.testing.assert_allclose(padded.numpy(), narrow.numpy(), atol=1e-5, rtol=0)
+
+
+def test_new_shapes_after_warm_up_do_not_retrace(embedder):
+    traces = embedder._encode.experimental_get_tracing_count()
+    assert traces == 1  # load_model's warm-up traced it once.
+    for n in (1, 5, 17):
+        embedder.embed([(text,) for text in _texts(n, seed=n)])
+    assert embedder._encode.experimental_get_tracing_count() == traces
+
+
+@pytest.fixture(scope="module")
+def foreign_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny encoder saved without model.export's bfloat16_call, like any other TF Hub-style encoder."""
+    from model import config as config_lib
+    from model.encoder import Encoder
+
+    encoder = Encoder(config_lib.preset("distilbert_tiny"), seed=7)
+    spec = {name: tf.TensorSpec([None, None], tf.int32, name=name) for name in ("input_word_ids", "input_mask")}
+    root = tf.train.Checkpoint(encoder=encoder)
+    root.__call__ = tf.function(lambda inputs: encoder(inputs), input_signature=[spec])
+    out = tmp_path_factory.mktemp("foreign")
+    tf.saved_model.save(root, str(out / "encoder"))
+    (out / "preprocessor").symlink_to(tiny_model_dir + "/preprocessor")
+    return str(out)
+
+
+@pytest.mark.parametrize("which", ["exported", "foreign"])
+def test_bf16_is_close_to_fp32(which, tiny_model_dir, foreign_model_dir):
+    """exported: model.export's bfloat16_call; foreign: grappler's automatic mixed precision."""
+    model_dir = tiny_model_dir if which == "exported" else foreign_model_dir
+    assert hasattr(tf.saved_model.load(model_dir + "/encoder"), "bfloat16_call") == (which == "exported")
+    texts = [(text,) for text in _texts(40, seed=5)]
+    fp32 = np.stack([e.vector for e in _handler(model_dir).load_model().embed(texts)])
+    bf16 = np.stack([e.vector for e in _handler(model_dir, precision="bf16").load_model().embed(texts)])
+    cosine = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
+    assert cosine.min() >= 0.999, cosine.min()
+    assert not np.array_equal(fp32, bf16)  # The bf16 path really ran.
+    # Loading an fp32 model switches the process back.
+    again = np.stack([e.vector for e in _handler(model_dir).load_model().embed(texts)])
+    np.testing.assert_allclose(again, fp32, atol=1e-6, rtol=0)
+
+
+def test_precision_is_checked_and_changes_the_fingerprint(tiny_model_dir):
+    with pytest.raises(ValueError, match="precision"):
+        _handler(tiny_model_dir, precision="fp16")
+    args = (tiny_model_dir + "/encoder", tiny_model_dir + "/preprocessor", "pooled", False, 128)
+    assert embed.model_fingerprint(*args) == embed.model_fingerprint(*args, "fp32")
+    assert embed.model_fingerprint(*args) != embed.model_fingerprint(*args, "bf16")
+
+
+def test_embed_transform_gives_one_at_a_time_results_per_key_and_counts_computed_tokens(tiny_model_dir,
+                                                                                         one_at_a_time):
+    texts, singles = one_at_a_time
+    expected = {f"id{i}": single.vector for i, single in enumerate(singles)}
+
+    def check(results):
+        got = dict(results)
+        assert sorted(got) == sorted(expected)
+        for key, embedding in got.items():
+            np.testing.assert_allclose(embedding.vector, expected[key], atol=1e-5, rtol=0)
+
+    handler = _handler(tiny_model_dir, pooling="mean", max_batch_size=8, token_budget=40)
+    pipeline = test_pipeline.TestPipeline(runner="FnApiRunner")
+    embedded, _ = (pipeline
+                   | beam.Create([(f"id{i}", (text,)) for i, text in enumerate(texts)])
+                   | embed.Embed(handler))
+    assert_that(embedded, check)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in
+                result.metrics().query(MetricsFilter().with_namespace("embeddings"))["counters"]}
+    assert counters["tokens_computed"] >= sum(single.tokens for single in singles)
