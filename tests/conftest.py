@@ -7,6 +7,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import importlib.util  # noqa: E402
+import json  # noqa: E402
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
@@ -36,14 +37,52 @@ def minilm_dir() -> str:
     return str(pathlib.Path(spec.origin).parent / "model")
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tiny_vocab_file) -> str:
-    """A tiny random DistilBERT exported by model.export: OUT/encoder and OUT/preprocessor."""
+def _export_tiny(tmp_path_factory, vocab_file: str, seed: int) -> str:
     from model import config as config_lib
     from model.encoder import Encoder
     from model.export import export_model
 
-    out = tmp_path_factory.mktemp("tiny_model")
-    export_model(Encoder(config_lib.preset("distilbert_tiny"), seed=7), tiny_vocab_file, do_lower_case=False,
+    out = tmp_path_factory.mktemp(f"tiny_model_seed{seed}")
+    export_model(Encoder(config_lib.preset("distilbert_tiny"), seed=seed), vocab_file, do_lower_case=False,
                  output_dir=str(out))
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_vocab_file) -> str:
+    """A tiny random DistilBERT exported by model.export: OUT/encoder and OUT/preprocessor."""
+    return _export_tiny(tmp_path_factory, tiny_vocab_file, seed=7)
+
+
+@pytest.fixture(scope="session")
+def other_model_dir(tmp_path_factory, tiny_vocab_file) -> str:
+    """The tiny DistilBERT again, initialised with another seed: another model fingerprint."""
+    return _export_tiny(tmp_path_factory, tiny_vocab_file, seed=8)
+
+
+_WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "hello", "world", "good", "bad", "movie", "is",
+          "was", "very", "book", "read", "and", "or", "not", "yes", "no", "to", "of"]
+
+
+def _synthetic_text(i: int, variant: int = 0) -> str:
+    """A distinct text per (i, variant), 3 to 12 words long, from the tiny vocabulary."""
+    length = 3 + (i * 7 + variant) % 10
+    return " ".join(_WORDS[(i * 3 + j * (5 + variant)) % len(_WORDS)] for j in range(length))
+
+
+def _write_jsonl_corpus(path, docs: dict) -> str:
+    """Writes {id: text} as JSON lines with fields id and text; returns the path."""
+    path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs.items()))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def synthetic_text():
+    """text(i, variant=0): a distinct text per (i, variant) that the tiny vocabulary covers."""
+    return _synthetic_text
+
+
+@pytest.fixture(scope="session")
+def write_jsonl_corpus():
+    """write(path, {id: text}) -> path: a JSONL corpus with fields id and text."""
+    return _write_jsonl_corpus

@@ -17,20 +17,6 @@ from transforms import incremental
 from transforms.read import Record, content_hash
 from transforms.write import feature_spec
 
-_WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "hello", "world", "good", "bad", "movie", "is",
-          "was", "very", "book", "read", "and", "or", "not", "yes", "no", "to", "of"]
-
-
-def _text(i: int, variant: int = 0) -> str:
-    """A distinct text per (i, variant), 3 to 12 words long, from the tiny vocabulary."""
-    length = 3 + (i * 7 + variant) % 10
-    return " ".join(_WORDS[(i * 3 + j * (5 + variant)) % len(_WORDS)] for j in range(length))
-
-
-def _write_corpus(path, docs: dict) -> str:
-    path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs.items()))
-    return str(path)
-
 
 def _read(prefix: str) -> dict:
     """{id: {"serialized": bytes, "embedding", "model", "content_hash"}} read with tf.data, ids once each."""
@@ -60,34 +46,22 @@ def _changes(counters: dict) -> dict:
                                                        "embedded")}
 
 
-@pytest.fixture(scope="module")
-def other_model_dir(tmp_path_factory, tiny_vocab_file) -> str:
-    """The tiny DistilBERT again, initialised with another seed: another model fingerprint."""
-    from model import config as config_lib
-    from model.encoder import Encoder
-    from model.export import export_model
-
-    out = tmp_path_factory.mktemp("other_model")
-    export_model(Encoder(config_lib.preset("distilbert_tiny"), seed=8), tiny_vocab_file, do_lower_case=False,
-                 output_dir=str(out))
-    return str(out)
-
-
 def test_runs_embed_only_new_and_changed_records_and_write_the_complete_set(
-        tmp_path, tiny_model_dir, other_model_dir, capsys):
+        tmp_path, tiny_model_dir, other_model_dir, capsys, synthetic_text, write_jsonl_corpus):
     root = tmp_path / "emb"
-    old = {f"d{i:02d}": _text(i) for i in range(30)}
-    first_prefix, first = _run(_write_corpus(tmp_path / "old.jsonl", old), root, "2026-11-01T00-00-00",
+    old = {f"d{i:02d}": synthetic_text(i) for i in range(30)}
+    first_prefix, first = _run(write_jsonl_corpus(tmp_path / "old.jsonl", old), root, "2026-11-01T00-00-00",
                                tiny_model_dir)
     assert _changes(first)["embedded"] == 30 and _changes(first)["new"] == 0  # Nothing earlier: a full run.
     first_rows = _read(first_prefix)
 
     changed = {"d03", "d11", "d27"}  # 10% of the corpus.
     deleted = {"d05", "d20"}
-    added = {f"n{i}": _text(40 + i) for i in range(4)}
-    new = {i: (_text(int(i[1:]), variant=1) if i in changed else t) for i, t in old.items() if i not in deleted}
+    added = {f"n{i}": synthetic_text(40 + i) for i in range(4)}
+    new = {i: (synthetic_text(int(i[1:]), variant=1) if i in changed else t)
+           for i, t in old.items() if i not in deleted}
     new.update(added)
-    new_corpus = _write_corpus(tmp_path / "new.jsonl", new)
+    new_corpus = write_jsonl_corpus(tmp_path / "new.jsonl", new)
     second_prefix, second = _run(new_corpus, root, "2026-11-02T00-00-00", tiny_model_dir)
     assert _changes(second) == {"new": 4, "changed": 3, "changed_model": 0, "unchanged": 25, "deleted": 2,
                                 "embedded": 7}
@@ -122,9 +96,10 @@ def test_runs_embed_only_new_and_changed_records_and_write_the_complete_set(
     assert len({row["model"] for row in fourth_rows.values()} | {row["model"] for row in second_rows.values()}) == 2
 
 
-def test_a_repeated_run_reads_the_same_earlier_output_and_overwrites_its_own(tmp_path, tiny_model_dir):
+def test_a_repeated_run_reads_the_same_earlier_output_and_overwrites_its_own(
+        tmp_path, tiny_model_dir, synthetic_text, write_jsonl_corpus):
     root = tmp_path / "emb"
-    corpus = _write_corpus(tmp_path / "c.jsonl", {f"d{i}": _text(i) for i in range(5)})
+    corpus = write_jsonl_corpus(tmp_path / "c.jsonl", {f"d{i}": synthetic_text(i) for i in range(5)})
     _run(corpus, root, "2026-11-01T00-00-00", tiny_model_dir)
     prefix, once = _run(corpus, root, "2026-11-02T00-00-00", tiny_model_dir)
     first_bytes = {i: r["serialized"] for i, r in _read(prefix).items()}
@@ -222,8 +197,8 @@ def test_previous_files_come_from_the_manifest_and_stale_shards_are_ignored(tmp_
     (["--previous_output={root}/missing/part"], "--previous_output"),
     (["--run_id=a/b"], "--run_id"),
 ])
-def test_incremental_mistakes_get_one_clear_line(extra, message, tmp_path, tiny_model_dir, capsys):
-    corpus = _write_corpus(tmp_path / "c.jsonl", {"x": "the cat"})
+def test_incremental_mistakes_get_one_clear_line(extra, message, tmp_path, tiny_model_dir, capsys, write_jsonl_corpus):
+    corpus = write_jsonl_corpus(tmp_path / "c.jsonl", {"x": "the cat"})
     out = f"{tmp_path}/run=r1/part"
     _touch_run(tmp_path, "r1")
     argv = [f"--input={corpus}", f"--model_dir={tiny_model_dir}", "--runner=FnApiRunner", "--run_id=r1",

@@ -20,39 +20,11 @@ from transforms import bigquery as bigquery_lib
 from transforms.write import feature_spec
 
 DATASET = "incremental"
-_WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "hello", "world", "good", "bad", "movie", "is",
-          "was", "very", "book", "read", "and", "or", "not", "yes", "no", "to", "of"]
-
-
-def _text(i: int, variant: int = 0) -> str:
-    """A distinct text per (i, variant), 3 to 12 words long, from the tiny vocabulary."""
-    length = 3 + (i * 7 + variant) % 10
-    return " ".join(_WORDS[(i * 3 + j * (5 + variant)) % len(_WORDS)] for j in range(length))
-
-
-def _write_corpus(path, docs: dict) -> str:
-    path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs.items()))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def dataset(gcp_emulators, bq, bucket):
     """The dataset these tests keep their tables in (and the bucket for load jobs' files, gs://tests/tmp)."""
     bq.create_dataset(DATASET, exists_ok=True)
     return DATASET
-
-
-@pytest.fixture(scope="module")
-def other_model_dir(tmp_path_factory, tiny_vocab_file) -> str:
-    """The tiny DistilBERT again, initialised with another seed: another model fingerprint."""
-    from model import config as config_lib
-    from model.encoder import Encoder
-    from model.export import export_model
-
-    out = tmp_path_factory.mktemp("other_model")
-    export_model(Encoder(config_lib.preset("distilbert_tiny"), seed=8), tiny_vocab_file, do_lower_case=False,
-                 output_dir=str(out))
-    return str(out)
 
 
 def _run(corpus: str, table: str, run_id: str, model_dir: str, tmp_path, *extra):
@@ -95,10 +67,11 @@ def _full_run(corpus: str, model_dir: str, prefix: str) -> dict:
 
 
 def test_runs_embed_only_new_and_changed_records_and_keep_the_table_current(
-        dataset, bq, tiny_model_dir, other_model_dir, tmp_path, capsys):
+        dataset, bq, tiny_model_dir, other_model_dir, tmp_path, capsys, synthetic_text, write_jsonl_corpus):
     table = f"test-project:{dataset}.docs"
-    old = {f"d{i:02d}": _text(i) for i in range(30)}
-    first = _run(_write_corpus(tmp_path / "old.jsonl", old), table, "2026-11-01T00-00-00", tiny_model_dir, tmp_path)
+    old = {f"d{i:02d}": synthetic_text(i) for i in range(30)}
+    old_corpus = write_jsonl_corpus(tmp_path / "old.jsonl", old)
+    first = _run(old_corpus, table, "2026-11-01T00-00-00", tiny_model_dir, tmp_path)
     assert _changes(first)["embedded"] == 30 and _changes(first)["new"] == 0  # No table yet: a full run.
     first_rows = _rows(bq, table)
     assert sorted(first_rows) == sorted(old)
@@ -107,10 +80,11 @@ def test_runs_embed_only_new_and_changed_records_and_keep_the_table_current(
 
     changed = {"d03", "d11", "d27"}  # 10% of the corpus.
     deleted = {"d05", "d20"}
-    added = {f"n{i}": _text(40 + i) for i in range(4)}
-    new = {i: (_text(int(i[1:]), variant=1) if i in changed else t) for i, t in old.items() if i not in deleted}
+    added = {f"n{i}": synthetic_text(40 + i) for i in range(4)}
+    new = {i: (synthetic_text(int(i[1:]), variant=1) if i in changed else t)
+           for i, t in old.items() if i not in deleted}
     new.update(added)
-    new_corpus = _write_corpus(tmp_path / "new.jsonl", new)
+    new_corpus = write_jsonl_corpus(tmp_path / "new.jsonl", new)
     capsys.readouterr()
     second = _run(new_corpus, table, "2026-11-02T00-00-00", tiny_model_dir, tmp_path)
     assert _changes(second) == {"new": 4, "changed": 3, "changed_model": 0, "unchanged": 25, "deleted": 2,
@@ -147,15 +121,15 @@ def test_runs_embed_only_new_and_changed_records_and_keep_the_table_current(
 
 
 def test_a_failed_run_leaves_the_table_as_it_was_and_repeating_a_run_changes_nothing(
-        dataset, bq, tiny_model_dir, tmp_path, monkeypatch):
+        dataset, bq, tiny_model_dir, tmp_path, monkeypatch, synthetic_text, write_jsonl_corpus):
     table = f"test-project:{dataset}.repeat"
-    corpus = {f"d{i}": _text(i) for i in range(6)}
-    _run(_write_corpus(tmp_path / "c1.jsonl", corpus), table, "r1", tiny_model_dir, tmp_path)
+    corpus = {f"d{i}": synthetic_text(i) for i in range(6)}
+    _run(write_jsonl_corpus(tmp_path / "c1.jsonl", corpus), table, "r1", tiny_model_dir, tmp_path)
     before = _rows(bq, table)
 
-    corpus["d0"], corpus["new"] = _text(0, variant=1), _text(50)
+    corpus["d0"], corpus["new"] = synthetic_text(0, variant=1), synthetic_text(50)
     del corpus["d1"]
-    changed_corpus = _write_corpus(tmp_path / "c2.jsonl", corpus)
+    changed_corpus = write_jsonl_corpus(tmp_path / "c2.jsonl", corpus)
     # The run's rows are loaded, then its MERGE fails: the table is left as it was.
     monkeypatch.setattr(bigquery_lib, "merge_sql", lambda table, run: f"SELECT * FROM `{table.table_id}_missing`")
     with pytest.raises(Exception, match="missing"):
@@ -245,12 +219,12 @@ def _error(argv, capsys):
      "is a TFRecord prefix and needs --output_tfrecord"),
 ])
 def test_incremental_bigquery_mistakes_get_one_clear_line(extra, message, dataset, bq, tiny_model_dir, tmp_path,
-                                                          capsys):
+                                                          capsys, write_jsonl_corpus):
     from google.cloud import bigquery
 
     bq.create_table(bigquery.Table(f"test-project.{dataset}.wrong_schema",
                                    schema=[bigquery.SchemaField("id", "STRING")]), exists_ok=True)
-    corpus = _write_corpus(tmp_path / "c.jsonl", {"x": "the cat"})
+    corpus = write_jsonl_corpus(tmp_path / "c.jsonl", {"x": "the cat"})
     argv = [f"--input={corpus}", f"--model_dir={tiny_model_dir}", "--temp_location=gs://tests/tmp", "--run_id=r1"]
     if not any(arg.startswith(("--output_tfrecord", "--output_failed")) for arg in extra):
         argv.append(f"--output_failed={tmp_path}/failed")
@@ -267,7 +241,8 @@ def test_a_table_is_told_from_a_tfrecord_prefix(value, is_table):
     assert bigquery_lib.is_table_spec(value) == is_table
 
 
-def test_an_incremental_bigquery_run_translates_for_dataflow(tmp_path, tiny_model_dir, monkeypatch):
+def test_an_incremental_bigquery_run_translates_for_dataflow(
+        tmp_path, tiny_model_dir, monkeypatch, synthetic_text, write_jsonl_corpus):
     """DataflowRunner --dry_run=True: the graph pickles and translates; no job is submitted, no table looked up."""
     import types
 
@@ -276,7 +251,7 @@ def test_an_incremental_bigquery_run_translates_for_dataflow(tmp_path, tiny_mode
     monkeypatch.setattr(gcsio.GcsIO, "get_bucket", lambda self, name: types.SimpleNamespace(name=name))
     monkeypatch.setattr(bigquery_lib, "check_table", lambda table, billing_project=None: True)
     monkeypatch.setattr(bigquery_lib, "check_previous_table", lambda table, output, billing_project=None: True)
-    corpus = _write_corpus(tmp_path / "c.jsonl", {f"d{i}": _text(i) for i in range(3)})
+    corpus = write_jsonl_corpus(tmp_path / "c.jsonl", {f"d{i}": synthetic_text(i) for i in range(3)})
     result = run_lib.run([
         "--runner=DataflowRunner", "--dry_run=True", "--project=test-project", "--region=us-central1",
         "--temp_location=gs://test-bucket/tmp", "--sdk_container_image=REGION-docker.pkg.dev/P/R/embed-corpus:T",
@@ -292,7 +267,7 @@ def test_an_incremental_bigquery_run_translates_for_dataflow(tmp_path, tiny_mode
     assert "emb.docs__run_2026-11-24T02-00-00" in str(result.job.proto_pipeline)
 
 
-def test_the_scheduled_bigquery_launch_request_fills_in_to_valid_parameters(tmp_path):
+def test_the_scheduled_bigquery_launch_request_fills_in_to_valid_parameters(tmp_path, ):
     """create-job.sh with the BigQuery body and a stand-in gcloud: the body it would send, checked like a launch."""
     import os
     import pathlib
