@@ -1,0 +1,1 @@
+"""The throughput benchmark: python -m bench.run [--small]; results in BENCHMARKS.md."""

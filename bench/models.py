@@ -66,7 +66,3 @@ def sentence_transformer(checkpoint_dir: str, seq_length: int):
     pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
     return SentenceTransformer(modules=[transformer, pooling], device="cpu")
 
-
-def directory_size(path: str) -> int:
-    """Bytes under path."""
-    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)

@@ -22,7 +22,8 @@ import numpy as np
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-__all__ = ["run_ours", "run_naive", "run_sentence_transformers", "read_embeddings", "cosines", "tree_memory"]
+__all__ = ["run_ours", "run_naive", "run_sentence_transformers", "read_embeddings", "cosines", "tree_memory",
+           "import_memory"]
 
 _AMP = "auto_mixed_precision_onednn_bfloat16"
 
@@ -51,7 +52,8 @@ def _timed(run) -> dict:
     cpu, start = _cpu_seconds(), time.perf_counter()
     value = run()
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "cpu_share": (_cpu_seconds() - cpu) / wall / os.cpu_count(), "value": value}
+    cpu = _cpu_seconds() - cpu
+    return {"wall_s": wall, "cpu_s": cpu, "cpu_share": cpu / wall / os.cpu_count(), "value": value}
 
 
 def run_ours(corpus: str, model_dir: str, out_prefix: str, precision: str = "fp32", extra: tuple = ()) -> dict:
@@ -64,7 +66,7 @@ def run_ours(corpus: str, model_dir: str, out_prefix: str, precision: str = "fp3
         timed = _timed(lambda: run_lib.run(argv))
     counters = _counters(timed["value"], "embeddings")
     return {"texts": counters.get("embedded", 0), "tokens": counters.get("tokens_embedded", 0),
-            "computed": counters.get("tokens_computed", 0), "wall_s": timed["wall_s"],
+            "computed": counters.get("tokens_computed", 0), "wall_s": timed["wall_s"], "cpu_s": timed["cpu_s"],
             "load_s": _load_seconds(timed["value"]), "cpu_share": timed["cpu_share"], "out_prefix": out_prefix}
 
 
@@ -221,3 +223,13 @@ def tree_memory(corpus: str, model_dir: str, out_prefix: str, workers: int, larg
     if process.returncode:
         raise RuntimeError(f"{' '.join(argv)} failed ({process.returncode}); see {out_prefix}.log")
     return {**peak, "workers": workers, "large_model": large_model, "wall_s": time.perf_counter() - start}
+
+
+def import_memory(statement: str) -> dict:
+    """RSS and PSS of a fresh Python process after `statement` (what a worker pays before any model)."""
+    code = (f"{statement}\nimport json, re\ntext = open('/proc/self/smaps_rollup').read()\n"
+            "fields = re.findall(r'^(Rss|Pss):\\s+(\\d+)', text, re.M)\n"
+            "print(json.dumps({k.lower(): int(v) * 1024 for k, v in fields}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    return json.loads(done.stdout.strip().splitlines()[-1])

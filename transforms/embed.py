@@ -24,10 +24,12 @@ POOLING_MODES = ("pooled", "cls", "mean")
 _NAMESPACE = "embeddings"
 _ENCODER_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
 PRECISIONS = ("fp32", "bf16")
-# The fixed cost of one encoder call (dispatch, and streaming every weight through the cache once), in tokens
-# of compute: measured 20-60 tokens for the full-size DistilBERT on a 2-core AVX-512 CPU (fp32-bf16). It makes
-# plan_sub_batches prefer fewer, slightly more padded sub-batches over many tiny exact ones.
-SUB_BATCH_OVERHEAD_TOKENS = 64
+# The fixed cost of one encoder call (dispatch, streaming every weight through the cache, and for bf16 casting
+# the float32 weights), in tokens of compute: measured about 20 (fp32) and 60-120 (bf16) tokens for the
+# full-size DistilBERT on a 2-core AVX-512 CPU, where fp32 throughput was flat from 16 to 128 and bf16 best at
+# 128 (BENCHMARKS.md). It makes plan_sub_batches prefer fewer, slightly more padded sub-batches over many tiny
+# exact ones.
+SUB_BATCH_OVERHEAD_TOKENS = {"fp32": 64, "bf16": 128}
 
 
 class Embedding(NamedTuple):
@@ -234,6 +236,7 @@ class _Embedder:
         self._encoder = encoder.bfloat16_call if native_bf16 else encoder
         self._seq_length, self._with_sequence, self._token_budget = seq_length, with_sequence, token_budget
         self._encoder_keys = self._accepted_encoder_keys()
+        self._call_overhead = SUB_BATCH_OVERHEAD_TOKENS[precision]
         text_spec = tf.TensorSpec([None], tf.string)
         id_spec = tf.TensorSpec([None, None], tf.int32)
 
@@ -298,7 +301,7 @@ class _Embedder:
         vectors = np.zeros((len(texts), 0), np.float32)
         sequences: list[np.ndarray | None] = [None] * len(texts)
         # Sort by length and pad each sub-batch only to its own longest row: real text is mostly short.
-        for chunk in plan_sub_batches(lengths, self._token_budget):
+        for chunk in plan_sub_batches(lengths, self._token_budget, self._call_overhead):
             width = int(lengths[chunk].max())
             chunk_vectors, chunk_sequence = self._encode(word_ids[chunk, :width], mask[chunk, :width],
                                                          type_ids[chunk, :width])
@@ -314,7 +317,7 @@ class _Embedder:
 
 
 def plan_sub_batches(lengths: np.ndarray, token_budget: int,
-                     call_overhead: int = SUB_BATCH_OVERHEAD_TOKENS) -> list[np.ndarray]:
+                     call_overhead: int = SUB_BATCH_OVERHEAD_TOKENS["fp32"]) -> list[np.ndarray]:
     """Splits a batch into sub-batches of rows of similar length, each padded only to its own longest row.
 
     Sorted by length, every sub-batch is a run of neighbours, so the best split is found exactly by dynamic
@@ -449,7 +452,8 @@ class EmbeddingModelHandler(ModelHandler[tuple, Embedding, Any]):
         # Padded tokens the encoder computed (the model may sit in another process: replan from the lengths).
         lengths = np.array([embedding.tokens for embedding in embeddings])
         beam.metrics.Metrics.counter(_NAMESPACE, "tokens_computed").inc(
-            sum(len(rows) * int(lengths[rows].max()) for rows in plan_sub_batches(lengths, self._token_budget)))
+            sum(len(rows) * int(lengths[rows].max())
+                for rows in plan_sub_batches(lengths, self._token_budget, SUB_BATCH_OVERHEAD_TOKENS[self._precision])))
         return [PredictionResult(example, embedding) for example, embedding in zip(batch, embeddings, strict=True)]
 
     def get_num_bytes(self, batch: Sequence[tuple]) -> int:
