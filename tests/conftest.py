@@ -86,3 +86,19 @@ def synthetic_text():
 def write_jsonl_corpus():
     """write(path, {id: text}) -> path: a JSONL corpus with fields id and text."""
     return _write_jsonl_corpus
+
+
+@pytest.fixture
+def offline_gcp(tmp_path, monkeypatch):
+    """No Google endpoint is reached: an unexpired authorized_user token makes google.auth.default() answer at
+    once, and validate's pre-flight bucket lookup (the only GCS call before translation) finds every bucket."""
+    import types
+
+    from apache_beam.io.gcp import gcsio
+
+    adc = tmp_path / "adc.json"
+    adc.write_text(json.dumps({"type": "authorized_user", "client_id": "x", "client_secret": "x",
+                               "refresh_token": "x", "token": "fake", "expiry": "2099-01-01T00:00:00Z"}))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
+    monkeypatch.setattr(gcsio.GcsIO, "get_bucket", lambda self, name: types.SimpleNamespace(name=name))

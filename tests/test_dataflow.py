@@ -7,11 +7,9 @@ BigQuery tables that nothing looks up.
 
 import json
 import tarfile
-import types
 
 import pytest
 import tensorflow as tf
-from apache_beam.io.gcp import gcsio
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.dataflow.internal import apiclient
 
@@ -23,16 +21,8 @@ GPU_SERVICE_OPTION = "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-d
 IMAGE = "us-central1-docker.pkg.dev/PROJECT/REPOSITORY/embed-corpus:TAG"
 
 
-@pytest.fixture(autouse=True)
-def offline_gcp(tmp_path, monkeypatch):
-    """No Google endpoint is reached: an unexpired authorized_user token makes google.auth.default() answer at
-    once, and validate's pre-flight bucket lookup (the only GCS call before translation) finds every bucket."""
-    adc = tmp_path / "adc.json"
-    adc.write_text(json.dumps({"type": "authorized_user", "client_id": "x", "client_secret": "x",
-                               "refresh_token": "x", "token": "fake", "expiry": "2099-01-01T00:00:00Z"}))
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
-    monkeypatch.setattr(gcsio.GcsIO, "get_bucket", lambda self, name: types.SimpleNamespace(name=name))
+# No Google endpoint is reached: tests/conftest.py's offline_gcp fakes credentials and finds every bucket.
+pytestmark = pytest.mark.usefixtures("offline_gcp")
 
 
 def dataflow_args(*extra):

@@ -5,11 +5,9 @@ import json
 import pathlib
 import re
 import sys
-import types
 
 import apache_beam
 import pytest
-from apache_beam.io.gcp import gcsio
 from apache_beam.runners.dataflow import dataflow_runner
 from google.cloud.dataflow_v1beta3.types import templates as dataflow_templates
 
@@ -109,17 +107,6 @@ def test_template_flags_become_command_line_flags():
     assert template_main.to_pipeline_args(["--runner=DirectRunner"]) == ["--runner=DirectRunner"]
     with pytest.raises(ValueError, match="--normalize"):
         template_main.to_pipeline_args(["--normalize=yes"])
-
-
-@pytest.fixture
-def offline_gcp(tmp_path, monkeypatch):
-    """Fake unexpired credentials, and every bucket found: no Google endpoint is reached."""
-    adc = tmp_path / "adc.json"
-    adc.write_text(json.dumps({"type": "authorized_user", "client_id": "x", "client_secret": "x",
-                               "refresh_token": "x", "token": "fake", "expiry": "2099-01-01T00:00:00Z"}))
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
-    monkeypatch.setattr(gcsio.GcsIO, "get_bucket", lambda self, name: types.SimpleNamespace(name=name))
 
 
 def test_entry_point_builds_the_same_graph_as_the_command_line_and_does_not_wait(
