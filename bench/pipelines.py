@@ -23,7 +23,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
 __all__ = ["run_ours", "run_naive", "run_sentence_transformers", "read_embeddings", "cosines", "tree_memory",
-           "import_memory"]
+           "import_memory", "HIDING_SITE"]
 
 _AMP = "auto_mixed_precision_onednn_bfloat16"
 
@@ -199,17 +199,22 @@ def _rss_pss(pids: list[int]) -> tuple[int, int]:
     return rss, pss
 
 
-def tree_memory(corpus: str, model_dir: str, out_prefix: str, workers: int, large_model: bool) -> dict:
+def tree_memory(corpus: str, model_dir: str, out_prefix: str, workers: int, large_model: bool,
+                hide: tuple[str, ...] = ()) -> dict:
     """Peak RSS and PSS summed over the process tree of a multi-process local run with `workers` workers.
 
     RSS counts pages shared between processes (TensorFlow's libraries, a shared model) once per process;
-    PSS splits them between the processes that share them, so its sum is the machine's real cost.
+    PSS splits them between the processes that share them, so its sum is the machine's real cost. Modules in
+    `hide` cannot be imported by any process of the run, as if they were not installed.
     """
     argv = [sys.executable, "-m", "pipeline.run", "--runner=FnApiRunner", "--direct_running_mode=multi_processing",
             f"--direct_num_workers={workers}", f"--input={corpus}", f"--model_dir={model_dir}",
             f"--output_tfrecord={out_prefix}"] + (["--large_model"] if large_model else [])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     os.makedirs(os.path.dirname(out_prefix), exist_ok=True)
+    if hide:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_hiding_site(os.path.dirname(out_prefix), hide),
+                                                          env.get("PYTHONPATH")]))
     start = time.perf_counter()
     with open(out_prefix + ".log", "w", encoding="utf-8") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -222,7 +227,32 @@ def tree_memory(corpus: str, model_dir: str, out_prefix: str, workers: int, larg
             time.sleep(0.2)
     if process.returncode:
         raise RuntimeError(f"{' '.join(argv)} failed ({process.returncode}); see {out_prefix}.log")
-    return {**peak, "workers": workers, "large_model": large_model, "wall_s": time.perf_counter() - start}
+    return {**peak, "workers": workers, "large_model": large_model, "hidden": list(hide),
+            "wall_s": time.perf_counter() - start}
+
+
+# A meta path finder, not sys.modules[name] = None: scipy probes sys.modules for torch and trips over None.
+HIDING_SITE = """import sys
+
+
+class _NotInstalled:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.split(".")[0] in {modules!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+
+
+sys.meta_path.insert(0, _NotInstalled)
+"""
+
+
+def _hiding_site(directory: str, modules: tuple[str, ...]) -> str:
+    """A directory whose sitecustomize makes `modules` unimportable (ImportError, as when not installed)."""
+    site = os.path.join(directory, "hide-site")
+    os.makedirs(site, exist_ok=True)
+    with open(os.path.join(site, "sitecustomize.py"), "w", encoding="utf-8") as f:
+        f.write(HIDING_SITE.format(modules=tuple(modules)))
+    return site
 
 
 def import_memory(statement: str) -> dict:

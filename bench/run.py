@@ -161,23 +161,35 @@ def _end_to_end(corpus: str, tiny_corpus: str, model_dir: str, workdir: str, rep
     return best
 
 
+# Beam 2.77's RunInference module (apache_beam.ml.inference.base) imports its model manager, which imports torch
+# and scipy whenever torch is installed: about 0.2 GiB in every worker. The runtime install (setup.py, the
+# Dataflow image) has no torch; the test environment the benchmark runs in has it for sentence-transformers.
+_NOT_IN_RUNTIME_INSTALL = ("torch",)
+
+
 def _memory(corpus: str, model_dir: str, workdir: str, workers: tuple) -> list[dict]:
+    """Multi-process runs as the runtime install has them (no torch), with and without --large_model, and with
+    --large_model in this environment as it is (torch installed)."""
     from bench import pipelines
 
     results = []
-    for large_model in (True, False):
+    for large_model, hide in ((True, _NOT_IN_RUNTIME_INSTALL), (False, _NOT_IN_RUNTIME_INSTALL), (True, ())):
         for n in workers:
-            _log(f"memory: {n} worker process(es), large_model={large_model}")
-            prefix = os.path.join(workdir, "out", f"memory-{n}-{int(large_model)}", "emb")
-            results.append(pipelines.tree_memory(corpus, model_dir, prefix, n, large_model))
+            _log(f"memory: {n} worker process(es), large_model={large_model}, hidden modules {hide or 'none'}")
+            prefix = os.path.join(workdir, "out", f"memory-{n}-{int(large_model)}-{len(hide)}", "emb")
+            results.append(pipelines.tree_memory(corpus, model_dir, prefix, n, large_model, hide))
     return results
 
 
 def _import_costs() -> dict:
+    """PSS of a fresh process after what a worker imports, and after what it no longer imports."""
     from bench import pipelines
 
-    return {"beam": pipelines.import_memory("import apache_beam"),
-            "beam_tf": pipelines.import_memory("import apache_beam\nfrom tensorflow.core.example import example_pb2")}
+    hide_torch = pipelines.HIDING_SITE.format(modules=_NOT_IN_RUNTIME_INSTALL)
+    return {"beam": pipelines.import_memory(hide_torch + "import apache_beam.ml.inference.base"),
+            "beam_torch": pipelines.import_memory("import apache_beam.ml.inference.base"),
+            "beam_tf": pipelines.import_memory(hide_torch + "import apache_beam.ml.inference.base\n"
+                                               "import tensorflow")}
 
 
 def _cold_start(model_dir: str, corpus: str) -> dict:
@@ -260,20 +272,28 @@ def _rows(r: dict) -> list[tuple[str, str, str, str, str]]:
          f"{fp32['texts_per_s'] / naive['texts_per_s']:.2f}", verdict(fp32['texts_per_s'] >= 3 * naive['texts_per_s'])),
     ]
     memory = r["memory"]
-    shared = [(m["workers"], m["pss"]) for m in memory if m["large_model"]]
-    unshared = [(m["workers"], m["pss"]) for m in memory if not m["large_model"]]
+    runtime = [m for m in memory if m["hidden"]]
+    shared = [(m["workers"], m["pss"]) for m in runtime if m["large_model"]]
+    unshared = [(m["workers"], m["pss"]) for m in runtime if not m["large_model"]]
+    with_torch = [(m["workers"], m["pss"]) for m in memory if not m["hidden"]]
     model_bytes = cold["model_rss_bytes"]
     per_worker_shared, per_worker_unshared = _slope(shared), _slope(unshared)
-    detail = ", ".join(f"{m['workers']}w{'+shared' if m['large_model'] else ''}: PSS {m['pss'] / 2**30:.2f} / "
-                       f"RSS {m['rss'] / 2**30:.2f} GiB" for m in memory)
+    per_worker_torch = _slope(with_torch)
+    imports = {name: r["imports"][name]["pss"] / 2**30 for name in ("beam", "beam_torch", "beam_tf")}
+    detail = ", ".join(f"{m['workers']}w{'+shared' if m['large_model'] else ''}{'' if m['hidden'] else '+torch'}: "
+                       f"PSS {m['pss'] / 2**30:.2f} / RSS {m['rss'] / 2**30:.2f} GiB" for m in memory)
     rows += [
         ("Peak RSS, this process (all in-process runs)", f"{r['peak_rss'] / 2**30:.2f} GiB", "", "", "info"),
-        ("Memory per extra worker process, --large_model (PSS of the process tree)",
+        ("Memory per extra worker process, --large_model (PSS of the process tree; runtime install: no torch)",
          f"{per_worker_shared / 2**30:.2f} GiB per worker vs {per_worker_unshared / 2**30:.2f} without sharing; "
-         f"one loaded model {model_bytes / 2**30:.2f} GiB RSS. A bare Python + Beam process: "
-         f"{r['imports']['beam']['pss'] / 2**30:.2f} GiB PSS; importing TensorFlow (each worker does, for "
-         f"tf.train.Example) makes it {r['imports']['beam_tf']['pss'] / 2**30:.2f}. {detail}",
+         f"one loaded model {model_bytes / 2**30:.2f} GiB RSS. A worker imports no TensorFlow; a fresh Python with "
+         f"Beam's RunInference: {imports['beam']:.2f} GiB PSS ({imports['beam_tf']:.2f} if it imported TensorFlow). "
+         f"{detail}",
          "< 0.5 x one model", f"{per_worker_shared / model_bytes:.2f}", verdict(per_worker_shared < 0.5 * model_bytes)),
+        ("Same, --large_model, with torch installed (this test environment)",
+         f"{per_worker_torch / 2**30:.2f} GiB per worker: Beam 2.77's RunInference imports torch and scipy into "
+         f"every worker when torch is installed (fresh Python with RunInference: {imports['beam_torch']:.2f} GiB PSS)",
+         "(info)", f"{per_worker_torch / model_bytes:.2f}", "info"),
         ("First batch after load_model (warm-up in load_model)",
          f"load {cold['load_s']:.1f} s; first 512-text batch {cold['first_batch_s_warm']:.2f} s vs "
          f"{cold['steady_batch_s_warm']:.2f} s steady (without warm-up: {cold['first_batch_s_cold']:.2f} s vs "

@@ -36,6 +36,8 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from transforms.examples import parse_example
+
 __all__ = ["RUN_ID_PLACEHOLDER", "LATEST_PLACEHOLDER", "MANIFEST_SUFFIX", "EMBED_TAG", "CARRIED_TAG",
            "default_run_id", "manifest_path", "resolve_previous", "previous_files", "ReadPrevious",
            "ReadPreviousTable", "SelectChanged", "WriteManifest"]
@@ -131,19 +133,13 @@ class _Previous(NamedTuple):
 class _KeyPreviousFn(beam.DoFn):
     """(file name, serialised Example) -> (id, _Previous)."""
 
-    def setup(self):
-        from tensorflow.core.example import example_pb2
-
-        self._example_class = example_pb2.Example
-
     def process(self, element):
         source, serialized = element
-        features = self._example_class.FromString(serialized).features.feature
         try:
-            record_id = features["id"].bytes_list.value[0].decode("utf-8")
-            content_hash = features["content_hash"].bytes_list.value[0].decode("utf-8")
-            model = features["model"].bytes_list.value[0].decode("utf-8")
-        except (KeyError, IndexError) as err:
+            features = parse_example(serialized)
+            record_id, content_hash, model = (features[name][0].decode("utf-8")
+                                              for name in ("id", "content_hash", "model"))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
             raise ValueError(f"{source} holds a record without id, content_hash or model; is it the output of "
                              "this pipeline?") from err
         yield record_id, _Previous(content_hash, model, "sequence_length" in features, serialized)

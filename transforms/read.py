@@ -10,7 +10,8 @@ import typing
 import apache_beam as beam
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
-from google.protobuf.message import DecodeError
+
+from transforms.examples import parse_example, value_kind
 
 __all__ = [
     "FAILED_TAG",
@@ -301,12 +302,6 @@ class _ParseRecordsFn(beam.DoFn):
 
     def setup(self):
         self._headers = {}
-        self._example_class = None
-        if self._input_format == "tfrecord":
-            # TensorFlow is imported here, on the worker, and only to parse tf.train.Example.
-            import tensorflow as tf
-
-            self._example_class = tf.train.Example
 
     def process(self, element):
         source, raw = element
@@ -373,10 +368,9 @@ class _ParseRecordsFn(beam.DoFn):
     def _parse_example(self, raw: bytes) -> tuple[str | None, tuple[str, ...]]:
         """Returns the id and texts of one serialised tf.train.Example."""
         try:
-            example = self._example_class.FromString(raw)
-        except DecodeError as err:
-            raise _Rejected("not_a_tf_example", f"{type(err).__name__}: {err}") from err
-        features = example.features.feature
+            features = parse_example(raw)
+        except ValueError as err:
+            raise _Rejected("not_a_tf_example", str(err)) from err
         texts = tuple(_example_text(features, name) for name in self._text_fields)
         return _example_id(features, self._id_field), texts
 
@@ -426,14 +420,13 @@ def _example_text(features, name: str) -> str:
     """Returns the one UTF-8 value of a bytes_list feature."""
     if name not in features:
         raise _Rejected("missing_field", f"feature {name!r} is absent")
-    feature = features[name]
-    kind = feature.WhichOneof("kind")
+    values = features[name]
+    kind = value_kind(values)
     if kind is None:
         raise _Rejected("missing_field", f"feature {name!r} has no value list")
     if kind != "bytes_list":
         raise _Rejected("not_a_string", f"feature {name!r} is a {kind}, not a bytes_list")
-    values = feature.bytes_list.value
-    if not values:
+    if not len(values):
         raise _Rejected("missing_field", f"feature {name!r} has no values")
     if len(values) > 1:
         raise _Rejected("not_a_string", f"feature {name!r} has {len(values)} values, not exactly one")
@@ -445,12 +438,9 @@ def _example_text(features, name: str) -> str:
 
 def _example_id(features, name: str) -> str | None:
     """Returns the one bytes or int64 value of the id feature as a string, or None when absent or empty."""
-    if name not in features:
-        return None
-    feature = features[name]
-    kind = feature.WhichOneof("kind")
-    values = getattr(feature, kind).value if kind else []
-    if not values:
+    values = features.get(name)
+    kind = value_kind(values)
+    if kind is None or not len(values):
         return None
     if kind == "float_list" or len(values) > 1:
         raise _Rejected(

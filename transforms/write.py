@@ -9,6 +9,8 @@ import time
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from transforms.examples import serialize_example
+
 __all__ = ["feature_spec", "ToExample", "WriteTFRecord", "WriteFailures", "inference_failure_json",
            "TFRECORD_SUFFIX", "FAILED_SUFFIX"]
 
@@ -44,7 +46,11 @@ def feature_spec(with_sequence: bool = False) -> dict:
 
 
 class ToExample(beam.DoFn):
-    """((id, content_hash, source), Embedding) -> serialised tf.train.Example; counts what it writes."""
+    """((id, content_hash, source), Embedding) -> serialised tf.train.Example; counts what it writes.
+
+    Built without importing TensorFlow (transforms.examples), so a worker that shares the model with
+    `--large_model` stays small.
+    """
 
     def __init__(self, model_fingerprint: str):
         self._model = model_fingerprint.encode()
@@ -54,28 +60,21 @@ class ToExample(beam.DoFn):
         self._count, self._last_log, self._start = 0, 0.0, 0.0
 
     def setup(self):
-        from tensorflow.core.example import example_pb2
-
-        self._example_pb2 = example_pb2
         self._start = self._last_log = time.monotonic()
 
     def process(self, element):
         (record_id, content_hash, _), embedding = element
-        example = self._example_pb2.Example()
-        features = example.features.feature
-        features["id"].bytes_list.value.append(record_id.encode())
-        features["embedding"].float_list.value.extend(embedding.vector.tolist())
-        features["model"].bytes_list.value.append(self._model)
-        features["content_hash"].bytes_list.value.append(content_hash.encode())
+        features = {"id": [record_id.encode()], "embedding": embedding.vector, "model": [self._model],
+                    "content_hash": [content_hash.encode()]}
         if embedding.sequence is not None:
-            features["sequence_length"].int64_list.value.append(embedding.tokens)
-            features["sequence"].float_list.value.extend(embedding.sequence.reshape(-1).tolist())
+            features["sequence_length"] = [embedding.tokens]
+            features["sequence"] = embedding.sequence
         self._embedded.inc()
         self._tokens.inc(embedding.tokens)
         if embedding.truncated:
             self._truncated.inc()
         self._log_progress()
-        yield example.SerializeToString()
+        yield serialize_example(features)
 
     def _log_progress(self):
         self._count += 1
