@@ -238,7 +238,7 @@ def _rows(r: dict) -> list[tuple[str, str, str, str, str]]:
         ("Matmul ceiling bf16, 32x128",
          f"{eng['ceiling_bf16']:,.0f} tok/s = {eng['gflops']['ceiling_bf16']:.0f} GFLOP/s "
          f"(CPU-normalised {eng['ceiling_bf16_cpu']:,.0f})", "", "", "info"),
-        ("Engine bf16, 32x128 (exported encoder, `bfloat16_call`)",
+        ("Engine bf16, 32x128 (exported encoder rebuilt with bfloat16 matmul weights, as `--precision bf16` runs it)",
          f"{eng['engine_bf16']:,.0f} tok/s (CPU-normalised {eng['engine_bf16_cpu']:,.0f}); "
          f"{eng['engine_bf16'] / eng['engine_fp32']:.2f}x engine fp32", "(info) vs bf16 ceiling",
          _ratio(eng, "engine_bf16", eng, "ceiling_bf16"), "info"),

@@ -15,7 +15,7 @@ import tensorflow_text  # noqa: F401  Registers the preprocessor's ops.
 from model import config as config_lib
 from model import convert
 from model.encoder import Encoder
-from model.export import export_encoder
+from model.export import export_encoder, load_encoder
 
 FULL_SIZE = "distilbert_en_cased_L-6_H-768_A-12"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -276,3 +276,46 @@ def test_export_encoder_in_memory_bert_family_has_a_pooler(tmp_path):
     out = loaded(inputs)
     assert not np.allclose(out["pooled_output"], out["sequence_output"][:, 0])
     np.testing.assert_allclose(out["pooled_output"], encoder(inputs)["pooled_output"], atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["distilbert_tiny", "bert_tiny"])
+def test_load_encoder_rebuilds_the_exported_module(preset, tmp_path):
+    encoder = Encoder(config_lib.preset(preset), seed=11)
+    export_encoder(encoder, str(tmp_path / "encoder"))
+    rebuilt = load_encoder(str(tmp_path / "encoder"))
+    assert rebuilt.config == encoder.config
+    inputs = dict(_inputs([[2, 5, 6, 3, 0], [2, 9, 3, 0, 0]], [4, 3]),
+                  input_type_ids=tf.constant([[0, 0, 1, 1, 0], [0, 0, 0, 0, 0]], tf.int32))
+    for name, value in encoder(inputs).items():
+        np.testing.assert_array_equal(rebuilt(inputs)[name], value)
+
+
+def test_load_encoder_refuses_a_saved_model_it_did_not_write(tmp_path):
+    module = tf.Module()
+    module.variable = tf.Variable(1.0)
+    tf.saved_model.save(module, str(tmp_path / "other"))
+    with pytest.raises(ValueError, match="not exported by model.export"):
+        load_encoder(str(tmp_path / "other"))
+
+
+@pytest.mark.parametrize("preset", ["distilbert_tiny", "bert_tiny"])
+def test_bfloat16_weights_compute_what_bfloat16_call_does(preset, tmp_path):
+    """The rebuilt module with bfloat16 matmul weights is --precision bf16's fast path: it must agree with the
+    exported bfloat16_call (both round the same matmuls to bfloat16) and stay close to float32."""
+    export_encoder(Encoder(config_lib.preset(preset), seed=12), str(tmp_path / "encoder"))
+    loaded = tf.saved_model.load(str(tmp_path / "encoder"))
+    rebuilt = load_encoder(str(tmp_path / "encoder"), tf.bfloat16)
+    rebuilt.keep_matmul_weights_in_compute_dtype()
+    kernels = [layer.kernel for block in rebuilt.layer for layer in block.dense_layers()]
+    assert {kernel.dtype for kernel in kernels} == {tf.bfloat16}
+    rng = np.random.RandomState(0)
+    inputs = _inputs(rng.randint(5, 99, (6, 40)), [40, 31, 17, 9, 3, 40])
+    fast, exported, fp32 = (fn(inputs)["sequence_output"].numpy().reshape(-1, 32)
+                            for fn in (rebuilt, loaded.bfloat16_call, loaded))
+
+    def cosines(a, b):
+        return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+    assert cosines(fast, exported).min() >= 0.9999
+    assert cosines(fast, fp32).min() >= 0.999
+    assert not np.array_equal(fast, fp32)
