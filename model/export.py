@@ -111,13 +111,14 @@ def export_encoder(encoder: Encoder, output_dir: str, vocab_file: str | None = N
     tf.saved_model.save(root, output_dir, signatures={"serving_default": _serving_signature(encoder)})
 
 
-def load_encoder(encoder_dir: str, compute_dtype=tf.float32) -> Encoder:
+def load_encoder(encoder_dir: str, compute_dtype=tf.float32, saved_model=None) -> Encoder:
     """Rebuilds the `Encoder` module of an encoder SavedModel that export_encoder wrote, with its weights.
 
+    `saved_model`, if given, is that SavedModel already loaded (it is only asked for its config).
     Raises ValueError for a SavedModel without `get_config` (not written by this package), or whose variables
     do not cover the rebuilt module.
     """
-    loaded = tf.saved_model.load(encoder_dir)
+    loaded = saved_model if saved_model is not None else tf.saved_model.load(encoder_dir)
     if not hasattr(loaded, "get_config"):
         raise ValueError(f"{encoder_dir} was not exported by model.export (it has no get_config).")
     config = config_lib.EncoderConfig(**json.loads(loaded.get_config().numpy()))

@@ -375,8 +375,7 @@ def _encoder_to_run(tf, path: str, precision: str):
     if hasattr(encoder, "get_config"):
         from model import export
 
-        del encoder  # Its float32 weights are not needed once the module is rebuilt.
-        module = export.load_encoder(path, tf.bfloat16)
+        module = export.load_encoder(path, tf.bfloat16, saved_model=encoder)
         module.keep_matmul_weights_in_compute_dtype()
         return module, True
     return encoder.bfloat16_call, True
