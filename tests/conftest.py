@@ -9,6 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import pathlib  # noqa: E402
+import typing  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -80,6 +81,29 @@ def _write_jsonl_corpus(path, docs: dict) -> str:
 def synthetic_text():
     """text(i, variant=0): a distinct text per (i, variant) that the tiny vocabulary covers."""
     return _synthetic_text
+
+
+class CorpusEdit(typing.NamedTuple):
+    """A 30-record corpus and its next version: 3 records changed, 2 deleted, 4 added."""
+
+    old: dict
+    new: dict
+    changed: set
+    deleted: set
+    added: dict
+
+
+@pytest.fixture(scope="session")
+def corpus_edit() -> CorpusEdit:
+    """What an incremental re-embedding run meets: ids d00..d29, then 10% changed, 2 deleted and n0..n3 added."""
+    old = {f"d{i:02d}": _synthetic_text(i) for i in range(30)}
+    changed = {"d03", "d11", "d27"}
+    deleted = {"d05", "d20"}
+    added = {f"n{i}": _synthetic_text(40 + i) for i in range(4)}
+    new = {i: (_synthetic_text(int(i[1:]), variant=1) if i in changed else t)
+           for i, t in old.items() if i not in deleted}
+    new.update(added)
+    return CorpusEdit(old, new, changed, deleted, added)
 
 
 @pytest.fixture(scope="session")

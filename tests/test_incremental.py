@@ -47,20 +47,14 @@ def _changes(counters: dict) -> dict:
 
 
 def test_runs_embed_only_new_and_changed_records_and_write_the_complete_set(
-        tmp_path, tiny_model_dir, other_model_dir, capsys, synthetic_text, write_jsonl_corpus):
+        tmp_path, tiny_model_dir, other_model_dir, capsys, corpus_edit, write_jsonl_corpus):
     root = tmp_path / "emb"
-    old = {f"d{i:02d}": synthetic_text(i) for i in range(30)}
+    old, new, changed, _, added = corpus_edit
     first_prefix, first = _run(write_jsonl_corpus(tmp_path / "old.jsonl", old), root, "2026-11-01T00-00-00",
                                tiny_model_dir)
     assert _changes(first)["embedded"] == 30 and _changes(first)["new"] == 0  # Nothing earlier: a full run.
     first_rows = _read(first_prefix)
 
-    changed = {"d03", "d11", "d27"}  # 10% of the corpus.
-    deleted = {"d05", "d20"}
-    added = {f"n{i}": synthetic_text(40 + i) for i in range(4)}
-    new = {i: (synthetic_text(int(i[1:]), variant=1) if i in changed else t)
-           for i, t in old.items() if i not in deleted}
-    new.update(added)
     new_corpus = write_jsonl_corpus(tmp_path / "new.jsonl", new)
     second_prefix, second = _run(new_corpus, root, "2026-11-02T00-00-00", tiny_model_dir)
     assert _changes(second) == {"new": 4, "changed": 3, "changed_model": 0, "unchanged": 25, "deleted": 2,

@@ -67,9 +67,9 @@ def _full_run(corpus: str, model_dir: str, prefix: str) -> dict:
 
 
 def test_runs_embed_only_new_and_changed_records_and_keep_the_table_current(
-        dataset, bq, tiny_model_dir, other_model_dir, tmp_path, capsys, synthetic_text, write_jsonl_corpus):
+        dataset, bq, tiny_model_dir, other_model_dir, tmp_path, capsys, corpus_edit, write_jsonl_corpus):
     table = f"test-project:{dataset}.docs"
-    old = {f"d{i:02d}": synthetic_text(i) for i in range(30)}
+    old, new, changed, _, added = corpus_edit
     old_corpus = write_jsonl_corpus(tmp_path / "old.jsonl", old)
     first = _run(old_corpus, table, "2026-11-01T00-00-00", tiny_model_dir, tmp_path)
     assert _changes(first)["embedded"] == 30 and _changes(first)["new"] == 0  # No table yet: a full run.
@@ -78,12 +78,6 @@ def test_runs_embed_only_new_and_changed_records_and_keep_the_table_current(
     assert {row["run_id"] for row in first_rows.values()} == {"2026-11-01T00-00-00"}
     _assert_no_run_table(bq, table, "2026-11-01T00-00-00")
 
-    changed = {"d03", "d11", "d27"}  # 10% of the corpus.
-    deleted = {"d05", "d20"}
-    added = {f"n{i}": synthetic_text(40 + i) for i in range(4)}
-    new = {i: (synthetic_text(int(i[1:]), variant=1) if i in changed else t)
-           for i, t in old.items() if i not in deleted}
-    new.update(added)
     new_corpus = write_jsonl_corpus(tmp_path / "new.jsonl", new)
     capsys.readouterr()
     second = _run(new_corpus, table, "2026-11-02T00-00-00", tiny_model_dir, tmp_path)
