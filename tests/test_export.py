@@ -290,6 +290,26 @@ def test_load_encoder_rebuilds_the_exported_module(preset, tmp_path):
         np.testing.assert_array_equal(rebuilt(inputs)[name], value)
 
 
+@pytest.mark.parametrize("preset", ["distilbert_tiny", "bert_tiny"])
+def test_fused_layer_norms_compute_what_the_export_does(preset, tmp_path):
+    """optimize_for_inference(fuse_layer_norms=True) is the pipeline's fp32 path on oneDNN CPUs."""
+    encoder = Encoder(config_lib.preset(preset), seed=13)
+    export_encoder(encoder, str(tmp_path / "encoder"))
+    loaded = tf.saved_model.load(str(tmp_path / "encoder"))
+    rebuilt = load_encoder(str(tmp_path / "encoder"))
+    rebuilt.optimize_for_inference(fuse_layer_norms=True)
+    assert all(norm.fused for norm in rebuilt._layer_norms()) and len(rebuilt._layer_norms()) == 5
+    # Unknown batch and sequence sizes, as in the pipeline: only then does oneDNN's remapper fuse.
+    fused = tf.function(rebuilt, input_signature=[{name: tf.TensorSpec([None, None], tf.int32)
+                                                   for name in ("input_word_ids", "input_mask")}])
+    rng = np.random.RandomState(1)
+    inputs = _inputs(rng.randint(5, 99, (5, 24)), [24, 17, 9, 2, 24])
+    expected, got = loaded(inputs), fused(inputs)
+    for name in ("pooled_output", "sequence_output"):
+        np.testing.assert_allclose(got[name], expected[name], atol=2e-5, rtol=0)
+    assert not np.array_equal(got["sequence_output"], expected["sequence_output"])  # Another kernel ran.
+
+
 def test_load_encoder_refuses_a_saved_model_it_did_not_write(tmp_path):
     module = tf.Module()
     module.variable = tf.Variable(1.0)
@@ -305,7 +325,7 @@ def test_bfloat16_weights_compute_what_bfloat16_call_does(preset, tmp_path):
     export_encoder(Encoder(config_lib.preset(preset), seed=12), str(tmp_path / "encoder"))
     loaded = tf.saved_model.load(str(tmp_path / "encoder"))
     rebuilt = load_encoder(str(tmp_path / "encoder"), tf.bfloat16)
-    rebuilt.keep_matmul_weights_in_compute_dtype()
+    rebuilt.optimize_for_inference()
     kernels = [layer.kernel for block in rebuilt.layer for layer in block.dense_layers()]
     assert {kernel.dtype for kernel in kernels} == {tf.bfloat16}
     rng = np.random.RandomState(0)

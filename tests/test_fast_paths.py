@@ -120,7 +120,7 @@ def test_bf16_is_close_to_fp32(which, tiny_model_dir, foreign_model_dir):
     texts = [(text,) for text in _texts(40, seed=5)]
     fp32 = np.stack([e.vector for e in _handler(model_dir).load_model().embed(texts)])
     bf16_model = _handler(model_dir, precision="bf16").load_model()
-    # model.export's encoders run rebuilt with bfloat16 weights (model.export.load_encoder), others as loaded.
+    # model.export's encoders run rebuilt (model.export.load_encoder), others as loaded.
     assert type(bf16_model._encoder).__name__ == ("Encoder" if which == "exported" else "_UserObject")
     bf16 = np.stack([e.vector for e in bf16_model.embed(texts)])
     cosine = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
@@ -129,6 +129,39 @@ def test_bf16_is_close_to_fp32(which, tiny_model_dir, foreign_model_dir):
     # Loading an fp32 model switches the process back.
     again = np.stack([e.vector for e in _handler(model_dir).load_model().embed(texts)])
     np.testing.assert_allclose(again, fp32, atol=1e-6, rtol=0)
+
+
+def test_fp32_runs_exported_encoders_rebuilt_with_fused_layer_norms_on_onednn(tiny_model_dir, foreign_model_dir):
+    exported = _handler(tiny_model_dir).load_model()._encoder
+    assert type(exported).__name__ == "Encoder"
+    assert {norm.fused for norm in exported._layer_norms()} == {embed._onednn_runs_on_cpu(tf)}
+    assert type(_handler(foreign_model_dir).load_model()._encoder).__name__ == "_UserObject"
+
+
+@pytest.mark.skipif(not embed._onednn_runs_on_cpu(tf), reason="oneDNN fuses LayerNorm on CPU only")
+def test_fused_layer_norm_runs_as_one_onednn_kernel():
+    """What makes the fused form pay: grappler's remapper must turn it into _MklLayerNorm. If a TensorFlow
+    upgrade stops matching it, it runs as a real batch norm, slower than the plain form."""
+    from model.encoder import _LayerNorm
+
+    graph = tf.Graph()
+    with graph.as_default():
+        norm = _LayerNorm(16, 1e-12, "norm")
+        norm.fused = True
+        x = tf.compat.v1.placeholder(tf.float32, [None, None, 16])
+        y = norm(x)
+        plain = norm._normalize(x) * norm.gamma + norm.beta
+        init = tf.compat.v1.global_variables_initializer()
+    values = np.random.RandomState(0).normal(1.0, 3.0, (3, 5, 16)).astype(np.float32)
+    with tf.compat.v1.Session(graph=graph) as session:
+        session.run(init)
+        metadata = tf.compat.v1.RunMetadata()
+        fused_value = session.run(y, {x: values}, run_metadata=metadata,
+                                  options=tf.compat.v1.RunOptions(output_partition_graphs=True))
+        plain_value = session.run(plain, {x: values})
+    ops = {node.op for partition in metadata.partition_graphs for node in partition.node}
+    assert "_MklLayerNorm" in ops and "FusedBatchNormV3" not in ops, sorted(ops)
+    np.testing.assert_allclose(fused_value, plain_value, atol=1e-5, rtol=0)
 
 
 def test_precision_is_checked_and_changes_the_fingerprint(tiny_model_dir):

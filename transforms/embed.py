@@ -364,21 +364,35 @@ def _allow_gpu_memory_growth(tf) -> None:
 def _encoder_to_run(tf, path: str, precision: str):
     """The encoder call to run, and whether it computes bf16 by itself (else grappler must, see _use_precision).
 
-    fp32: the SavedModel as loaded. bf16, for an encoder model.export wrote: its module rebuilt from the
-    SavedModel with bfloat16 copies of the matmul weights (model.export.load_encoder), the same computation as
-    its `bfloat16_call` without re-casting 170 MB of weights on every call (about 6% faster). bf16 for another
-    SavedModel with a `bfloat16_call`: that; without one: the float32 graph.
+    An encoder model.export wrote runs as its module rebuilt from the SavedModel (model.export.load_encoder),
+    prepared for inference (Encoder.optimize_for_inference): in bf16 with bfloat16 copies of the matmul weights,
+    the same computation as its `bfloat16_call` without re-casting 170 MB of weights on every call (about 6%
+    faster); and, where oneDNN runs the graph on CPU, with each LayerNorm fused into one kernel (about 3.5%
+    faster). Another SavedModel runs as loaded: fp32 its `__call__`, bf16 its `bfloat16_call` if it has one,
+    else the float32 graph.
     """
     encoder = tf.saved_model.load(path)
-    if precision != "bf16" or not hasattr(encoder, "bfloat16_call"):
-        return encoder, False
     if hasattr(encoder, "get_config"):
         from model import export
 
-        module = export.load_encoder(path, tf.bfloat16, saved_model=encoder)
-        module.keep_matmul_weights_in_compute_dtype()
-        return module, True
-    return encoder.bfloat16_call, True
+        module = export.load_encoder(path, tf.bfloat16 if precision == "bf16" else tf.float32, saved_model=encoder)
+        module.optimize_for_inference(fuse_layer_norms=_onednn_runs_on_cpu(tf))
+        return module, precision == "bf16"
+    if precision == "bf16" and hasattr(encoder, "bfloat16_call"):
+        return encoder.bfloat16_call, True
+    return encoder, False
+
+
+def _onednn_runs_on_cpu(tf) -> bool:
+    """Whether graphs run on a CPU with oneDNN's rewrites: TensorFlow's default on x86, off with
+    TF_ENABLE_ONEDNN_OPTS=0, and beside the point where a GPU takes the encoder."""
+    if tf.config.list_physical_devices("GPU"):
+        return False
+    try:  # No public API tells; this is what TensorFlow's own tests ask.
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return False
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def _use_precision(tf, precision: str, native_bf16: bool) -> None:
