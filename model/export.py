@@ -26,7 +26,9 @@ The encoder contract (the TF Hub BERT text-encoder API):
   on the same float32 weights (LayerNorm and softmax statistics stay float32), about 1.7x faster than float32
   on CPUs with AVX512_BF16 or AMX. The embedding pipeline's `--precision bf16` runs the same computation through
   `load_encoder` (the module rebuilt from the SavedModel) with the matmul weights stored in bfloat16 once, which
-  saves re-casting them on every call.
+  saves re-casting them on every call. `onednn_call(inputs)` computes what `__call__` does at inference, with
+  each LayerNorm in the form that TensorFlow's oneDNN graph rewriter fuses into one kernel: about 3.5% faster
+  on x86 CPUs (where oneDNN is TensorFlow's default), slower elsewhere; the pipeline runs it where oneDNN runs.
 
 The preprocessor contract is in model/preprocessor.py.
 """
@@ -69,14 +71,20 @@ def _serving_signature(encoder: Encoder):
     return serve
 
 
-def _call_in_dtype(encoder: Encoder, compute_dtype, inputs):
-    """encoder(inputs) traced with another compute dtype; the variables are the same."""
-    saved = encoder.compute_dtype
+def _inference_call(encoder: Encoder, inputs, compute_dtype=tf.float32, fuse_layer_norms: bool = False):
+    """encoder(inputs, training=False) traced with another compute dtype and/or fused LayerNorms (see
+    Encoder.optimize_for_inference); the variables are the same, and the module is left as it was."""
+    saved_dtype, norms = encoder.compute_dtype, encoder._layer_norms()
+    saved_fused = [norm.fused for norm in norms]
     encoder.compute_dtype = tf.as_dtype(compute_dtype)
+    for norm in norms:
+        norm.fused = fuse_layer_norms
     try:
         return encoder(inputs, training=False)
     finally:
-        encoder.compute_dtype = saved
+        encoder.compute_dtype = saved_dtype
+        for norm, fused in zip(norms, saved_fused, strict=True):
+            norm.fused = fused
 
 
 def export_encoder(encoder: Encoder, output_dir: str, vocab_file: str | None = None) -> None:
@@ -92,16 +100,22 @@ def export_encoder(encoder: Encoder, output_dir: str, vocab_file: str | None = N
 
     @tf.function
     def bfloat16_call(inputs):
-        return _call_in_dtype(encoder, tf.bfloat16, inputs)
+        return _inference_call(encoder, inputs, tf.bfloat16)
 
-    for with_type_ids in (False, True):
-        bfloat16_call.get_concrete_function(_input_specs(with_type_ids))
+    @tf.function
+    def onednn_call(inputs):
+        return _inference_call(encoder, inputs, fuse_layer_norms=True)
+
+    for function in (bfloat16_call, onednn_call):
+        for with_type_ids in (False, True):
+            function.get_concrete_function(_input_specs(with_type_ids))
 
     config_json = json.dumps(encoder.config.to_dict(), sort_keys=True)
     root = tf.train.Checkpoint()
     root.encoder = encoder
     root.__call__ = call
     root.bfloat16_call = bfloat16_call
+    root.onednn_call = onednn_call
     root.variables = list(encoder.variables)
     root.trainable_variables = list(encoder.trainable_variables)
     root.regularization_losses = []

@@ -364,23 +364,39 @@ def _allow_gpu_memory_growth(tf) -> None:
 def _encoder_to_run(tf, path: str, precision: str):
     """The encoder call to run, and whether it computes bf16 by itself (else grappler must, see _use_precision).
 
-    An encoder model.export wrote runs as its module rebuilt from the SavedModel (model.export.load_encoder),
-    prepared for inference (Encoder.optimize_for_inference): in bf16 with bfloat16 copies of the matmul weights,
-    the same computation as its `bfloat16_call` without re-casting 170 MB of weights on every call (about 6%
-    faster); and, where oneDNN runs the graph on CPU, with each LayerNorm fused into one kernel (about 3.5%
-    faster). Another SavedModel runs as loaded: fp32 its `__call__`, bf16 its `bfloat16_call` if it has one,
-    else the float32 graph.
+    fp32: the SavedModel's `onednn_call` (model.export writes one: each LayerNorm fused into one kernel, about
+    3.5% faster) where oneDNN runs the graph on CPU, else its `__call__`. bf16, for an encoder model.export
+    wrote: its module rebuilt from the SavedModel (model.export.load_encoder) with bfloat16 copies of the matmul
+    weights, the same computation as its `bfloat16_call` without re-casting 170 MB of weights on every call
+    (about 6% faster), LayerNorms fused likewise. bf16 for another SavedModel with a `bfloat16_call`: that;
+    without one: the float32 graph.
     """
     encoder = tf.saved_model.load(path)
+    onednn = _onednn_runs_on_cpu(tf)
+    if precision != "bf16":
+        return (_SavedModelFunction(encoder, "onednn_call") if onednn and hasattr(encoder, "onednn_call")
+                else encoder), False
     if hasattr(encoder, "get_config"):
         from model import export
 
-        module = export.load_encoder(path, tf.bfloat16 if precision == "bf16" else tf.float32, saved_model=encoder)
-        module.optimize_for_inference(fuse_layer_norms=_onednn_runs_on_cpu(tf))
-        return module, precision == "bf16"
-    if precision == "bf16" and hasattr(encoder, "bfloat16_call"):
-        return encoder.bfloat16_call, True
+        module = export.load_encoder(path, tf.bfloat16, saved_model=encoder)
+        module.optimize_for_inference(fuse_layer_norms=onednn)
+        return module, True
+    if hasattr(encoder, "bfloat16_call"):
+        return _SavedModelFunction(encoder, "bfloat16_call"), True
     return encoder, False
+
+
+class _SavedModelFunction:
+    """A function of a loaded SavedModel that keeps the SavedModel alive: it owns the variables the function
+    reads, and they are deleted with it."""
+
+    def __init__(self, saved_model, name: str):
+        self.saved_model, self.name = saved_model, name
+        self._function = getattr(saved_model, name)
+
+    def __call__(self, inputs):
+        return self._function(inputs)
 
 
 def _onednn_runs_on_cpu(tf) -> bool:
