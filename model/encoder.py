@@ -40,7 +40,7 @@ class _LayerNorm(tf.Module):
             self.gamma = tf.Variable(tf.ones([size]), name="gamma")
             self.beta = tf.Variable(tf.zeros([size]), name="beta")
         self.epsilon = epsilon
-        self.fused = False  # Set by Encoder.optimize_for_inference where oneDNN runs the graph.
+        self.fused = False  # True while model.export traces its onednn_call.
 
     def __call__(self, x):
         # Statistics in float32 even when the block computes in bfloat16.
@@ -182,18 +182,13 @@ class Encoder(tf.Module):
             self.pooler = (_Dense(config.hidden_size, config.hidden_size, init, "pooler")
                            if config.family == "bert" else None)
 
-    def optimize_for_inference(self, fuse_layer_norms: bool = False) -> None:
-        """Prepares the module for inference only; it can no longer be trained or exported afterwards.
+    def keep_matmul_weights_in_compute_dtype(self) -> None:
+        """For inference in bfloat16: replaces every dense kernel by a non-trainable copy in compute_dtype.
 
-        With a bfloat16 compute_dtype, every dense kernel is replaced by a non-trainable copy in that dtype: a
-        dense layer casts its float32 kernel on every call, and at the sub-batch sizes of real text that cast is
-        about 6% of a bfloat16 call. With `fuse_layer_norms`, every LayerNorm computes through the graph that
-        oneDNN's remapper fuses into one kernel (see _LayerNorm._fused_normalize): ask for it only where oneDNN
-        runs the graph on CPU. The outputs stay those of the module as exported, to float32 rounding.
+        A dense layer casts its float32 kernel to the compute dtype on every call; with the copies, no call
+        casts again. At the sub-batch sizes of real text that cast is about 6% of a bfloat16 call. The float32
+        kernels are dropped, so the module can no longer be trained or exported afterwards.
         """
-        if fuse_layer_norms:
-            for norm in self._layer_norms():
-                norm.fused = True
         if self.compute_dtype == tf.float32:
             return
         # Not the pooler: it runs in float32 on the float32 [CLS] vector.

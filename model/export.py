@@ -73,7 +73,7 @@ def _serving_signature(encoder: Encoder):
 
 def _inference_call(encoder: Encoder, inputs, compute_dtype=tf.float32, fuse_layer_norms: bool = False):
     """encoder(inputs, training=False) traced with another compute dtype and/or fused LayerNorms (see
-    Encoder.optimize_for_inference); the variables are the same, and the module is left as it was."""
+    _LayerNorm._fused_normalize); the variables are the same, and the module is left as it was."""
     saved_dtype, norms = encoder.compute_dtype, encoder._layer_norms()
     saved_fused = [norm.fused for norm in norms]
     encoder.compute_dtype = tf.as_dtype(compute_dtype)

@@ -301,26 +301,19 @@ def _graph_ops(function) -> set[str]:
 
 
 @pytest.mark.parametrize("preset", ["distilbert_tiny", "bert_tiny"])
-def test_fused_layer_norms_compute_what_the_export_does(preset, tmp_path):
-    """The exported onednn_call (the pipeline's fp32 path on oneDNN CPUs) and the rebuilt module with fused
-    LayerNorms (its bf16 path, here in float32) compute what __call__ does; __call__ itself stays portable."""
+def test_onednn_call_computes_what_call_does(preset, tmp_path):
+    """onednn_call (the pipeline's fp32 path on oneDNN CPUs) holds the fused LayerNorms; __call__ stays portable."""
     encoder = Encoder(config_lib.preset(preset), seed=13)
     export_encoder(encoder, str(tmp_path / "encoder"))
+    assert not any(norm.fused for norm in encoder._layer_norms()) and len(encoder._layer_norms()) == 5
     loaded = tf.saved_model.load(str(tmp_path / "encoder"))
     assert "FusedBatchNormV3" in _graph_ops(loaded.onednn_call)
     assert "FusedBatchNormV3" not in _graph_ops(loaded.__call__)
-    rebuilt = load_encoder(str(tmp_path / "encoder"))
-    rebuilt.optimize_for_inference(fuse_layer_norms=True)
-    assert all(norm.fused for norm in rebuilt._layer_norms()) and len(rebuilt._layer_norms()) == 5
-    # Unknown batch and sequence sizes, as in the pipeline: only then does oneDNN's remapper fuse.
-    specs = {name: tf.TensorSpec([None, None], tf.int32) for name in ("input_word_ids", "input_mask")}
     rng = np.random.RandomState(1)
     inputs = _inputs(rng.randint(5, 99, (5, 24)), [24, 17, 9, 2, 24])
-    expected = loaded(inputs)
-    for fused in (loaded.onednn_call, tf.function(rebuilt, input_signature=[specs])):
-        got = fused(inputs)
-        for name in ("pooled_output", "sequence_output"):
-            np.testing.assert_allclose(got[name], expected[name], atol=2e-5, rtol=0)
+    expected, got = loaded(inputs), loaded.onednn_call(inputs)
+    for name in ("pooled_output", "sequence_output"):
+        np.testing.assert_allclose(got[name], expected[name], atol=2e-5, rtol=0)
 
 
 def test_load_encoder_refuses_a_saved_model_it_did_not_write(tmp_path):
@@ -338,7 +331,7 @@ def test_bfloat16_weights_compute_what_bfloat16_call_does(preset, tmp_path):
     export_encoder(Encoder(config_lib.preset(preset), seed=12), str(tmp_path / "encoder"))
     loaded = tf.saved_model.load(str(tmp_path / "encoder"))
     rebuilt = load_encoder(str(tmp_path / "encoder"), tf.bfloat16)
-    rebuilt.optimize_for_inference()
+    rebuilt.keep_matmul_weights_in_compute_dtype()
     kernels = [layer.kernel for block in rebuilt.layer for layer in block.dense_layers()]
     assert {kernel.dtype for kernel in kernels} == {tf.bfloat16}
     rng = np.random.RandomState(0)

@@ -136,9 +136,8 @@ def test_fp32_runs_onednn_call_where_onednn_runs(tiny_model_dir, foreign_model_d
     exported = _handler(tiny_model_dir).load_model()._encoder
     assert getattr(exported, "name", "__call__") == ("onednn_call" if onednn else "__call__")
     assert type(_handler(foreign_model_dir).load_model()._encoder).__name__ == "_UserObject"  # No onednn_call.
-    if onednn:
-        bf16 = _handler(tiny_model_dir, precision="bf16").load_model()._encoder
-        assert {norm.fused for norm in bf16._layer_norms()} == {True}
+    bf16 = _handler(tiny_model_dir, precision="bf16").load_model()._encoder  # Fusing is slower in bfloat16.
+    assert {norm.fused for norm in bf16._layer_norms()} == {False}
 
 
 @pytest.mark.skipif(not embed._onednn_runs_on_cpu(tf), reason="oneDNN fuses LayerNorm on CPU only")
