@@ -368,8 +368,8 @@ def _encoder_to_run(tf, path: str, precision: str):
     3.5% faster) where oneDNN runs the graph on CPU, else its `__call__`. bf16, for an encoder model.export
     wrote: its module rebuilt from the SavedModel (model.export.load_encoder) with bfloat16 copies of the matmul
     weights, the same computation as its `bfloat16_call` without re-casting 170 MB of weights on every call
-    (about 6% faster). bf16 for another SavedModel with a `bfloat16_call`: that;
-    without one: the float32 graph.
+    (about 6% faster); fused LayerNorms measured 4% slower there. bf16 for another SavedModel with a
+    `bfloat16_call`: that; without one: the float32 graph.
     """
     encoder = tf.saved_model.load(path)
     if precision != "bf16":
@@ -379,7 +379,7 @@ def _encoder_to_run(tf, path: str, precision: str):
         from model import export
 
         module = export.load_encoder(path, tf.bfloat16, saved_model=encoder)
-        module.keep_matmul_weights_in_compute_dtype()  # Fused LayerNorms measured 4% slower in bfloat16.
+        module.keep_matmul_weights_in_compute_dtype()
         return module, True
     if hasattr(encoder, "bfloat16_call"):
         return _SavedModelFunction(encoder, "bfloat16_call"), True
