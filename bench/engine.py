@@ -74,8 +74,8 @@ class EngineBench:
 
         from transforms import embed
 
-        # What the pipeline runs (for model.export's encoders: the module rebuilt for inference), and, for
-        # comparison, the exported SavedModel's own __call__.
+        # What the pipeline runs (fp32: the export's onednn_call on this CPU; bf16: the module rebuilt with
+        # bfloat16 weights), and, for comparison, the exported SavedModel's own __call__.
         self._encode = {"fp32": encoder_fn(embed._encoder_to_run(tf, encoder_dir, "fp32")[0]),
                         "bf16": encoder_fn(embed._encoder_to_run(tf, encoder_dir, "bf16")[0]),
                         "fp32_saved_model": encoder_fn(self._encoder)}
