@@ -40,9 +40,12 @@ class _LayerNorm(tf.Module):
             self.gamma = tf.Variable(tf.ones([size]), name="gamma")
             self.beta = tf.Variable(tf.zeros([size]), name="beta")
         self.epsilon = epsilon
-        self.fused = False  # True while model.export traces its onednn_call.
+        self.fused = False  # See Encoder.use_onednn_kernels.
 
     def __call__(self, x):
+        if self.fused and x.dtype != tf.float32:
+            # oneDNN's LayerNorm reads bfloat16 and keeps its statistics in float32: no casts around it.
+            return self._fused_normalize(x) * tf.cast(self.gamma, x.dtype) + tf.cast(self.beta, x.dtype)
         # Statistics in float32 even when the block computes in bfloat16.
         x32 = tf.cast(x, tf.float32)
         normalized = self._fused_normalize(x32) if self.fused else self._normalize(x32)
@@ -64,7 +67,7 @@ class _LayerNorm(tf.Module):
         TF_ENABLE_ONEDNN_OPTS=0) a real batch norm runs instead, about 3x slower than _normalize.
         """
         size = self.gamma.shape[0]
-        rows = tf.size(x) // size
+        rows = tf.size(x) // size  # x: float32, or bfloat16 (the kernel's statistics stay float32).
         normalized, *_ = tf.raw_ops.FusedBatchNormV3(
             x=tf.reshape(x, [1, rows, size, 1]), scale=tf.fill([rows], 1.0), offset=tf.fill([rows], 0.0),
             mean=tf.constant([], tf.float32), variance=tf.constant([], tf.float32), epsilon=self.epsilon,
@@ -83,6 +86,7 @@ class _Attention(tf.Module):
             self.v_lin = _Dense(h, h, init, "v_lin")
             self.out_lin = _Dense(h, h, init, "out_lin")
         self.dropout = config.attention_dropout
+        self.softmax_in_compute_dtype = False  # See Encoder.use_onednn_kernels.
 
     def _split_heads(self, x, batch, seq):
         x = tf.reshape(x, [batch, seq, self.num_heads, self.head_size])  # [B, S, N, D]
@@ -95,7 +99,9 @@ class _Attention(tf.Module):
         v = self._split_heads(self.v_lin(x), batch, seq)  # [B, N, S, D]
         scores = tf.matmul(q, k, transpose_b=True) / math.sqrt(self.head_size)  # [B, N, S, S]
         scores = scores + tf.cast(mask_bias, scores.dtype)  # mask_bias: [B, 1, 1, S]
-        weights = tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1)  # [B, N, S, S]
+        if not self.softmax_in_compute_dtype:
+            scores = tf.cast(scores, tf.float32)  # Softmax statistics in float32.
+        weights = tf.nn.softmax(scores, axis=-1)  # [B, N, S, S]
         if training and self.dropout:
             weights = tf.nn.dropout(weights, rate=self.dropout)
         context = tf.matmul(tf.cast(weights, v.dtype), v)  # [B, N, S, D]
@@ -182,19 +188,33 @@ class Encoder(tf.Module):
             self.pooler = (_Dense(config.hidden_size, config.hidden_size, init, "pooler")
                            if config.family == "bert" else None)
 
-    def keep_matmul_weights_in_compute_dtype(self) -> None:
-        """For inference in bfloat16: replaces every dense kernel by a non-trainable copy in compute_dtype.
+    def use_onednn_kernels(self, enabled: bool = True) -> None:
+        """Traces later calls in the form TensorFlow's oneDNN graph rewrites fuse (x86 CPUs), for inference.
 
-        A dense layer casts its float32 kernel to the compute dtype on every call; with the copies, no call
-        casts again. At the sub-batch sizes of real text that cast is about 6% of a bfloat16 call. The float32
-        kernels are dropped, so the module can no longer be trained or exported afterwards.
+        Each LayerNorm becomes one _MklLayerNorm kernel (see _LayerNorm._fused_normalize), and in bfloat16 takes
+        bfloat16 directly, as the softmax does: oneDNN's bfloat16 LayerNorm and softmax keep their statistics
+        in float32 inside the kernel, so the casts around them (a pass over every activation each) go. The
+        float32 computation is the same; elsewhere (GPU, TF_ENABLE_ONEDNN_OPTS=0) the fused LayerNorm runs as a
+        real batch norm, about 3x slower, so leave it off there.
         """
-        if self.compute_dtype == tf.float32:
-            return
-        # Not the pooler: it runs in float32 on the float32 [CLS] vector.
+        for norm in self._layer_norms():
+            norm.fused = enabled
+        for block in self.layer:
+            block.attention.softmax_in_compute_dtype = enabled
+
+    def freeze_matmul_weights(self) -> None:
+        """For inference: replaces every dense kernel by a constant in compute_dtype, embedded in later traces.
+
+        oneDNN reorders a constant weight once into the blocked layout its fastest kernels read, and keeps it.
+        A weight read from a variable goes through a generic GEMM every call: for bfloat16 on CPUs with AMX
+        (Sapphire Rapids and later) that one is not the AMX kernel, and the encoder runs about 2x slower
+        (BENCHMARKS.md). The constants also save casting the float32 kernels on every call. The variables are
+        dropped, so the module can no longer be trained or exported afterwards.
+        """
+        # Not the pooler: it runs in float32 on the float32 [CLS] vector. The biases stay variables: with
+        # constant biases too, grappler no longer fuses MatMul + BiasAdd (+ GELU) into one oneDNN kernel.
         for layer in (layer for block in self.layer for layer in block.dense_layers()):
-            layer.kernel = tf.Variable(tf.cast(layer.kernel, self.compute_dtype), trainable=False,
-                                       name="kernel_" + self.compute_dtype.name)
+            layer.kernel = tf.cast(layer.kernel, self.compute_dtype).numpy()
 
     def _layer_norms(self) -> list[_LayerNorm]:
         return [self.embeddings_layer_norm] + [norm for block in self.layer

@@ -25,10 +25,11 @@ The encoder contract (the TF Hub BERT text-encoder API):
   `bfloat16_call(inputs)` returns the same dict (float32 outputs) computed with bfloat16 matrix multiplications
   on the same float32 weights (LayerNorm and softmax statistics stay float32), about 1.7x faster than float32
   on CPUs with AVX512_BF16 or AMX. The embedding pipeline's `--precision bf16` runs the same computation through
-  `load_encoder` (the module rebuilt from the SavedModel) with the matmul weights stored in bfloat16 once, which
-  saves re-casting them on every call. `onednn_call(inputs)` computes what `__call__` does at inference, with
-  each LayerNorm in the form that TensorFlow's oneDNN graph rewriter fuses into one kernel: about 3.5% faster
-  on x86 CPUs (where oneDNN is TensorFlow's default), slower elsewhere; the pipeline runs it where oneDNN runs.
+  `load_encoder` (the module rebuilt from the SavedModel) with the matmul weights frozen into the graph as
+  bfloat16 constants, which oneDNN lays out once for its AMX kernels. `onednn_call(inputs)` computes what
+  `__call__` does at inference, with each LayerNorm in the form that TensorFlow's oneDNN graph rewriter fuses
+  into one kernel: about 3.5% faster on x86 CPUs (where oneDNN is TensorFlow's default), slower elsewhere; the
+  pipeline runs it where oneDNN runs.
 
 The preprocessor contract is in model/preprocessor.py.
 """
@@ -71,20 +72,17 @@ def _serving_signature(encoder: Encoder):
     return serve
 
 
-def _inference_call(encoder: Encoder, inputs, compute_dtype=tf.float32, fuse_layer_norms: bool = False):
-    """encoder(inputs, training=False) traced with another compute dtype and/or fused LayerNorms (see
-    _LayerNorm._fused_normalize); the variables are the same, and the module is left as it was."""
-    saved_dtype, norms = encoder.compute_dtype, encoder._layer_norms()
-    saved_fused = [norm.fused for norm in norms]
+def _inference_call(encoder: Encoder, inputs, compute_dtype=tf.float32, onednn: bool = False):
+    """encoder(inputs, training=False) traced with another compute dtype and/or oneDNN's fused kernels (see
+    Encoder.use_onednn_kernels); the variables are the same, and the module is left as it was."""
+    saved_dtype = encoder.compute_dtype
     encoder.compute_dtype = tf.as_dtype(compute_dtype)
-    for norm in norms:
-        norm.fused = fuse_layer_norms
+    encoder.use_onednn_kernels(onednn)
     try:
         return encoder(inputs, training=False)
     finally:
         encoder.compute_dtype = saved_dtype
-        for norm, fused in zip(norms, saved_fused, strict=True):
-            norm.fused = fused
+        encoder.use_onednn_kernels(False)
 
 
 def export_encoder(encoder: Encoder, output_dir: str, vocab_file: str | None = None) -> None:
@@ -104,7 +102,7 @@ def export_encoder(encoder: Encoder, output_dir: str, vocab_file: str | None = N
 
     @tf.function
     def onednn_call(inputs):
-        return _inference_call(encoder, inputs, fuse_layer_norms=True)
+        return _inference_call(encoder, inputs, onednn=True)
 
     for function in (bfloat16_call, onednn_call):
         for with_type_ids in (False, True):

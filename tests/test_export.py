@@ -324,16 +324,25 @@ def test_load_encoder_refuses_a_saved_model_it_did_not_write(tmp_path):
         load_encoder(str(tmp_path / "other"))
 
 
+@pytest.mark.parametrize("onednn", [False, True])
 @pytest.mark.parametrize("preset", ["distilbert_tiny", "bert_tiny"])
-def test_bfloat16_weights_compute_what_bfloat16_call_does(preset, tmp_path):
-    """The rebuilt module with bfloat16 matmul weights is --precision bf16's fast path: it must agree with the
-    exported bfloat16_call (both round the same matmuls to bfloat16) and stay close to float32."""
+def test_frozen_bfloat16_weights_compute_what_bfloat16_call_does(preset, onednn, tmp_path):
+    """The rebuilt module with its matmul weights frozen as bfloat16 constants (and, with onednn, bfloat16
+    LayerNorm and softmax) is --precision bf16's fast path: it must agree with the exported bfloat16_call (both
+    round the same matmuls to bfloat16) and stay close to float32."""
     export_encoder(Encoder(config_lib.preset(preset), seed=12), str(tmp_path / "encoder"))
     loaded = tf.saved_model.load(str(tmp_path / "encoder"))
     rebuilt = load_encoder(str(tmp_path / "encoder"), tf.bfloat16)
-    rebuilt.keep_matmul_weights_in_compute_dtype()
+    rebuilt.use_onednn_kernels(onednn)
+    rebuilt.freeze_matmul_weights()
     kernels = [layer.kernel for block in rebuilt.layer for layer in block.dense_layers()]
-    assert {kernel.dtype for kernel in kernels} == {tf.bfloat16}
+    assert {str(kernel.dtype) for kernel in kernels} == {"bfloat16"}
+    # The kernels are constants in the traced graph: the only kernel it still reads from a variable is BERT's
+    # pooler (float32).
+    traced = tf.function(rebuilt).get_concrete_function(
+        {name: tf.TensorSpec([None, None], tf.int32) for name in ("input_word_ids", "input_mask")})
+    read_kernels = [v.name for v in traced.variables if "kernel" in v.name]
+    assert len(read_kernels) == (1 if preset == "bert_tiny" else 0), read_kernels
     rng = np.random.RandomState(0)
     inputs = _inputs(rng.randint(5, 99, (6, 40)), [40, 31, 17, 9, 3, 40])
     fast, exported, fp32 = (fn(inputs)["sequence_output"].numpy().reshape(-1, 32)

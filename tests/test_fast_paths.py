@@ -136,34 +136,40 @@ def test_fp32_runs_onednn_call_where_onednn_runs(tiny_model_dir, foreign_model_d
     exported = _handler(tiny_model_dir).load_model()._encoder
     assert getattr(exported, "name", "__call__") == ("onednn_call" if onednn else "__call__")
     assert type(_handler(foreign_model_dir).load_model()._encoder).__name__ == "_UserObject"  # No onednn_call.
-    bf16 = _handler(tiny_model_dir, precision="bf16").load_model()._encoder  # Fusing is slower in bfloat16.
-    assert {norm.fused for norm in bf16._layer_norms()} == {False}
+    bf16 = _handler(tiny_model_dir, precision="bf16").load_model()._encoder
+    assert {norm.fused for norm in bf16._layer_norms()} == {onednn}
+    assert {block.attention.softmax_in_compute_dtype for block in bf16.layer} == {onednn}
 
 
 @pytest.mark.skipif(not embed._onednn_runs_on_cpu(tf), reason="oneDNN fuses LayerNorm on CPU only")
-def test_fused_layer_norm_runs_as_one_onednn_kernel():
-    """What makes the fused form pay: grappler's remapper must turn it into _MklLayerNorm. If a TensorFlow
-    upgrade stops matching it, it runs as a real batch norm, slower than the plain form."""
+@pytest.mark.parametrize("dtype,atol", [(tf.float32, 1e-5), (tf.bfloat16, 0.04)])
+def test_fused_layer_norm_runs_as_one_onednn_kernel(dtype, atol):
+    """What makes the fused form pay: grappler's remapper must turn it into _MklLayerNorm, for float32 and for
+    bfloat16 input (no casts around it). If a TensorFlow upgrade stops matching it, it runs as a real batch
+    norm, slower than the plain form."""
     from model.encoder import _LayerNorm
 
     graph = tf.Graph()
     with graph.as_default():
         norm = _LayerNorm(16, 1e-12, "norm")
-        x = tf.compat.v1.placeholder(tf.float32, [None, None, 16])
-        plain = norm(x)
+        x = tf.compat.v1.placeholder(dtype, [None, None, 16])
+        plain = tf.cast(norm(x), tf.float32)
         norm.fused = True
-        y = norm(x)
+        y = tf.cast(norm(x), tf.float32)
         init = tf.compat.v1.global_variables_initializer()
-    values = np.random.RandomState(0).normal(1.0, 3.0, (3, 5, 16)).astype(np.float32)
+    values = np.random.RandomState(0).normal(1.0, 3.0, (3, 5, 16)).astype(dtype.as_numpy_dtype)
     with tf.compat.v1.Session(graph=graph) as session:
         session.run(init)
         metadata = tf.compat.v1.RunMetadata()
         fused_value = session.run(y, {x: values}, run_metadata=metadata,
                                   options=tf.compat.v1.RunOptions(output_partition_graphs=True))
         plain_value = session.run(plain, {x: values})
-    ops = {node.op for partition in metadata.partition_graphs for node in partition.node}
+    nodes = [node for partition in metadata.partition_graphs for node in partition.node]
+    ops = {node.op for node in nodes}
     assert "_MklLayerNorm" in ops and "FusedBatchNormV3" not in ops, sorted(ops)
-    np.testing.assert_allclose(fused_value, plain_value, atol=1e-5, rtol=0)
+    kernel_dtypes = {tf.as_dtype(node.attr["T"].type) for node in nodes if node.op == "_MklLayerNorm"}
+    assert kernel_dtypes == {dtype}  # bfloat16 goes in as it is, not cast to float32 and back.
+    np.testing.assert_allclose(fused_value, plain_value, atol=atol, rtol=0)
 
 
 def test_precision_is_checked_and_changes_the_fingerprint(tiny_model_dir):

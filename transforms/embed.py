@@ -366,10 +366,11 @@ def _encoder_to_run(tf, path: str, precision: str):
 
     fp32: the SavedModel's `onednn_call` (model.export writes one: each LayerNorm fused into one kernel, about
     3.5% faster) where oneDNN runs the graph on CPU, else its `__call__`. bf16, for an encoder model.export
-    wrote: its module rebuilt from the SavedModel (model.export.load_encoder) with bfloat16 copies of the matmul
-    weights, the same computation as its `bfloat16_call` without re-casting 170 MB of weights on every call
-    (about 6% faster); fused LayerNorms measured 4% slower there. bf16 for another SavedModel with a
-    `bfloat16_call`: that; without one: the float32 graph.
+    wrote: its module rebuilt from the SavedModel (model.export.load_encoder), the computation of its
+    `bfloat16_call` with the matmul weights frozen as bfloat16 constants (oneDNN's AMX kernels only take
+    those: 2.3x faster on an AMX CPU) and, where oneDNN runs, LayerNorm and softmax as oneDNN's bfloat16
+    kernels (no casts; 1.2-1.5x there). bf16 for another SavedModel with a `bfloat16_call`: that; without one:
+    the float32 graph.
     """
     encoder = tf.saved_model.load(path)
     if precision != "bf16":
@@ -379,7 +380,8 @@ def _encoder_to_run(tf, path: str, precision: str):
         from model import export
 
         module = export.load_encoder(path, tf.bfloat16, saved_model=encoder)
-        module.keep_matmul_weights_in_compute_dtype()
+        module.use_onednn_kernels(_onednn_runs_on_cpu(tf))
+        module.freeze_matmul_weights()
         return module, True
     if hasattr(encoder, "bfloat16_call"):
         return _SavedModelFunction(encoder, "bfloat16_call"), True
