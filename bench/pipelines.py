@@ -1,8 +1,11 @@
 """The contenders, end to end on the same texts: our pipeline, a naive Beam pipeline, sentence-transformers.
 
-Our pipeline and the naive one run in this process on Beam's local FnApiRunner (what DirectRunner falls back to
-offline), so their timings share the process with the engine measurements. Memory is measured on separate
-processes: a multi-process local run, its whole process tree sampled.
+Our pipeline and the naive one run on Beam's local FnApiRunner (what DirectRunner falls back to offline), each run
+in a fresh Python process (`in_fresh_process`), as users run a pipeline: several pipelines in one process get
+slower run by run, and the benchmark's own process holds the engine measurements' models. Memory is measured on
+separate processes too: a multi-process local run, its whole process tree sampled.
+
+`python -m bench.pipelines ours|naive JSON_KWARGS` runs one of them and prints its result as one JSON line.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ import numpy as np
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-__all__ = ["run_ours", "run_naive", "run_sentence_transformers", "read_embeddings", "cosines", "tree_memory",
-           "import_memory", "HIDING_SITE"]
+__all__ = ["run_ours", "run_naive", "in_fresh_process", "run_sentence_transformers", "read_embeddings", "cosines",
+           "tree_memory", "import_memory", "HIDING_SITE"]
 
 _AMP = "auto_mixed_precision_onednn_bfloat16"
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cpu_seconds() -> float:
@@ -130,6 +134,16 @@ def run_naive(corpus: str, model_dir: str, out_prefix: str, n_texts: int) -> dic
     steady = timed["wall_s"] - load_s
     return {"texts": n_texts, "wall_s": timed["wall_s"], "load_s": load_s, "steady_s": steady,
             "texts_per_s": n_texts / steady, "cpu_share": timed["cpu_share"], "out_prefix": out_prefix}
+
+
+def in_fresh_process(name: str, **kwargs) -> dict:
+    """run_ours ("ours") or run_naive ("naive") with `kwargs`, in a fresh Python process; returns its result."""
+    argv = [sys.executable, "-m", "bench.pipelines", name, json.dumps(kwargs)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=_ROOT,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    if done.returncode:
+        raise RuntimeError(f"bench.pipelines {name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run_sentence_transformers(checkpoint_dir: str, texts: list[str], batch_size: int, seq_length: int = 128):
@@ -263,3 +277,17 @@ def import_memory(statement: str) -> dict:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str]) -> int:
+    runs = {"ours": run_ours, "naive": run_naive}
+    if len(argv) != 2 or argv[0] not in runs:
+        print("usage: python -m bench.pipelines ours|naive JSON_KWARGS", file=sys.stderr)
+        return 2
+    result = runs[argv[0]](**json.loads(argv[1]))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -140,11 +140,13 @@ def _end_to_end(corpus: str, tiny_corpus: str, model_dir: str, workdir: str, rep
 
     runs: dict[str, list[dict]] = {"fp32": [], "bf16": []}
     for i in range(repeats):
-        for precision in ("fp32", "bf16"):
+        # ABBA order, so that neither precision always goes first on a machine whose speed drifts.
+        for precision in ("fp32", "bf16") if i % 2 == 0 else ("bf16", "fp32"):
             _log(f"our pipeline, {precision}, run {i + 1}/{repeats}")
             out = os.path.join(workdir, "out", f"ours-{precision}-{i}")
-            tiny = pipelines.run_ours(tiny_corpus, model_dir, os.path.join(out, "tiny"), precision)
-            full = pipelines.run_ours(corpus, model_dir, os.path.join(out, "emb"), precision)
+            tiny, full = (pipelines.in_fresh_process("ours", corpus=texts, model_dir=model_dir,
+                                                     out_prefix=os.path.join(out, name), precision=precision)
+                          for texts, name in ((tiny_corpus, "tiny"), (corpus, "emb")))
             seconds = full["wall_s"] - tiny["wall_s"]
             cpu_seconds = (full["cpu_s"] - tiny["cpu_s"]) / os.cpu_count()
             runs[precision].append({**full, "tiny_wall_s": tiny["wall_s"], "steady_s": seconds,
@@ -242,7 +244,8 @@ def _rows(r: dict) -> list[tuple[str, str, str, str, str]]:
         ("Matmul ceiling bf16, 32x128",
          f"{eng['ceiling_bf16']:,.0f} tok/s = {eng['gflops']['ceiling_bf16']:.0f} GFLOP/s "
          f"(CPU-normalised {eng['ceiling_bf16_cpu']:,.0f})", "", "", "info"),
-        ("Engine bf16, 32x128 (exported encoder rebuilt with bfloat16 matmul weights, as `--precision bf16` runs it)",
+        ("Engine bf16, 32x128 (exported encoder rebuilt, matmul weights frozen as bfloat16 constants, as "
+         "`--precision bf16` runs it)",
          f"{eng['engine_bf16']:,.0f} tok/s (CPU-normalised {eng['engine_bf16_cpu']:,.0f}); "
          f"{eng['engine_bf16'] / eng['engine_fp32']:.2f}x engine fp32", "(info) vs bf16 ceiling",
          _ratio(eng, "engine_bf16", eng, "ceiling_bf16"), "info"),
@@ -360,8 +363,9 @@ def main(argv=None) -> int:
     from bench import pipelines
 
     _log(f"naive Beam pipeline on {settings['naive']} texts")
-    results["naive"] = pipelines.run_naive(naive_corpus, model_dir, os.path.join(args.workdir, "out", "naive", "emb"),
-                                           settings["naive"])
+    results["naive"] = pipelines.in_fresh_process("naive", corpus=naive_corpus, model_dir=model_dir,
+                                                  out_prefix=os.path.join(args.workdir, "out", "naive", "emb"),
+                                                  n_texts=settings["naive"])
     results["st"] = {}
     for batch_size, n in ((32, len(texts)), (512, settings["st_512"])):
         _log(f"sentence-transformers encode, batch {batch_size}, {n} texts")

@@ -24,12 +24,13 @@ POOLING_MODES = ("pooled", "cls", "mean")
 _NAMESPACE = "embeddings"
 _ENCODER_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
 PRECISIONS = ("fp32", "bf16")
-# The fixed cost of one encoder call (dispatch, streaming every weight through the cache, and for bf16 casting
-# the float32 weights), in tokens of compute: measured about 20 (fp32) and 60-120 (bf16) tokens for the
-# full-size DistilBERT on a 2-core AVX-512 CPU, where fp32 throughput was flat from 16 to 128 and bf16 best at
-# 128 (BENCHMARKS.md). It makes plan_sub_batches prefer fewer, slightly more padded sub-batches over many tiny
-# exact ones.
-SUB_BATCH_OVERHEAD_TOKENS = {"fp32": 64, "bf16": 128}
+# The fixed cost of one encoder call (dispatch, streaming every weight through the cache), in tokens of compute:
+# measured for the full-size DistilBERT on 2-core CPUs (BENCHMARKS.md). fp32: about 20-50 tokens; throughput was
+# flat from 16 to 128 on AVX-512 (Zen 5), and 64 beat 256 by 4% on AMX (Xeon). bf16: 60-120 tokens on
+# AVX512_BF16 (flat from 64 to 256) but about 475 on AMX, whose matmuls are so fast that dispatch weighs more;
+# 512 beat 128 by 12% there. It makes plan_sub_batches prefer fewer, slightly more padded sub-batches over many
+# tiny exact ones.
+SUB_BATCH_OVERHEAD_TOKENS = {"fp32": 64, "bf16": 512}
 
 
 class Embedding(NamedTuple):
