@@ -8,8 +8,8 @@ texts, memory of a multi-process run with and without --large_model, and the fir
 Prints one Markdown table with the ratios to the targets of issue 5.
 
 The machine is shared and noisy: every figure is the best of interleaved repeats, and the CPU share printed
-says how much of the machine the process actually got. The full run takes about 10 minutes on 2 cores,
---small about 4.
+says how much of the machine the process actually got. The full run takes 10-20 minutes on 2 cores,
+--small 4-7.
 """
 
 from __future__ import annotations

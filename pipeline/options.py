@@ -87,9 +87,10 @@ class EmbeddingOptions(PipelineOptions):
                            "into sub-batches, each padded only to its own longest text.")
         group.add_argument("--precision", choices=PRECISIONS, default="fp32",
                            help="fp32, or bf16 to run the encoder's matrix multiplications in bfloat16 on CPU "
-                           "workers with AVX512_BF16 or AMX (e.g. Sapphire Rapids, Zen 4 and later): about 2x "
-                           "faster, cosine to fp32 above 0.999 (measured on a random-weight DistilBERT; check "
-                           "your model). Works with any SavedModel; changes the model fingerprint.")
+                           "workers with AVX512_BF16 or AMX (e.g. Zen 4 and later: about 1.6x faster; Sapphire "
+                           "Rapids and later, with AMX: about 4x), cosine to fp32 above 0.999 (measured on a "
+                           "random-weight DistilBERT; check your model). Fastest for encoders exported by "
+                           "model.export; works with any SavedModel. Changes the model fingerprint.")
         group.add_argument("--large_model", action="store_true", default=False,
                            help="Hold one copy of the models per machine, shared by all worker processes.")
         group.add_argument("--model_copies", type=_positive_int, default=None,
