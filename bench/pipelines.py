@@ -25,8 +25,8 @@ import numpy as np
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-__all__ = ["run_ours", "run_naive", "in_fresh_process", "run_sentence_transformers", "read_embeddings", "cosines",
-           "tree_memory", "import_memory", "HIDING_SITE"]
+__all__ = ["run_ours", "run_naive", "in_fresh_process", "json_from_module", "run_sentence_transformers",
+           "read_embeddings", "cosines", "tree_memory", "import_memory", "HIDING_SITE"]
 
 _AMP = "auto_mixed_precision_onednn_bfloat16"
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,14 +136,18 @@ def run_naive(corpus: str, model_dir: str, out_prefix: str, n_texts: int) -> dic
             "texts_per_s": n_texts / steady, "cpu_share": timed["cpu_share"], "out_prefix": out_prefix}
 
 
-def in_fresh_process(name: str, **kwargs) -> dict:
-    """run_ours ("ours") or run_naive ("naive") with `kwargs`, in a fresh Python process; returns its result."""
-    argv = [sys.executable, "-m", "bench.pipelines", name, json.dumps(kwargs)]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=_ROOT,
+def json_from_module(*args: str) -> dict:
+    """Runs `python -m ARGS...` from the repository root in a fresh process; returns the JSON of its last line."""
+    done = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, check=False, cwd=_ROOT,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     if done.returncode:
-        raise RuntimeError(f"bench.pipelines {name} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"python -m {' '.join(args[:2])} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def in_fresh_process(name: str, **kwargs) -> dict:
+    """run_ours ("ours") or run_naive ("naive") with `kwargs`, in a fresh Python process; returns its result."""
+    return json_from_module("bench.pipelines", name, json.dumps(kwargs))
 
 
 def run_sentence_transformers(checkpoint_dir: str, texts: list[str], batch_size: int, seq_length: int = 128):

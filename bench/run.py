@@ -144,9 +144,9 @@ def _end_to_end(corpus: str, tiny_corpus: str, model_dir: str, workdir: str, rep
         for precision in ("fp32", "bf16") if i % 2 == 0 else ("bf16", "fp32"):
             _log(f"our pipeline, {precision}, run {i + 1}/{repeats}")
             out = os.path.join(workdir, "out", f"ours-{precision}-{i}")
-            tiny, full = (pipelines.in_fresh_process("ours", corpus=texts, model_dir=model_dir,
+            tiny, full = (pipelines.in_fresh_process("ours", corpus=path, model_dir=model_dir,
                                                      out_prefix=os.path.join(out, name), precision=precision)
-                          for texts, name in ((tiny_corpus, "tiny"), (corpus, "emb")))
+                          for path, name in ((tiny_corpus, "tiny"), (corpus, "emb")))
             seconds = full["wall_s"] - tiny["wall_s"]
             cpu_seconds = (full["cpu_s"] - tiny["cpu_s"]) / os.cpu_count()
             runs[precision].append({**full, "tiny_wall_s": tiny["wall_s"], "steady_s": seconds,
@@ -196,12 +196,9 @@ def _import_costs() -> dict:
 
 def _cold_start(model_dir: str, corpus: str) -> dict:
     """In a fresh process, so that loading and the first batch are really cold."""
-    argv = [sys.executable, "-m", "bench.engine", "latency", model_dir, corpus]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if done.returncode:
-        raise RuntimeError(f"bench.engine latency failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    from bench import pipelines
+
+    return pipelines.json_from_module("bench.engine", "latency", model_dir, corpus)
 
 
 def _slope(points: list[tuple[int, int]]) -> float:

@@ -74,7 +74,8 @@ def _serving_signature(encoder: Encoder):
 
 def _inference_call(encoder: Encoder, inputs, compute_dtype=tf.float32, onednn: bool = False):
     """encoder(inputs, training=False) traced with another compute dtype and/or oneDNN's fused kernels (see
-    Encoder.use_onednn_kernels); the variables are the same, and the module is left as it was."""
+    Encoder.use_onednn_kernels); the variables are the same. Afterwards the module has its compute dtype back and
+    oneDNN's kernels off, the portable form that `__call__` and training trace."""
     saved_dtype = encoder.compute_dtype
     encoder.compute_dtype = tf.as_dtype(compute_dtype)
     encoder.use_onednn_kernels(onednn)
