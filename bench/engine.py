@@ -36,6 +36,34 @@ def _best_seconds(fn, reps: int) -> tuple[float, float]:
     return wall, cpu
 
 
+def _encode_fn(tf, call):
+    """The encoder call in a tf.function with unknown batch and sequence sizes, as the pipeline traces it."""
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2)
+    def encode(word_ids, mask):
+        return call({"input_word_ids": word_ids, "input_mask": mask})["pooled_output"]
+
+    return encode
+
+
+def fp32_engine(encoder_dir: str, batch: int = 32, seq: int = 128):
+    """Loads the fp32 encoder as the pipeline runs it; returns a function that measures its tokens/s at
+    batch x seq, (wall, CPU-normalised), the best of `reps` calls: the engine figure of EngineBench, for a
+    process of its own (a pipeline run pairs its throughput with the engine's in the same minutes)."""
+    import tensorflow as tf
+
+    from transforms import embed
+
+    encode = _encode_fn(tf, embed._encoder_to_run(tf, encoder_dir, "fp32")[0])
+    word_ids = tf.random.Generator.from_seed(0).uniform([batch, seq], 1000, 30000, tf.int32)
+    mask = tf.ones([batch, seq], tf.int32)
+
+    def measure(reps: int = 4) -> tuple[float, float]:
+        wall, cpu = _best_seconds(lambda: encode(word_ids, mask), reps)
+        return batch * seq / wall, batch * seq / cpu
+
+    return measure
+
+
 class EngineBench:
     """Tokens/s of the matmul ceiling and of the exported encoder at batch x seq, fp32 and bf16.
 
@@ -65,14 +93,10 @@ class EngineBench:
         self._operands["bf16"] = {name: (tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16))
                                   for name, (a, b) in self._operands["fp32"].items()}
 
-        def encoder_fn(call):
-            @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2)
-            def encode(word_ids, mask):
-                return call({"input_word_ids": word_ids, "input_mask": mask})["pooled_output"]
-
-            return encode
-
         from transforms import embed
+
+        def encoder_fn(call):
+            return _encode_fn(tf, call)
 
         # What the pipeline runs (fp32: the export's onednn_call on this CPU; bf16: the module rebuilt with
         # bfloat16 weights), and, for comparison, the exported SavedModel's own __call__.

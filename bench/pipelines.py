@@ -42,13 +42,17 @@ def _counters(result, namespace: str) -> dict:
     return {c.key.metric.name: c.committed or c.attempted or 0 for c in metrics["counters"]}
 
 
-def _load_seconds(result) -> float:
-    """RunInference's load_model_latency_milli_secs, whatever namespace the handler reports under."""
+def _distribution_sum(result, name: str) -> float:
+    """The sum of one of RunInference's distributions, whatever namespace the handler reports it under."""
     for distribution in result.metrics().query(MetricsFilter())["distributions"]:
-        if distribution.key.metric.name.endswith("load_model_latency_milli_secs"):
+        if distribution.key.metric.name.endswith(name):
             value = distribution.committed or distribution.attempted
-            return value.sum / 1000.0
+            return value.sum
     return 0.0
+
+
+def _load_seconds(result) -> float:
+    return _distribution_sum(result, "load_model_latency_milli_secs") / 1e3
 
 
 def _timed(run) -> dict:
@@ -60,18 +64,37 @@ def _timed(run) -> dict:
     return {"wall_s": wall, "cpu_s": cpu, "cpu_share": cpu / wall / os.cpu_count(), "value": value}
 
 
-def run_ours(corpus: str, model_dir: str, out_prefix: str, precision: str = "fp32", extra: tuple = ()) -> dict:
-    """python -m pipeline.run on the corpus, in this process: wall time, model load time and counters."""
+def run_ours(corpus: str, model_dir: str, out_prefix: str, precision: str = "fp32", extra: tuple = (),
+             paired_engine: bool = False) -> dict:
+    """python -m pipeline.run on the corpus, in this process: wall time, model load time and counters.
+
+    With `paired_engine`, the fp32 engine at 32 x 128 is also measured in this process just before and just
+    after the pipeline (the best of both): the machine's speed drifts by a third over minutes, so the ratio of
+    a pipeline's throughput to an engine figure from other minutes says more about the machine than the
+    pipeline."""
     from pipeline import run as run_lib
 
+    measure = None
+    if paired_engine:
+        from bench.engine import fp32_engine
+
+        measure = fp32_engine(os.path.join(model_dir, "encoder"))
+        before = measure()
     argv = ["--runner=FnApiRunner", f"--input={corpus}", f"--model_dir={model_dir}",
             f"--output_tfrecord={out_prefix}", f"--precision={precision}", *extra]
     with contextlib.redirect_stdout(io.StringIO()):
         timed = _timed(lambda: run_lib.run(argv))
     counters = _counters(timed["value"], "embeddings")
-    return {"texts": counters.get("embedded", 0), "tokens": counters.get("tokens_embedded", 0),
+    paired = {}
+    if measure is not None:
+        after = measure()
+        paired = {"paired_engine": max(before[0], after[0]), "paired_engine_cpu": max(before[1], after[1])}
+    return {**paired, "texts": counters.get("embedded", 0), "tokens": counters.get("tokens_embedded", 0),
             "computed": counters.get("tokens_computed", 0), "wall_s": timed["wall_s"], "cpu_s": timed["cpu_s"],
-            "load_s": _load_seconds(timed["value"]), "cpu_share": timed["cpu_share"], "out_prefix": out_prefix}
+            "load_s": _load_seconds(timed["value"]),
+            # Time in the handler's run_inference (tokenising, encoding, pooling), all batches together.
+            "inference_s": _distribution_sum(timed["value"], "inference_batch_latency_micro_secs") / 1e6,
+            "cpu_share": timed["cpu_share"], "out_prefix": out_prefix}
 
 
 class _Models:
