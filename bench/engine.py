@@ -45,15 +45,16 @@ def _encode_fn(tf, call):
     return encode
 
 
-def fp32_engine(encoder_dir: str, batch: int = 32, seq: int = 128):
-    """Loads the fp32 encoder as the pipeline runs it; returns a function that measures its tokens/s at
-    batch x seq, (wall, CPU-normalised), the best of `reps` calls: the engine figure of EngineBench, for a
-    process of its own (a pipeline run pairs its throughput with the engine's in the same minutes)."""
+def fp32_engine(encoder_dir: str, batch: int = 32, seq: int = 128, cls_only: bool = False):
+    """Loads the fp32 encoder as the pipeline runs it (with `cls_only`, as it runs for --pooling pooled); returns
+    a function that measures its tokens/s at batch x seq, (wall, CPU-normalised), the best of `reps` calls: the
+    engine figure of EngineBench, for a process of its own (a pipeline run pairs its throughput with the
+    engine's in the same minutes)."""
     import tensorflow as tf
 
     from transforms import embed
 
-    encode = _encode_fn(tf, embed._encoder_to_run(tf, encoder_dir, "fp32")[0])
+    encode = _encode_fn(tf, embed._encoder_to_run(tf, encoder_dir, "fp32", cls_only)[0])
     word_ids = tf.random.Generator.from_seed(0).uniform([batch, seq], 1000, 30000, tf.int32)
     mask = tf.ones([batch, seq], tf.int32)
 
@@ -98,9 +99,11 @@ class EngineBench:
         def encoder_fn(call):
             return _encode_fn(tf, call)
 
-        # What the pipeline runs (fp32: the export's onednn_call on this CPU; bf16: the module rebuilt with
-        # bfloat16 weights), and, for comparison, the exported SavedModel's own __call__.
+        # The whole encoder as the pipeline runs it (fp32: the export's onednn_call on this CPU; bf16: the
+        # module rebuilt with bfloat16 weights); the form it runs for --pooling pooled, whose last block
+        # computes [CLS] alone (fp32_cls: onednn_cls_call); for comparison, the SavedModel's own __call__.
         self._encode = {"fp32": encoder_fn(embed._encoder_to_run(tf, encoder_dir, "fp32")[0]),
+                        "fp32_cls": encoder_fn(embed._encoder_to_run(tf, encoder_dir, "fp32", True)[0]),
                         "bf16": encoder_fn(embed._encoder_to_run(tf, encoder_dir, "bf16")[0]),
                         "fp32_saved_model": encoder_fn(self._encoder)}
         self.best = {f"{kind}_{precision}{suffix}": 0.0 for kind, precisions in (("ceiling", ("fp32", "bf16")),
@@ -120,13 +123,14 @@ class EngineBench:
 
     def engine(self, precision: str, reps: int = 3) -> tuple[float, float]:
         """Tokens/s (wall, CPU-normalised) of the exported encoder at batch x seq: fp32 and bf16 as the
-        pipeline runs them (transforms.embed._encoder_to_run), fp32_saved_model the SavedModel's `__call__`."""
+        pipeline runs them (transforms.embed._encoder_to_run) for all outputs, fp32_cls for [CLS] vectors only,
+        fp32_saved_model the SavedModel's `__call__`."""
         wall, cpu = _best_seconds(lambda: self._encode[precision](self._ids, self._mask), reps)
         return self.tokens / wall, self.tokens / cpu
 
     def run_round(self, reps: int = 3) -> None:
-        for kind, precision in (("ceiling", "fp32"), ("engine", "fp32"), ("engine", "fp32_saved_model"),
-                                ("ceiling", "bf16"), ("engine", "bf16")):
+        for kind, precision in (("ceiling", "fp32"), ("engine", "fp32"), ("engine", "fp32_cls"),
+                                ("engine", "fp32_saved_model"), ("ceiling", "bf16"), ("engine", "bf16")):
             key = f"{kind}_{precision}"
             wall, cpu = (self.ceiling if kind == "ceiling" else self.engine)(precision, reps)
             self._keep_best(key, wall, cpu)
@@ -139,10 +143,11 @@ class EngineBench:
 
     def add_real_lengths(self, preprocessor_dir: str, texts: list[str], batch_size: int = 512,
                          token_budget: int = 4096) -> None:
-        """Also time, in every round, the fp32 encoder alone over the sub-batches the pipeline computes for
-        `texts` (batches of `batch_size`, each sorted and cut by transforms.embed.plan_sub_batches): the engine at
-        real lengths, with no Beam, tokenisation or writing around it. Against the engine at 32 x 128 it gives
-        the cost of padding and of the short sub-batches; against the pipeline end to end, the cost of the rest."""
+        """Also time, in every round, the fp32 encoder alone (as the pipeline runs it for --pooling pooled) over
+        the sub-batches the pipeline computes for `texts` (batches of `batch_size`, each sorted and cut by
+        transforms.embed.plan_sub_batches): the engine at real lengths, with no Beam, tokenisation or writing
+        around it. Against the engine at 32 x 128 it gives the cost of padding and of the short sub-batches;
+        against the pipeline end to end, the cost of the rest."""
         import tensorflow as tf
         import tensorflow_text  # noqa: F401  Registers the preprocessor's ops.
 
@@ -165,7 +170,7 @@ class EngineBench:
 
     def real_lengths(self) -> tuple[float, float]:
         """Real tokens/s (wall, CPU-normalised) of one pass over the sub-batches of add_real_lengths."""
-        encode = self._encode["fp32"]
+        encode = self._encode["fp32_cls"]
         start, start_cpu = time.perf_counter(), time.process_time()
         for word_ids, mask in self._sub_batches:
             encode(word_ids, mask).numpy()
@@ -203,8 +208,9 @@ def cold_start(model_dir: str, texts: list[str], batch_size: int = 512) -> dict:
     result["model_rss_bytes"] = _rss_bytes() - rss_before
     for label, model in (("warm", embedder), ("cold", None)):
         if model is None:  # The same models without load_model's warm-up: what the first batch paid before.
-            model = embed._Embedder(tf.saved_model.load(model_dir + "/preprocessor"),
-                                    tf.saved_model.load(model_dir + "/encoder"), 128, "pooled", False, False, 4096)
+            encoder, _, cls_only = embed._encoder_to_run(tf, model_dir + "/encoder", "fp32", cls_only=True)
+            model = embed._Embedder(tf.saved_model.load(model_dir + "/preprocessor"), encoder, 128, "pooled",
+                                    False, False, 4096, cls_only=cls_only)
         start = time.perf_counter()
         model.embed(batch)
         first = time.perf_counter() - start

@@ -68,27 +68,29 @@ def run_ours(corpus: str, model_dir: str, out_prefix: str, precision: str = "fp3
              paired_engine: bool = False) -> dict:
     """python -m pipeline.run on the corpus, in this process: wall time, model load time and counters.
 
-    With `paired_engine`, the fp32 engine at 32 x 128 is also measured in this process just before and just
-    after the pipeline (the best of both): the machine's speed drifts by a third over minutes, so the ratio of
-    a pipeline's throughput to an engine figure from other minutes says more about the machine than the
-    pipeline."""
+    With `paired_engine`, the fp32 engine at 32 x 128 (whole, and in the [CLS]-only form the pipeline runs for
+    --pooling pooled) is also measured in this process just before and just after the pipeline (the best of
+    both): the machine's speed drifts by a third over minutes, so the ratio of a pipeline's throughput to an
+    engine figure from other minutes says more about the machine than the pipeline."""
     from pipeline import run as run_lib
 
-    measure = None
+    measures, before = {}, {}
     if paired_engine:
         from bench.engine import fp32_engine
 
-        measure = fp32_engine(os.path.join(model_dir, "encoder"))
-        before = measure()
+        measures = {suffix: fp32_engine(os.path.join(model_dir, "encoder"), cls_only=suffix == "_cls")
+                    for suffix in ("", "_cls")}
+        before = {suffix: measure() for suffix, measure in measures.items()}
     argv = ["--runner=FnApiRunner", f"--input={corpus}", f"--model_dir={model_dir}",
             f"--output_tfrecord={out_prefix}", f"--precision={precision}", *extra]
     with contextlib.redirect_stdout(io.StringIO()):
         timed = _timed(lambda: run_lib.run(argv))
     counters = _counters(timed["value"], "embeddings")
     paired = {}
-    if measure is not None:
+    for suffix, measure in measures.items():
         after = measure()
-        paired = {"paired_engine": max(before[0], after[0]), "paired_engine_cpu": max(before[1], after[1])}
+        paired[f"paired_engine{suffix}"] = max(before[suffix][0], after[0])
+        paired[f"paired_engine{suffix}_cpu"] = max(before[suffix][1], after[1])
     return {**paired, "texts": counters.get("embedded", 0), "tokens": counters.get("tokens_embedded", 0),
             "computed": counters.get("tokens_computed", 0), "wall_s": timed["wall_s"], "cpu_s": timed["cpu_s"],
             "load_s": _load_seconds(timed["value"]),

@@ -92,21 +92,23 @@ class _Attention(tf.Module):
         x = tf.reshape(x, [batch, seq, self.num_heads, self.head_size])  # [B, S, N, D]
         return tf.transpose(x, [0, 2, 1, 3])  # [B, N, S, D]
 
-    def __call__(self, x, mask_bias, batch, seq, training):
-        # x: [B*S, H], tokens of all rows stacked so that every projection is one 2-D matmul.
-        q = self._split_heads(self.q_lin(x), batch, seq)  # [B, N, S, D]
+    def __call__(self, x, queries, mask_bias, batch, seq, training):
+        """x: [B*S, H], tokens of all rows stacked so that every projection is one 2-D matmul. queries: the
+        tokens that attend, x itself or each row's first token ([B, H]); the result has their shape."""
+        q_seq = seq if queries is x else 1  # Q below: tokens that attend per row.
+        q = self._split_heads(self.q_lin(queries), batch, q_seq)  # [B, N, Q, D]
         k = self._split_heads(self.k_lin(x), batch, seq)  # [B, N, S, D]
         v = self._split_heads(self.v_lin(x), batch, seq)  # [B, N, S, D]
-        scores = tf.matmul(q, k, transpose_b=True) / math.sqrt(self.head_size)  # [B, N, S, S]
+        scores = tf.matmul(q, k, transpose_b=True) / math.sqrt(self.head_size)  # [B, N, Q, S]
         scores = scores + tf.cast(mask_bias, scores.dtype)  # mask_bias: [B, 1, 1, S]
         if not self.softmax_in_compute_dtype:
             scores = tf.cast(scores, tf.float32)  # Softmax statistics in float32.
-        weights = tf.nn.softmax(scores, axis=-1)  # [B, N, S, S]
+        weights = tf.nn.softmax(scores, axis=-1)  # [B, N, Q, S]
         if training and self.dropout:
             weights = tf.nn.dropout(weights, rate=self.dropout)
-        context = tf.matmul(tf.cast(weights, v.dtype), v)  # [B, N, S, D]
-        context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [batch * seq, -1])  # [B*S, H]
-        return self.out_lin(context)  # [B*S, H]
+        context = tf.matmul(tf.cast(weights, v.dtype), v)  # [B, N, Q, D]
+        context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [batch * q_seq, -1])  # [B*Q, H]
+        return self.out_lin(context)  # [B*Q, H]
 
 
 class _FeedForward(tf.Module):
@@ -139,11 +141,14 @@ class _TransformerBlock(tf.Module):
         attention = self.attention
         return [attention.q_lin, attention.k_lin, attention.v_lin, attention.out_lin, self.ffn.lin1, self.ffn.lin2]
 
-    def __call__(self, x, mask_bias, batch, seq, training):
-        attended = self.attention(x, mask_bias, batch, seq, training)  # x, attended: [B*S, H]
+    def __call__(self, x, mask_bias, batch, seq, training, first_token_only=False):
+        """x: [B*S, H] -> [B*S, H], or with first_token_only [B, H]: each row's first token ([CLS]) alone, for
+        which the other tokens' keys and values are all that is needed (inference only)."""
+        queries = tf.reshape(x, [batch, seq, -1])[:, 0] if first_token_only else x  # [B*S, H] or [B, H]
+        attended = self.attention(x, queries, mask_bias, batch, seq, training)
         if training and self.attention_output_dropout:
             attended = tf.nn.dropout(attended, rate=self.attention_output_dropout)
-        x = self.sa_layer_norm(x + attended)
+        x = self.sa_layer_norm(queries + attended)
         transformed = self.ffn(x)
         if training and self.dropout:
             transformed = tf.nn.dropout(transformed, rate=self.dropout)
@@ -250,6 +255,34 @@ class Encoder(tf.Module):
         return weights
 
     def __call__(self, inputs, training=False):
+        x, mask_bias, batch, seq = self._embed(inputs, training)
+        hidden = self.config.hidden_size
+        encoder_outputs = []
+        for block in self.layer:
+            x = block(x, mask_bias, batch, seq, training)  # [B*S, H]
+            encoder_outputs.append(tf.reshape(tf.cast(x, tf.float32), [batch, seq, hidden]))  # [B, S, H]
+        sequence_output = encoder_outputs[-1]
+        cls = sequence_output[:, 0]  # [B, H]
+        return {"pooled_output": self._pool(cls), "sequence_output": sequence_output,
+                "encoder_outputs": encoder_outputs}
+
+    def cls_outputs(self, inputs):
+        """For inference when only [CLS] vectors are wanted: `pooled_output` and `cls_output` (the last block's
+        [CLS] vector, sequence_output[:, 0]), each float32 [batch, hidden], as __call__ computes them.
+
+        The last block computes the [CLS] token alone (attending over every token's keys and values): about
+        5/6 of that block's work, 14% of DistilBERT's, is skipped, and the results are the same.
+        """
+        x, mask_bias, batch, seq = self._embed(inputs, training=False)
+        for block in self.layer[:-1]:
+            x = block(x, mask_bias, batch, seq, training=False)  # [B*S, H]
+        cls = tf.cast(self.layer[-1](x, mask_bias, batch, seq, training=False, first_token_only=True),
+                      tf.float32)  # [B, H]
+        return {"pooled_output": self._pool(cls), "cls_output": cls}
+
+    def _embed(self, inputs, training):
+        """Token, position (and type) embeddings, normalised: [B*S, H] in the compute dtype, the attention
+        mask as a bias to add to the logits, [B, 1, 1, S], and B and S."""
         word_ids = inputs["input_word_ids"]  # [B, S]
         mask = inputs["input_mask"]  # [B, S]
         batch, seq = tf.shape(word_ids)[0], tf.shape(word_ids)[1]
@@ -262,15 +295,10 @@ class Encoder(tf.Module):
         x = self.embeddings_layer_norm(x)
         if training and self.config.dropout:
             x = tf.nn.dropout(x, rate=self.config.dropout)
-        hidden = self.config.hidden_size
-        x = tf.reshape(tf.cast(x, self.compute_dtype), [batch * seq, hidden])  # [B*S, H]
+        x = tf.reshape(tf.cast(x, self.compute_dtype), [batch * seq, self.config.hidden_size])  # [B*S, H]
         mask_bias = (1.0 - tf.cast(mask, tf.float32))[:, tf.newaxis, tf.newaxis, :] * _MASK_PENALTY  # [B,1,1,S]
-        encoder_outputs = []
-        for block in self.layer:
-            x = block(x, mask_bias, batch, seq, training)  # [B*S, H]
-            encoder_outputs.append(tf.reshape(tf.cast(x, tf.float32), [batch, seq, hidden]))  # [B, S, H]
-        sequence_output = encoder_outputs[-1]
-        cls = sequence_output[:, 0]  # [B, H]
-        pooled_output = tf.tanh(self.pooler(cls)) if self.pooler is not None else cls
-        return {"pooled_output": pooled_output, "sequence_output": sequence_output,
-                "encoder_outputs": encoder_outputs}
+        return x, mask_bias, batch, seq
+
+    def _pool(self, cls):
+        """pooled_output from the last block's float32 [CLS] vectors [B, H]: BERT's tanh pooler, or as is."""
+        return tf.tanh(self.pooler(cls)) if self.pooler is not None else cls

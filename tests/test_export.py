@@ -354,3 +354,27 @@ def test_frozen_bfloat16_weights_compute_what_bfloat16_call_does(preset, onednn,
     assert cosines(fast, exported).min() >= 0.9999
     assert cosines(fast, fp32).min() >= 0.999
     assert not np.array_equal(fast, fp32)
+
+
+@pytest.mark.parametrize("preset", ["distilbert_tiny", "bert_tiny"])
+def test_cls_forms_compute_the_cls_vectors_of_call_and_skip_the_rest_of_the_last_block(preset, tmp_path):
+    """cls_call and onednn_cls_call (the pipeline's path for --pooling pooled and cls) return what __call__
+    does for [CLS], with padding in the batch; the last block computes one row per text after its k and v."""
+    encoder = Encoder(config_lib.preset(preset), seed=14)
+    export_encoder(encoder, str(tmp_path / "encoder"))
+    loaded = tf.saved_model.load(str(tmp_path / "encoder"))
+    rng = np.random.RandomState(2)
+    inputs = _inputs(rng.randint(5, 99, (5, 24)), [24, 17, 9, 2, 24])
+    expected = loaded(inputs)
+    for function in (encoder.cls_outputs, loaded.cls_call, loaded.onednn_cls_call):
+        got = function(inputs)
+        assert set(got) == {"pooled_output", "cls_output"}
+        np.testing.assert_allclose(got["pooled_output"], expected["pooled_output"], atol=2e-5, rtol=0)
+        np.testing.assert_allclose(got["cls_output"], expected["sequence_output"][:, 0], atol=2e-5, rtol=0)
+    spec = {name: tf.TensorSpec([5, 24], tf.int32) for name in ("input_word_ids", "input_mask")}
+    graph = tf.function(encoder.cls_outputs).get_concrete_function(spec).graph
+    rows = [op.outputs[0].shape[0] for op in graph.get_operations() if op.type == "MatMul"]
+    # Per block q, k, v, out_lin, lin1, lin2 (+ BERT's pooler): the last block's q, out_lin, lin1 and lin2 take
+    # the 5 [CLS] rows, not all 5 x 24 tokens.
+    layers = encoder.config.num_layers
+    assert rows.count(5) == 4 + (preset == "bert_tiny") and rows.count(5 * 24) == 6 * layers - 4

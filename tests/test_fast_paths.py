@@ -121,7 +121,8 @@ def test_bf16_is_close_to_fp32(which, tiny_model_dir, foreign_model_dir):
     fp32 = np.stack([e.vector for e in _handler(model_dir).load_model().embed(texts)])
     bf16_model = _handler(model_dir, precision="bf16").load_model()
     # model.export's encoders run rebuilt (model.export.load_encoder), others as loaded.
-    assert type(bf16_model._encoder).__name__ == ("Encoder" if which == "exported" else "_UserObject")
+    owner = getattr(bf16_model._encoder, "owner", bf16_model._encoder)
+    assert type(owner).__name__ == ("Encoder" if which == "exported" else "_UserObject")
     bf16 = np.stack([e.vector for e in bf16_model.embed(texts)])
     cosine = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
     assert cosine.min() >= 0.999, cosine.min()
@@ -131,14 +132,40 @@ def test_bf16_is_close_to_fp32(which, tiny_model_dir, foreign_model_dir):
     np.testing.assert_allclose(again, fp32, atol=1e-6, rtol=0)
 
 
-def test_fp32_runs_onednn_call_where_onednn_runs(tiny_model_dir, foreign_model_dir):
+def _called(encoder) -> str:
+    """The name of the function a loaded encoder runs (a SavedModel's or a module's)."""
+    return encoder.name if isinstance(encoder, embed._BoundCall) else "__call__"
+
+
+@pytest.mark.parametrize("options,cls_only", [({}, True), ({"pooling": "cls", "normalize": True}, True),
+                                              ({"pooling": "mean"}, False), ({"with_sequence": True}, False)])
+def test_the_encoder_runs_the_fastest_form_for_the_outputs_wanted(options, cls_only, tiny_model_dir,
+                                                                  foreign_model_dir):
+    """fp32: onednn_call where oneDNN runs, and the [CLS]-only form when only [CLS] vectors are wanted; bf16:
+    the rebuilt module (its cls_outputs likewise); a SavedModel without those functions: its __call__."""
     onednn = embed._onednn_runs_on_cpu(tf)
-    exported = _handler(tiny_model_dir).load_model()._encoder
-    assert getattr(exported, "name", "__call__") == ("onednn_call" if onednn else "__call__")
-    assert type(_handler(foreign_model_dir).load_model()._encoder).__name__ == "_UserObject"  # No onednn_call.
-    bf16 = _handler(tiny_model_dir, precision="bf16").load_model()._encoder
-    assert {norm.fused for norm in bf16._layer_norms()} == {onednn}
-    assert {block.attention.softmax_in_compute_dtype for block in bf16.layer} == {onednn}
+    exported = _handler(tiny_model_dir, **options).load_model()._encoder
+    expected = {(True, True): "onednn_cls_call", (False, True): "cls_call", (True, False): "onednn_call",
+                (False, False): "__call__"}[onednn, cls_only]
+    assert _called(exported) == expected
+    assert type(_handler(foreign_model_dir, **options).load_model()._encoder).__name__ == "_UserObject"
+    bf16 = _handler(tiny_model_dir, precision="bf16", **options).load_model()._encoder
+    assert _called(bf16) == ("cls_outputs" if cls_only else "__call__")
+    module = getattr(bf16, "owner", bf16)
+    assert {norm.fused for norm in module._layer_norms()} == {onednn}
+    assert {block.attention.softmax_in_compute_dtype for block in module.layer} == {onednn}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("pooling", ["pooled", "cls"])
+def test_cls_only_form_gives_the_vectors_of_the_whole_encoder(pooling, precision, tiny_model_dir):
+    """With token vectors asked for, the whole encoder runs; without, the [CLS]-only form: same vectors."""
+    texts = [(text,) for text in _texts(40, seed=9)]
+    fast = _handler(tiny_model_dir, pooling=pooling, precision=precision).load_model()
+    whole = _handler(tiny_model_dir, pooling=pooling, precision=precision, with_sequence=True).load_model()
+    assert "cls" in _called(fast._encoder) and "cls" not in _called(whole._encoder)
+    got, expected = (np.stack([e.vector for e in model.embed(texts)]) for model in (fast, whole))
+    np.testing.assert_allclose(got, expected, atol=1e-6 if precision == "fp32" else 1e-3, rtol=0)
 
 
 @pytest.mark.skipif(not embed._onednn_runs_on_cpu(tf), reason="oneDNN fuses LayerNorm on CPU only")
