@@ -161,7 +161,8 @@ class Encoder(tf.Module):
     Call it with a dict of int32 [batch, seq] tensors `input_word_ids`, `input_mask` and optionally
     `input_type_ids` (ignored by DistilBERT, which has no token-type embeddings). It returns `pooled_output`
     [batch, hidden], `sequence_output` [batch, seq, hidden] and `encoder_outputs`, one [batch, seq, hidden]
-    per block. DistilBERT has no pooler: its `pooled_output` is the last block's [CLS] vector.
+    per block. DistilBERT has no pooler: its `pooled_output` is the last block's [CLS] vector. `cls_outputs`
+    computes only the [CLS] vectors, with less work.
 
     Args:
       config: the architecture.

@@ -74,7 +74,9 @@ class EmbeddingOptions(PipelineOptions):
                            "truncated (and counted). At most the model's maximum (512 for DistilBERT).")
         group.add_argument("--pooling", choices=POOLING_MODES, default="pooled",
                            help="pooled: the encoder's pooled_output (DistilBERT: the [CLS] vector); cls: the "
-                           "[CLS] token of sequence_output; mean: average over real tokens.")
+                           "[CLS] token of sequence_output; mean: average over real tokens. pooled and cls "
+                           "are about 15 percent faster with encoders from model.export (their last layer "
+                           "computes [CLS] alone) unless --output_sequence asks for every token.")
         group.add_argument("--normalize", action="store_true", default=False,
                            help="L2-normalise every embedding (cosine similarity becomes a dot product).")
         group.add_argument("--batch_size", type=_positive_int, default=512,
