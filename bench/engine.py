@@ -96,16 +96,13 @@ class EngineBench:
 
         from transforms import embed
 
-        def encoder_fn(call):
-            return _encode_fn(tf, call)
-
         # The whole encoder as the pipeline runs it (fp32: the export's onednn_call on this CPU; bf16: the
         # module rebuilt with bfloat16 weights); the form it runs for --pooling pooled, whose last block
         # computes [CLS] alone (fp32_cls: onednn_cls_call); for comparison, the SavedModel's own __call__.
-        self._encode = {"fp32": encoder_fn(embed._encoder_to_run(tf, encoder_dir, "fp32")[0]),
-                        "fp32_cls": encoder_fn(embed._encoder_to_run(tf, encoder_dir, "fp32", True)[0]),
-                        "bf16": encoder_fn(embed._encoder_to_run(tf, encoder_dir, "bf16")[0]),
-                        "fp32_saved_model": encoder_fn(self._encoder)}
+        self._encode = {"fp32": _encode_fn(tf, embed._encoder_to_run(tf, encoder_dir, "fp32")[0]),
+                        "fp32_cls": _encode_fn(tf, embed._encoder_to_run(tf, encoder_dir, "fp32", True)[0]),
+                        "bf16": _encode_fn(tf, embed._encoder_to_run(tf, encoder_dir, "bf16")[0]),
+                        "fp32_saved_model": _encode_fn(tf, self._encoder)}
         self.best = {f"{kind}_{precision}{suffix}": 0.0 for kind, precisions in (("ceiling", ("fp32", "bf16")),
                                                                                  ("engine", self._encode))
                      for precision in precisions for suffix in ("", "_cpu")}
@@ -208,9 +205,9 @@ def cold_start(model_dir: str, texts: list[str], batch_size: int = 512) -> dict:
     result["model_rss_bytes"] = _rss_bytes() - rss_before
     for label, model in (("warm", embedder), ("cold", None)):
         if model is None:  # The same models without load_model's warm-up: what the first batch paid before.
-            encoder, _, cls_only = embed._encoder_to_run(tf, model_dir + "/encoder", "fp32", cls_only=True)
+            encoder = embed._encoder_to_run(tf, model_dir + "/encoder", "fp32", cls_only=True)[0]
             model = embed._Embedder(tf.saved_model.load(model_dir + "/preprocessor"), encoder, 128, "pooled",
-                                    False, False, 4096, cls_only=cls_only)
+                                    False, False, 4096)
         start = time.perf_counter()
         model.embed(batch)
         first = time.perf_counter() - start

@@ -227,9 +227,9 @@ class _Embedder:
     """
 
     def __init__(self, preprocessor, encoder, seq_length: int, pooling: str, normalize: bool,
-                 with_sequence: bool, token_budget: int, precision: str = "fp32", cls_only: bool = False):
-        """`encoder` is what runs a batch: a loaded encoder SavedModel or a callable with its call convention
-        or, with `cls_only`, one that returns only pooled_output and cls_output (see _encoder_to_run);
+                 with_sequence: bool, token_budget: int, precision: str = "fp32"):
+        """`encoder` is what runs a batch: a loaded encoder SavedModel or a callable with its call convention,
+        or the [CLS]-only form that returns pooled_output and cls_output instead (see _encoder_to_run);
         `precision` only tunes the sub-batch planning."""
         import tensorflow as tf
 
@@ -256,7 +256,7 @@ class _Embedder:
             if pooling == "pooled":
                 vectors = outputs["pooled_output"]
             elif pooling == "cls":
-                vectors = outputs["cls_output"] if cls_only else outputs["sequence_output"][:, 0]
+                vectors = outputs["cls_output"] if "cls_output" in outputs else outputs["sequence_output"][:, 0]
             else:
                 sequence = outputs["sequence_output"]
                 weights = tf.cast(mask, sequence.dtype)[:, :, tf.newaxis]
@@ -364,8 +364,7 @@ def _allow_gpu_memory_growth(tf) -> None:
 
 
 def _encoder_to_run(tf, path: str, precision: str, cls_only: bool = False):
-    """The encoder call to run, whether it computes bf16 by itself (else grappler must, see _use_precision), and
-    whether it is the [CLS]-only form.
+    """The encoder call to run, and whether it computes bf16 by itself (else grappler must, see _use_precision).
 
     fp32: the SavedModel's `onednn_call` (model.export writes one: each LayerNorm fused into one kernel, about
     3.5% faster) where oneDNN runs the graph on CPU, else its `__call__`. bf16, for an encoder model.export
@@ -386,18 +385,18 @@ def _encoder_to_run(tf, path: str, precision: str, cls_only: bool = False):
         for name, wanted in (("onednn_cls_call", cls_only and onednn), ("cls_call", cls_only),
                              ("onednn_call", onednn)):
             if wanted and hasattr(encoder, name):
-                return _BoundCall(encoder, name), False, name.endswith("cls_call")
-        return encoder, False, False
+                return _BoundCall(encoder, name), False
+        return encoder, False
     if hasattr(encoder, "get_config"):
         from model import export
 
         module = export.load_encoder(path, tf.bfloat16, saved_model=encoder)
         module.use_onednn_kernels(onednn)
         module.freeze_matmul_weights()
-        return (_BoundCall(module, "cls_outputs") if cls_only else module), True, cls_only
+        return (_BoundCall(module, "cls_outputs") if cls_only else module), True
     if hasattr(encoder, "bfloat16_call"):
-        return _BoundCall(encoder, "bfloat16_call"), True, False
-    return encoder, False, False
+        return _BoundCall(encoder, "bfloat16_call"), True
+    return encoder, False
 
 
 class _BoundCall:
@@ -498,11 +497,11 @@ class EmbeddingModelHandler(ModelHandler[tuple, Embedding, Any]):
         _allow_gpu_memory_growth(tf)
         preprocessor = tf.saved_model.load(resolve_handle(self._preprocessor_handle))
         wants_cls_only = self._pooling in ("pooled", "cls") and not self._with_sequence
-        encoder, native_bf16, cls_only = _encoder_to_run(tf, resolve_handle(self._encoder_handle), self._precision,
-                                                         wants_cls_only)
+        encoder, native_bf16 = _encoder_to_run(tf, resolve_handle(self._encoder_handle), self._precision,
+                                               wants_cls_only)
         _use_precision(tf, self._precision, native_bf16)
         embedder = _Embedder(preprocessor, encoder, self._seq_length, self._pooling, self._normalize,
-                             self._with_sequence, self._token_budget, self._precision, cls_only)
+                             self._with_sequence, self._token_budget, self._precision)
         # The first call of each graph function traces and optimises it (about a second): pay that here, not
         # in the first batch. Later shapes need no retracing (every signature has unknown dimensions).
         embedder.embed([("warm up",)])
