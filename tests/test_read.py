@@ -499,3 +499,69 @@ def test_outputs_are_reachable_by_tag(tmp_path):
         assert_that(outputs[RECORDS_TAG], equal_to([_record(None, ["one"], path)]), label="CheckRecords")
         reasons = outputs[FAILED_TAG] | "Reasons" >> beam.Map(lambda failure: failure.reason)
         assert_that(reasons, equal_to(["empty_text"]), label="CheckFailures")
+
+
+# Hostile records: each becomes a dead letter, and the rest of the file is still read.
+
+
+def _counters(result):
+    return {
+        c.key.metric.name: c.committed
+        for c in result.metrics().query(MetricsFilter().with_namespace("embeddings"))["counters"]
+    }
+
+
+def test_lone_surrogates_are_invalid_unicode(tmp_path):
+    # json.dumps writes a lone surrogate as the escape "\\ud800"; json.loads gives it back as a str.
+    lines = [
+        json.dumps({"id": "a", "text": "abc \ud800 def"}),
+        json.dumps({"id": "b\udfff", "text": "fine"}),
+        json.dumps({"id": "c", "text": "a pair: \ud83d\ude00"}),
+        json.dumps({"id": "d", "text": "ok", "other": "\ud800 unused"}),
+    ]
+    assert "\\ud800" in lines[0]
+    path = _write_lines(tmp_path / "surrogates.jsonl", lines)
+
+    def check_failures(failures):
+        _failures_are([("invalid_unicode", lines[0], str(path)), ("invalid_unicode", lines[1], str(path))])(failures)
+        details = sorted(f.detail for f in failures)
+        assert "field 'text'" in details[0] and "U+D800" in details[0], details
+        assert "id field 'id'" in details[1] and "U+DFFF" in details[1], details
+        for failure in failures:
+            failure_to_json(failure).encode("utf-8")
+
+    result = _run_read(
+        [path], "jsonl", [_record("c", ["a pair: \U0001f600"], path), _record("d", ["ok"], path)], check_failures
+    )
+    assert _counters(result)["failed_invalid_unicode"] == 2
+
+
+def test_lone_surrogate_in_a_pair_field(tmp_path):
+    lines = [
+        json.dumps({"id": "p1", "query": "fine", "doc": "bad \udc80"}),
+        json.dumps({"id": "p2", "query": "fine", "doc": "fine too"}),
+    ]
+    path = _write_lines(tmp_path / "pairs.jsonl", lines)
+
+    def check_failures(failures):
+        _failures_are([("invalid_unicode", lines[0], str(path))])(failures)
+        assert "field 'doc'" in failures[0].detail
+
+    _run_read(
+        [path], "jsonl", [_record("p2", ["fine", "fine too"], path)], check_failures, pair_fields=("query", "doc")
+    )
+
+
+def test_deeply_nested_json_is_invalid_json(tmp_path):
+    deep = "[" * 100000 + "]" * 100000
+    lines = [deep, '{"id": "n", "text": "x", "extra": ' + deep + "}", json.dumps({"id": "ok", "text": "fine"})]
+    path = _write_lines(tmp_path / "deep.jsonl", lines)
+
+    def check_failures(failures):
+        _failures_are([("invalid_json", lines[0][:1000], str(path)), ("invalid_json", lines[1][:1000], str(path))])(
+            failures
+        )
+        assert all("nested too deeply" in f.detail for f in failures), failures
+
+    result = _run_read([path], "jsonl", [_record("ok", ["fine"], path)], check_failures)
+    assert _counters(result)["failed_invalid_json"] == 2

@@ -41,6 +41,7 @@ FAILURE_REASONS = (
     "not_a_string",
     "undecodable_bytes",
     "not_a_tf_example",
+    "invalid_unicode",
 )
 
 _METRICS_NAMESPACE = "embeddings"
@@ -307,6 +308,7 @@ class _ParseRecordsFn(beam.DoFn):
         source, raw = element
         try:
             record_id, texts = self._parse(source, raw)
+            self._check_encodable(record_id, texts)
         except _Rejected as rejected:
             self._failed[rejected.reason].inc()
             yield beam.pvalue.TaggedOutput(FAILED_TAG, _failure(source, rejected, raw, self._input_format))
@@ -316,6 +318,14 @@ class _ParseRecordsFn(beam.DoFn):
             record_id = derived_id(digest)
         self._records_read.inc()
         yield Record(id=record_id, texts=texts, content_hash=digest, source=source)
+
+    def _check_encodable(self, record_id: str | None, texts: tuple[str, ...]) -> None:
+        """Rejects a record with a string that UTF-8 cannot encode, which the hash and the writers need."""
+        # JSON escapes can spell lone surrogates ("\ud800"); decoded UTF-8 bytes never hold one.
+        for name, text in zip(self._text_fields, texts, strict=True):
+            _check_encodable(text, f"field {name!r}")
+        if record_id is not None:
+            _check_encodable(record_id, f"id field {self._id_field!r}")
 
     def _parse(self, source: str, raw: bytes) -> tuple[str | None, tuple[str, ...]]:
         """Returns the id (None when absent) and texts of one raw record, or raises _Rejected."""
@@ -389,9 +399,25 @@ def _parse_json_object(line: str) -> dict:
         value = json.loads(line)
     except ValueError as err:
         raise _Rejected("invalid_json", str(err)) from err
+    except RecursionError as err:
+        # json's parser recurses once per nesting level: a line of 100,000 "[" exhausts the stack.
+        raise _Rejected("invalid_json", f"nested too deeply to parse ({err})") from err
     if not isinstance(value, dict):
         raise _Rejected("invalid_json", f"expected a JSON object, got {_type_name(value)}")
     return value
+
+
+def _check_encodable(value: str, what: str) -> None:
+    """Rejects a string that UTF-8 cannot encode: one holding a lone surrogate."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        # The detail names the code point rather than quoting it: the dead-letter file is UTF-8 too.
+        raise _Rejected(
+            "invalid_unicode",
+            f"{what} holds a lone surrogate U+{ord(value[err.start]):04X} at character {err.start}, "
+            "which is not Unicode text",
+        ) from err
 
 
 def _text_value(fields: dict, name: str) -> str:
