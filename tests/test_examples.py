@@ -49,6 +49,91 @@ def test_parse_matches_tensorflow_proto_for_every_list_kind():
     assert parsed["no_list"] is None and value_kind(parsed["no_list"]) is None
 
 
+def _tensorflow_example(features: dict):
+    """The tf.train.Example serialize_example describes, built with TensorFlow's own classes."""
+    import tensorflow as tf
+
+    example = tf.train.Example()
+    for name, value in features.items():
+        feature = example.features.feature[name]
+        if isinstance(value, np.ndarray):
+            feature.float_list.SetInParent()
+            feature.float_list.value.extend(value.reshape(-1).tolist())
+        elif value and isinstance(value[0], bytes):
+            feature.bytes_list.SetInParent()
+            feature.bytes_list.value.extend(value)
+        else:
+            feature.int64_list.SetInParent()
+            feature.int64_list.value.extend(value)
+    return example
+
+
+def _feature_names_in_wire_order(serialized: bytes) -> list[str]:
+    """The names of an Example's features in the order its bytes hold them."""
+    def varint(data, i):
+        value = shift = 0
+        while True:
+            byte = data[i]
+            value, shift, i = value | (byte & 0x7F) << shift, shift + 7, i + 1
+            if byte < 0x80:
+                return value, i
+
+    _, i = varint(serialized, 1)
+    names = []
+    while i < len(serialized):
+        length, i = varint(serialized, i + 1)
+        entry, i = serialized[i:i + length], i + length
+        key_length, j = varint(entry, 1)
+        names.append(entry[j:j + key_length].decode())
+    return names
+
+
+def test_same_features_give_the_same_bytes_in_sorted_name_order():
+    """The Example's feature map used to be written in hash-table order, different from one Example to the next."""
+    rng = np.random.default_rng(0)
+    names = ["id", "embedding", "model", "content_hash"]
+    for i in range(50):
+        features = {"id": [f"doc-{i}".encode()], "embedding": rng.standard_normal(8).astype(np.float32),
+                    "model": [b"fp"], "content_hash": [b"abc"]}
+        serialized = serialize_example(features)
+        # Python's protobuf orders these names as C++ protobuf does (no name begins another).
+        assert serialized == _tensorflow_example(features).SerializeToString(deterministic=True)
+        reordered = {name: features[name] for name in rng.permutation(names)}
+        assert serialize_example(reordered) == serialized
+        assert _feature_names_in_wire_order(serialized) == sorted(names)
+
+
+def test_serialized_examples_equal_tensorflow_and_tfx_bsl_ones_for_every_list_kind():
+    """Same features and values as the Examples tfx_bsl's encoder wrote before (and TensorFlow builds)."""
+    import pyarrow as pa
+    import tensorflow as tf
+    from tfx_bsl.coders import example_coder
+
+    features = {"sequence_length": [3], "sequence": np.arange(6, dtype=np.float32).reshape(2, 3) / 7,
+                "id": ["doc ✓".encode()], "é": [-7, 0, 300, 2**63 - 1, -2**63], "bytes": [b"", b"x" * 300],
+                "no_floats": np.zeros(0, np.float32), "no_ints": [], "big": np.linspace(-1, 1, 1000, dtype=np.float32)}
+    serialized = serialize_example(features)
+    assert _feature_names_in_wire_order(serialized) == sorted(features, key=lambda name: name.encode())
+    expected = _tensorflow_example(features)
+    assert tf.train.Example.FromString(serialized) == expected
+    # tfx_bsl's encoder, what serialize_example used before: the same message in another order.
+    columns = []
+    for value in features.values():
+        if isinstance(value, np.ndarray):
+            flat = pa.array(value.reshape(-1))
+        elif value and isinstance(value[0], bytes):
+            flat = pa.array(value, pa.large_binary())
+        else:
+            flat = pa.array(value, pa.int64())
+        columns.append(pa.LargeListArray.from_arrays(pa.array([0, len(flat)], pa.int64()), flat))
+    batch = pa.RecordBatch.from_arrays(columns, list(features))
+    assert tf.train.Example.FromString(example_coder.RecordBatchToExamplesEncoder().encode(batch)[0]) == expected
+    parsed = parse_example(serialized)
+    assert list(parsed["é"]) == [-7, 0, 300, 2**63 - 1, -2**63] and value_kind(parsed["no_ints"]) == "int64_list"
+    assert value_kind(parsed["no_floats"]) == "float_list" and list(parsed["bytes"]) == [b"", b"x" * 300]
+    np.testing.assert_array_equal(parsed["big"], features["big"])
+
+
 def test_parse_refuses_bytes_that_are_no_example():
     with pytest.raises(ValueError, match="not a tf.train.Example"):
         parse_example(b"\xff\xff not a proto")
