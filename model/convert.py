@@ -45,11 +45,14 @@ class Checkpoint:
       tensors: name -> numpy array, as stored in the checkpoint.
       vocab_file: path of vocab.txt.
       do_lower_case: from tokenizer_config.json (Hugging Face's default, True, when absent).
+      sentence_config: how sentence-transformers uses the checkpoint (see read_sentence_config), or None.
     """
 
-    def __init__(self, config: EncoderConfig, tensors: dict, vocab_file: str, do_lower_case: bool):
+    def __init__(self, config: EncoderConfig, tensors: dict, vocab_file: str, do_lower_case: bool,
+                 sentence_config: dict | None = None):
         self.config, self.tensors = config, tensors
         self.vocab_file, self.do_lower_case = vocab_file, do_lower_case
+        self.sentence_config = sentence_config
 
 
 def _read_safetensors(path: str) -> dict:
@@ -99,7 +102,67 @@ def read_checkpoint(checkpoint_dir: str) -> Checkpoint:
     vocab_file = os.path.join(checkpoint_dir, "vocab.txt")
     if not os.path.isfile(vocab_file):
         raise ValueError(f"{checkpoint_dir} has no vocab.txt (WordPiece vocabulary).")
-    return Checkpoint(config, _read_tensors(checkpoint_dir), vocab_file, _read_do_lower_case(checkpoint_dir))
+    return Checkpoint(config, _read_tensors(checkpoint_dir), vocab_file, _read_do_lower_case(checkpoint_dir),
+                      read_sentence_config(checkpoint_dir))
+
+
+# sentence-transformers' Pooling modes that the pipeline's --pooling computes the same way.
+_POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
+_POOLING_NAMES = {"mean": "mean", "cls": "cls"}
+
+
+def _read_json(path: str):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _pooling_of(module_dir: str) -> str | None:
+    """The --pooling equal to a sentence-transformers Pooling module's config, or None when there is none."""
+    config = _read_json(os.path.join(module_dir, "config.json"))
+    if "pooling_mode" in config:  # sentence-transformers 3 and later may write the mode by name.
+        return _POOLING_NAMES.get(config["pooling_mode"])
+    modes = [name for name, on in config.items() if name.startswith("pooling_mode_") and on]
+    return _POOLING_MODES.get(modes[0]) if len(modes) == 1 else None
+
+
+def read_sentence_config(checkpoint_dir: str) -> dict | None:
+    """How sentence-transformers uses a checkpoint: {"pooling", "normalize", "max_seq_length"}, or None.
+
+    Reads modules.json (the module list), the Pooling module's config.json, whether a Normalize module follows,
+    and sentence_bert_config.json's max_seq_length. Modules the pipeline cannot compute (Dense layers, max
+    pooling) are named in a warning and leave the checkpoint without a recorded pooling: the pipeline's
+    vectors would not equal sentence-transformers' whatever it chose.
+    """
+    modules_path = os.path.join(checkpoint_dir, "modules.json")
+    if not os.path.isfile(modules_path):
+        return None
+    modules = _read_json(modules_path)
+    config: dict = {"normalize": False}
+    unsupported = []
+    for module in modules:
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        path = os.path.join(checkpoint_dir, module.get("path", ""))
+        if kind == "Transformer":
+            continue
+        if kind == "Pooling" and os.path.isfile(os.path.join(path, "config.json")):
+            config["pooling"] = _pooling_of(path)
+            if config["pooling"] is None:
+                unsupported.append(f"{module.get('path')} (a pooling mode other than mean or cls)")
+        elif kind == "Normalize":
+            config["normalize"] = True
+        else:
+            unsupported.append(f"{module.get('path') or kind} ({kind})")
+    bert_config_path = os.path.join(checkpoint_dir, "sentence_bert_config.json")
+    if os.path.isfile(bert_config_path):
+        max_seq_length = _read_json(bert_config_path).get("max_seq_length")
+        if isinstance(max_seq_length, int) and max_seq_length > 1:
+            config["max_seq_length"] = max_seq_length
+    if unsupported or config.get("pooling") is None:
+        logging.warning("%s is a sentence-transformers model whose modules the export cannot reproduce: %s. "
+                        "Its pooling is not recorded; pass --pooling and --normalize to the pipeline yourself.",
+                        checkpoint_dir, ", ".join(unsupported) or "no Pooling module")
+        return None
+    return config
 
 
 def _canonical_name(name: str) -> str | None:

@@ -51,9 +51,13 @@ from model import config as config_lib
 from model import convert, storage
 from model.encoder import Encoder
 
-__all__ = ["export_encoder", "export_model", "load_encoder", "main"]
+__all__ = ["ENCODER_DIR", "PREPROCESSOR_DIR", "SENTENCE_CONFIG_PATH", "export_encoder", "export_model",
+           "write_sentence_config", "load_encoder", "main"]
 
 ENCODER_DIR, PREPROCESSOR_DIR = "encoder", "preprocessor"
+# Inside the encoder SavedModel: {"pooling": "mean"|"cls", "normalize": bool, "max_seq_length": int}, written for
+# sentence-transformers checkpoints; the pipeline's defaults for --pooling, --normalize and --seq_length.
+SENTENCE_CONFIG_PATH = "assets.extra/sentence_embedding.json"
 
 
 def _input_specs(with_type_ids: bool) -> dict:
@@ -162,16 +166,37 @@ def load_encoder(encoder_dir: str, compute_dtype=tf.float32, saved_model=None) -
 
 
 def export_model(encoder: Encoder, vocab_file: str, do_lower_case: bool, output_dir: str,
-                 default_seq_length: int = 128) -> tuple[str, str]:
-    """Writes output_dir/encoder and output_dir/preprocessor; returns both paths."""
+                 default_seq_length: int = 128, sentence_config: dict | None = None) -> tuple[str, str]:
+    """Writes output_dir/encoder and output_dir/preprocessor; returns both paths.
+
+    `sentence_config` (convert.read_sentence_config: pooling, normalize, max_seq_length) is recorded beside the
+    encoder in SENTENCE_CONFIG_PATH, where the pipeline reads its defaults.
+    """
     from model.preprocessor import export_preprocessor
 
     encoder_dir = os.path.join(output_dir, ENCODER_DIR)
     preprocessor_dir = os.path.join(output_dir, PREPROCESSOR_DIR)
     export_encoder(encoder, encoder_dir, vocab_file)
+    if sentence_config:
+        write_sentence_config(encoder_dir, sentence_config)
     export_preprocessor(preprocessor_dir, vocab_file, do_lower_case, default_seq_length=default_seq_length,
                         max_seq_length=encoder.config.max_position_embeddings)
     return encoder_dir, preprocessor_dir
+
+
+def write_sentence_config(encoder_dir: str, sentence_config: dict) -> str:
+    """Writes how the encoder's vectors are meant to be pooled to ENCODER/SENTENCE_CONFIG_PATH; returns the path.
+
+    assets.extra/ is the SavedModel folder for files that higher-level tools keep beside a model and that the
+    graph does not load (TensorFlow Serving's convention).
+    """
+    path = os.path.join(encoder_dir, SENTENCE_CONFIG_PATH)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    keys = ("pooling", "normalize", "max_seq_length")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({key: sentence_config[key] for key in keys if key in sentence_config}, f, indent=1, sort_keys=True)
+        f.write("\n")
+    return path
 
 
 def _count_lines(path: str) -> int:
@@ -228,10 +253,14 @@ def main(argv=None) -> int:
                 checkpoint = convert.read_checkpoint(args.checkpoint)
                 encoder = convert.encoder_from_checkpoint(checkpoint)
                 vocab_file, do_lower_case = checkpoint.vocab_file, checkpoint.do_lower_case
+                sentence_config = checkpoint.sentence_config
             else:
                 encoder = _random_encoder(args)
-                vocab_file, do_lower_case = args.vocab, args.lower_case
-            export_model(encoder, vocab_file, do_lower_case, local_dir, default_seq_length=args.seq_length)
+                vocab_file, do_lower_case, sentence_config = args.vocab, args.lower_case, None
+            export_model(encoder, vocab_file, do_lower_case, local_dir, default_seq_length=args.seq_length,
+                         sentence_config=sentence_config)
+            if sentence_config:
+                print(f"sentence-transformers configuration recorded: {json.dumps(sentence_config)}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ["EmbeddingOptions", "DEFAULT_ENCODER", "DEFAULT_PREPROCESSOR", "FORMATS", "POOLING_MODES", "PRECISIONS",
-           "split_patterns", "parse_pair_fields"]
+__all__ = ["EmbeddingOptions", "UsageError", "DEFAULT_ENCODER", "DEFAULT_PREPROCESSOR", "DEFAULT_POOLING",
+           "FORMATS", "POOLING_MODES", "PRECISIONS", "MAX_SEQ_LENGTH", "split_patterns", "parse_pair_fields",
+           "options_parser", "check_argv"]
 
 DEFAULT_ENCODER = "https://tfhub.dev/jeongukjae/distilbert_en_cased_L-6_H-768_A-12/1"
 DEFAULT_PREPROCESSOR = "https://tfhub.dev/jeongukjae/distilbert_en_cased_preprocess/2"
@@ -15,6 +17,14 @@ DEFAULT_PREPROCESSOR = "https://tfhub.dev/jeongukjae/distilbert_en_cased_preproc
 FORMATS = ("text", "jsonl", "csv", "tsv", "tfrecord")
 POOLING_MODES = ("pooled", "cls", "mean")
 PRECISIONS = ("fp32", "bf16")
+# Without --pooling and without a pooling recorded by the model (model.export reads sentence-transformers' own).
+DEFAULT_POOLING = "pooled"
+DEFAULT_SEQ_LENGTH = 128
+MAX_SEQ_LENGTH = 512  # Every BERT-family checkpoint's position table; a model's own limit is checked on load.
+
+
+class UsageError(ValueError):
+    """A mistake in the command line (a flag, its value or a combination): exit code 2, one line."""
 
 
 def split_patterns(value: str) -> list[str]:
@@ -32,11 +42,107 @@ def parse_pair_fields(value: str | None) -> tuple[str, str] | None:
     return fields[0], fields[1]
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
-    return number
+def _bounded(kind, low, high=None):
+    """An argparse type: a number of `kind` between `low` and `high` (inclusive), with one message for all."""
+    bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if number is None or number < low or (high is not None and number > high):
+            raise argparse.ArgumentTypeError(f"must be {noun} {bounds}, not {value!r}")
+        return number
+
+    parse.__name__ = f"{kind.__name__}_{low}_{high}"
+    return parse
+
+
+_positive_int = _bounded(int, 1)
+_positive_int.__name__ = "_positive_int"
+_seq_length = _bounded(int, 2, MAX_SEQ_LENGTH)
+_seq_length.__name__ = "_positive_int"
+_fraction = _bounded(float, 0.0, 1.0)
+_fraction.__name__ = "_fraction"
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Ends each option's help with its default, unless the help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "Default" not in text:
+            text += f" Default: {action.default}."
+        return text.replace("%", "%%")
+
+
+class _StrictParser(argparse.ArgumentParser):
+    """Raises UsageError instead of printing usage and exiting: the caller prints one line."""
+
+    def error(self, message):
+        raise UsageError(message[:1].upper() + message[1:] + ".")
+
+
+def options_parser(prog: str = "python -m pipeline.run", description: str | None = None,
+                   beam_options: bool = True, epilog: str | None = None) -> argparse.ArgumentParser:
+    """The parser of the pipeline's command line: EmbeddingOptions and, with `beam_options`, every Beam option.
+
+    The one way to build it, for the pipeline's --help and checks, the Flex Template launcher and the template
+    metadata generator. Its errors raise UsageError.
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    parser = _StrictParser(prog=prog, description=description, epilog=epilog, allow_abbrev=False,
+                           formatter_class=_HelpFormatter)
+    EmbeddingOptions._add_argparse_args(parser)
+    if beam_options:
+        # As PipelineOptions.get_all_options does: every options class Beam knows, once.
+        classes = {str(cls): cls for cls in PipelineOptions.__subclasses__() if cls is not EmbeddingOptions}
+        beam_group = parser.add_argument_group("Beam and Dataflow options (see Beam's documentation)")
+        for cls in classes.values():
+            cls._add_argparse_args(_GroupAdapter(parser, beam_group))
+    return parser
+
+
+class _GroupAdapter:
+    """Lets Beam's options classes add their arguments to one argument group; tolerates repeats."""
+
+    def __init__(self, parser, group):
+        self._parser, self._group = parser, group
+
+    def add_argument_group(self, *args, **kwargs):
+        return self
+
+    def add_argument(self, *args, **kwargs):
+        known = {option for action in self._parser._actions for option in action.option_strings}
+        if any(arg in known for arg in args):
+            return None
+        kwargs.pop("help", None)
+        return self._group.add_argument(*args, help=argparse.SUPPRESS, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._parser, name)
+
+
+def check_argv(argv: list[str]) -> None:
+    """Refuses what Beam would silently drop or misread: unknown flags, bad values, single-dash flags.
+
+    Raises:
+        UsageError: naming the flag, with the closest known flag when there is one.
+    """
+    parser = options_parser()
+    _, unknown = parser.parse_known_args(argv)
+    known = [option for action in parser._actions for option in action.option_strings if option.startswith("--")]
+    for arg in unknown:
+        if not arg.startswith("-"):
+            raise UsageError(f"Unexpected argument {arg!r}: every setting is a --flag (value); "
+                             "see python -m pipeline.run --help.")
+        name = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f": did you mean {close[0]}?" if close else ": see python -m pipeline.run --help."
+        raise UsageError(f"Unknown flag {name}{hint}")
 
 
 class EmbeddingOptions(PipelineOptions):
@@ -46,7 +152,7 @@ class EmbeddingOptions(PipelineOptions):
     def _add_argparse_args(cls, parser):
         group = parser.add_argument_group("Embedding pipeline")
         group.add_argument(
-            "--input", help="Corpus file pattern(s), local or gs://, comma-separated; globs and sharded "
+            "--input", help="Required. Corpus file pattern(s), local or gs://, comma-separated; globs and sharded "
             "files welcome, e.g. gs://bucket/corpus/part-*.jsonl.")
         group.add_argument(
             "--input_format", choices=FORMATS, default=None,
@@ -62,23 +168,30 @@ class EmbeddingOptions(PipelineOptions):
             "0/1 and round-robin truncation (NLI-style corpora). Replaces --text_field.")
         group.add_argument("--model_dir", default=None,
                            help="Directory written by model.export; shorthand for --encoder DIR/encoder "
-                           "--preprocessor DIR/preprocessor. Local or gs://.")
+                           "--preprocessor DIR/preprocessor. Local or gs://. A SavedModel is a program: load "
+                           "only models you trust.")
         group.add_argument("--encoder", default=None,
                            help="Encoder SavedModel: local directory, gs:// path or TF Hub URL. Default: "
                            f"{DEFAULT_ENCODER}.")
         group.add_argument("--preprocessor", default=None,
                            help="Preprocessor SavedModel (tokenize, bert_pack_inputs): local directory, gs:// "
                            f"path or TF Hub URL. Default: {DEFAULT_PREPROCESSOR}.")
-        group.add_argument("--seq_length", type=_positive_int, default=128,
+        group.add_argument("--seq_length", type=_seq_length, default=None,
                            help="Longest input in tokens, [CLS] and [SEP] included; longer inputs are "
-                           "truncated (and counted). At most the model's maximum (512 for DistilBERT).")
-        group.add_argument("--pooling", choices=POOLING_MODES, default="pooled",
+                           f"truncated (and counted). Between 2 and {MAX_SEQ_LENGTH}, and at most the model's "
+                           "maximum. Default: the max_seq_length the model was exported with from a "
+                           f"sentence-transformers checkpoint, else {DEFAULT_SEQ_LENGTH}.")
+        group.add_argument("--pooling", choices=POOLING_MODES, default=None,
                            help="pooled: the encoder's pooled_output (DistilBERT: the [CLS] vector); cls: the "
                            "[CLS] token of sequence_output; mean: average over real tokens. pooled and cls "
-                           "are about 15 percent faster with encoders from model.export (their last layer "
-                           "computes [CLS] alone) unless --output_sequence asks for every token.")
-        group.add_argument("--normalize", action="store_true", default=False,
-                           help="L2-normalise every embedding (cosine similarity becomes a dot product).")
+                           "are faster with encoders from model.export (their last layer computes [CLS] alone; "
+                           "see BENCHMARKS.md) unless --output_sequence asks for every token. Default: the "
+                           "pooling the model was exported with (model.export reads a sentence-transformers "
+                           f"checkpoint's own, e.g. mean for all-MiniLM-L6-v2), else {DEFAULT_POOLING}.")
+        group.add_argument("--normalize", action="store_true", default=None,
+                           help="L2-normalise every embedding (cosine similarity becomes a dot product). "
+                           "Default: as the model was exported (a sentence-transformers checkpoint with a "
+                           "Normalize module), else off.")
         group.add_argument("--batch_size", type=_positive_int, default=512,
                            help="Texts handed to the model at once (fewer only at the end of a bundle). A batch "
                            "is sorted by length and cut into sub-batches of similar lengths: the larger the "
@@ -89,10 +202,10 @@ class EmbeddingOptions(PipelineOptions):
                            "into sub-batches, each padded only to its own longest text.")
         group.add_argument("--precision", choices=PRECISIONS, default="fp32",
                            help="fp32, or bf16 to run the encoder's matrix multiplications in bfloat16 on CPU "
-                           "workers with AVX512_BF16 or AMX (e.g. Zen 4 and later: about 1.6x faster; Sapphire "
-                           "Rapids and later, with AMX: about 4x), cosine to fp32 above 0.999 (measured on a "
-                           "random-weight DistilBERT; check your model). Fastest for encoders exported by "
-                           "model.export; works with any SavedModel. Changes the model fingerprint.")
+                           "workers with AVX512_BF16 or AMX: several times faster with AMX (see BENCHMARKS.md), "
+                           "cosine to fp32 above 0.999 (measured on a random-weight DistilBERT; check your "
+                           "model). Fastest for encoders exported by model.export; works with any SavedModel. "
+                           "Changes the model fingerprint.")
         group.add_argument("--large_model", action="store_true", default=False,
                            help="Hold one copy of the models per machine, shared by all worker processes.")
         group.add_argument("--model_copies", type=_positive_int, default=None,
@@ -107,6 +220,11 @@ class EmbeddingOptions(PipelineOptions):
                            help="Dead-letter prefix: records that could not be embedded, as JSON lines with "
                            "source, reason, detail and the raw record. Default: OUTPUT_TFRECORD-failed; "
                            "required when --output_bigquery is the only output.")
+        group.add_argument("--max_failed_fraction", type=_fraction, default=0.1,
+                           help="Fail the run when more than this fraction of the input records could not be "
+                           "embedded (between 0 and 1). A failed run writes its dead letters but no manifest, "
+                           "runs no BigQuery MERGE and leaves earlier runs and tables as they were. A run that "
+                           "reads records but embeds none always fails.")
         group.add_argument(
             "--output_bigquery", default=None,
             help="BigQuery table PROJECT:DATASET.TABLE (or PROJECT.DATASET.TABLE) to append the embeddings to, "
@@ -126,6 +244,11 @@ class EmbeddingOptions(PipelineOptions):
                            help="Names this run: replaces {run_id} in --output_tfrecord and --output_failed, "
                            "e.g. gs://bucket/emb/run={run_id}/part. Default: the launch time in UTC, "
                            "YYYY-MM-DDTHH-MM-SS. Pass an earlier run's id to repeat that run in place.")
+        group.add_argument("--max_deleted_fraction", type=_fraction, default=0.5,
+                           help="With --previous_output: refuse the run, before it writes a manifest or MERGEs "
+                           "anything, when records gone from the corpus are more than this fraction of the "
+                           "earlier set (a wrong --input or --text_field looks like a deleted corpus). Pass 1 to "
+                           "allow any deletion.")
         group.add_argument("--previous_output", default=None,
                            help="An earlier run's embeddings, to update incrementally: only records whose id is "
                            "new or whose content_hash changed are embedded, unchanged embeddings are copied forward "

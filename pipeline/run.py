@@ -7,22 +7,35 @@ cannot be embedded go to a dead-letter output as JSON lines. Run with --help for
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
+import os
 import re
 import sys
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
-from pipeline.options import DEFAULT_ENCODER, DEFAULT_PREPROCESSOR, EmbeddingOptions, parse_pair_fields, split_patterns
+from pipeline.options import (
+    DEFAULT_ENCODER,
+    DEFAULT_POOLING,
+    DEFAULT_PREPROCESSOR,
+    DEFAULT_SEQ_LENGTH,
+    MAX_SEQ_LENGTH,
+    EmbeddingOptions,
+    UsageError,
+    check_argv,
+    options_parser,
+    parse_pair_fields,
+    split_patterns,
+)
 
 __all__ = ["Plan", "validate", "build", "run", "main"]
 
 _LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PrismRunner")
-_MAX_SEQ_LENGTH = 512  # Every BERT-family checkpoint's position table; a model's own limit is checked on load.
+_NOISY_LOGGERS = ("apache_beam", "absl", "tensorflow", "google", "urllib3", "h5py")
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -58,6 +71,35 @@ class Plan:
     # --previous_output names a table: read it (previous_output, None when there is none yet) and keep
     # output_bigquery current instead of appending (transforms.bigquery.UpdateTable).
     bigquery_update: bool = False
+    max_failed_fraction: float = 0.1
+    max_deleted_fraction: float = 0.5
+    settings_note: str = ""  # Where pooling, normalisation and seq_length came from, for the user.
+
+
+def _resolve_settings(opts: EmbeddingOptions, encoder: str) -> tuple[str, bool, int, str]:
+    """--pooling, --normalize and --seq_length, each from its flag, else the model's own, else the default.
+
+    Returns them and one line saying which came from where; warns when a flag overrides the model's own.
+    """
+    from transforms import embed
+
+    recorded = embed.model_defaults(encoder)
+    recorded_seq_length = recorded.get("max_seq_length")
+    if recorded_seq_length is not None:
+        recorded_seq_length = min(recorded_seq_length, MAX_SEQ_LENGTH)
+    chosen = {}
+    for name, given, own, default in (("pooling", opts.pooling, recorded.get("pooling"), DEFAULT_POOLING),
+                                      ("normalize", opts.normalize, recorded.get("normalize"), False),
+                                      ("seq_length", opts.seq_length, recorded_seq_length, DEFAULT_SEQ_LENGTH)):
+        if given is not None:
+            chosen[name] = (given, "flag")
+            if own is not None and given != own and name != "seq_length":
+                logging.warning("--%s %s overrides the model's own setting (%s): its vectors will differ from "
+                                "sentence-transformers'.", name, given, own)
+        else:
+            chosen[name] = (own, "model") if own is not None else (default, "default")
+    note = ", ".join(f"{name} {value} ({source})" for name, (value, source) in chosen.items())
+    return chosen["pooling"][0], chosen["normalize"][0], chosen["seq_length"][0], note
 
 
 def _resolve_models(options: EmbeddingOptions) -> tuple[str, str]:
@@ -65,6 +107,10 @@ def _resolve_models(options: EmbeddingOptions) -> tuple[str, str]:
         raise ValueError("--model_dir replaces --encoder and --preprocessor; pass one or the other.")
     if options.model_dir:
         root = options.model_dir.rstrip("/")
+        if not FileSystems.exists(root + "/encoder/saved_model.pb"):
+            what = "does not exist" if not FileSystems.exists(root) else "holds no encoder/saved_model.pb"
+            raise ValueError(f"--model_dir {options.model_dir} {what}: pass a directory written by model.export "
+                             "(it holds encoder/ and preprocessor/).")
         return root + "/encoder", root + "/preprocessor"
     return options.encoder or DEFAULT_ENCODER, options.preprocessor or DEFAULT_PREPROCESSOR
 
@@ -181,8 +227,6 @@ def validate(options: PipelineOptions) -> Plan:
         raise ValueError("--output_failed is required when --output_bigquery is the only output: a prefix for "
                          "the records that could not be embedded, such as gs://bucket/failed/part.")
     bigquery_table = _resolve_bigquery(options)
-    if opts.seq_length < 2 or opts.seq_length > _MAX_SEQ_LENGTH:
-        raise ValueError(f"--seq_length {opts.seq_length} must be between 2 and {_MAX_SEQ_LENGTH}.")
     patterns = split_patterns(opts.input)
     _check_buckets(options, {
         "--input": patterns, "--output_tfrecord": [opts.output_tfrecord], "--output_failed": [opts.output_failed],
@@ -198,15 +242,16 @@ def validate(options: PipelineOptions) -> Plan:
                          "or tfrecord).")
     encoder, preprocessor = _resolve_models(opts)
     embed.check_models(encoder, preprocessor)
-    embed.check_seq_length(preprocessor, opts.seq_length)
-    fingerprint = embed.model_fingerprint(encoder, preprocessor, opts.pooling, opts.normalize, opts.seq_length,
-                                          opts.precision)
+    pooling, normalize, seq_length, settings_note = _resolve_settings(opts, encoder)
+    embed.check_seq_length(preprocessor, seq_length)
+    fingerprint = embed.model_fingerprint(encoder, preprocessor, pooling, normalize, seq_length, opts.precision)
     table_exists = bool(bigquery_table) and bigquery.check_table(bigquery_table,
                                                                  options.view_as(GoogleCloudOptions).project)
     run_plan = {**_resolve_run(opts), **_resolve_previous_table(options, bigquery_table)}
     return Plan(patterns=patterns, input_format=input_format, id_field=opts.id_field, text_field=opts.text_field,
                 pair_fields=pair_fields, encoder=encoder, preprocessor=preprocessor, model_fingerprint=fingerprint,
-                seq_length=opts.seq_length, pooling=opts.pooling, normalize=opts.normalize,
+                seq_length=seq_length, pooling=pooling, normalize=normalize, settings_note=settings_note,
+                max_failed_fraction=opts.max_failed_fraction, max_deleted_fraction=opts.max_deleted_fraction,
                 batch_size=opts.batch_size, token_budget=opts.token_budget, precision=opts.precision,
                 large_model=opts.large_model, model_copies=opts.model_copies, output_sequence=opts.output_sequence,
                 output_bigquery=bigquery_table.spec if bigquery_table else None,
@@ -218,48 +263,59 @@ def _key_by_record(record):
 
 
 def build(pipeline: beam.Pipeline, plan: Plan) -> None:
-    """Adds read -> embed -> write to `pipeline`; with an earlier output, embeds only what changed since."""
-    from transforms import bigquery, embed, incremental, read, write
+    """Adds read -> embed -> check -> write to `pipeline`; with an earlier output, embeds only what changed since.
+
+    Every sink writes; the steps that commit a run (the TFRecord manifest, the BigQuery MERGE) wait for
+    transforms.guard.CheckRun, which fails the run when too much failed or would be deleted.
+    """
+    from transforms import bigquery, embed, guard, incremental, read, write
 
     handler = embed.EmbeddingModelHandler(
         plan.encoder, plan.preprocessor, seq_length=plan.seq_length, pooling=plan.pooling,
         normalize=plan.normalize, with_sequence=plan.output_sequence, max_batch_size=plan.batch_size,
         token_budget=plan.token_budget, large_model=plan.large_model, model_copies=plan.model_copies,
         precision=plan.precision)
-    records, read_failures = pipeline | "ReadCorpus" >> read.ReadCorpus(
+    parsed, read_failures = pipeline | "ReadCorpus" >> read.ReadCorpus(
         plan.patterns, plan.input_format, id_field=plan.id_field, text_field=plan.text_field,
         pair_fields=plan.pair_fields)
-    carried_forward = None
+    records, carried_forward, previous, deleted = parsed, None, None, None
     if plan.previous_output:
         previous = pipeline | "ReadPrevious" >> (incremental.ReadPreviousTable(plan.previous_output)
                                                  if plan.bigquery_update else
                                                  incremental.ReadPrevious(plan.previous_files))
-        records, carried_forward = (records, previous) | "SelectChanged" >> incremental.SelectChanged(
+        records, carried_forward, deleted = (records, previous) | "SelectChanged" >> incremental.SelectChanged(
             plan.model_fingerprint, with_sequence=plan.output_sequence and not plan.bigquery_update)
     keyed_texts = records | "KeyByRecord" >> beam.Map(_key_by_record)
     embeddings, inference_failures = keyed_texts | "Embed" >> embed.Embed(handler)
-    if plan.output_tfrecord:
-        to_write = embeddings if carried_forward is None else (embeddings, carried_forward)
-        written = to_write | "WriteTFRecord" >> write.WriteTFRecord(plan.output_tfrecord, plan.model_fingerprint)
-        _ = written | "WriteManifest" >> incremental.WriteManifest(plan.output_tfrecord, plan.run_id,
-                                                                   plan.model_fingerprint)
+    read_failure_lines = read_failures | "ReadFailureToJson" >> beam.Map(read.failure_to_json)
+    record_failure_lines = (
+        (read_failure_lines,
+         inference_failures | "InferenceFailureToJson" >> beam.MapTuple(write.inference_failure_json))
+        | "RecordFailures" >> beam.Flatten())
     bigquery_failures = ()
-    if plan.bigquery_update:
-        # The run's complete set (embedded and carried forward) replaces the table's rows in one MERGE.
-        to_update = embeddings if carried_forward is None else (embeddings, carried_forward)
-        _ = to_update | "UpdateBigQuery" >> bigquery.UpdateTable(
-            plan.output_bigquery, plan.model_fingerprint, plan.run_id)
-    elif plan.output_bigquery:
+    if plan.output_bigquery and not plan.bigquery_update:
         # Rows embedded by this run only (embedded_at stays true); WriteTFRecord counts unless it is absent.
         bigquery_failures = (embeddings | "WriteBigQuery" >> bigquery.WriteBigQuery(
             plan.output_bigquery, plan.model_fingerprint, plan.run_id, method=plan.bigquery_method,
             table_exists=plan.bigquery_table_exists, count=not plan.output_tfrecord),)
-    failure_lines = (
-        (read_failures | "ReadFailureToJson" >> beam.Map(read.failure_to_json),
-         inference_failures | "InferenceFailureToJson" >> beam.MapTuple(write.inference_failure_json),
-         *bigquery_failures)
-        | "AllFailures" >> beam.Flatten())
-    _ = failure_lines | "WriteFailures" >> write.WriteFailures(plan.output_failed)
+    failure_lines = (record_failure_lines, *bigquery_failures) | "AllFailures" >> beam.Flatten()
+    failure_files = failure_lines | "WriteFailures" >> write.WriteFailures(plan.output_failed)
+    parts = {"parsed": parsed, "read_failures": read_failures, "failures": record_failure_lines,
+             "embedded": embeddings, "after": failure_files}
+    if previous is not None:
+        parts.update(carried=carried_forward, previous=previous, deleted=deleted)
+    verdict = parts | "CheckRun" >> guard.CheckRun(plan.max_failed_fraction, plan.max_deleted_fraction,
+                                                   f"{plan.output_failed}-*.jsonl")
+    if plan.output_tfrecord:
+        to_write = embeddings if carried_forward is None else (embeddings, carried_forward)
+        written = to_write | "WriteTFRecord" >> write.WriteTFRecord(plan.output_tfrecord, plan.model_fingerprint)
+        _ = written | "WriteManifest" >> incremental.WriteManifest(plan.output_tfrecord, plan.run_id,
+                                                                   plan.model_fingerprint, verdict=verdict)
+    if plan.bigquery_update:
+        # The run's complete set (embedded and carried forward) replaces the table's rows in one MERGE.
+        to_update = embeddings if carried_forward is None else (embeddings, carried_forward)
+        _ = to_update | "UpdateBigQuery" >> bigquery.UpdateTable(
+            plan.output_bigquery, plan.model_fingerprint, plan.run_id, verdict=verdict)
 
 
 def _counters(result) -> dict[str, int]:
@@ -293,9 +349,22 @@ def summarize(counters: dict[str, int], plan: Plan) -> str:
 
 
 def run(argv=None) -> beam.runners.runner.PipelineResult:
-    """Parses, validates, builds and runs; waits for local runners only (a template launch must not block)."""
+    """Parses, validates, builds and runs; waits for local runners only (a template launch must not block).
+
+    Raises:
+        UsageError: for a mistake in the command line or in what it names (exit code 2 from main).
+        transforms.guard.RunRefused: when a local run failed its checks (exit code 1).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    check_argv(argv)
     options = PipelineOptions(argv)
-    plan = validate(options)
+    try:
+        plan = validate(options)
+    except UsageError:
+        raise
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    logging.info("%s.", plan.settings_note[:1].upper() + plan.settings_note[1:])
     pipeline = beam.Pipeline(options=options)
     build(pipeline, plan)
     result = pipeline.run()
@@ -306,28 +375,108 @@ def run(argv=None) -> beam.runners.runner.PipelineResult:
     return result
 
 
-def _help_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.run", description=__doc__.split("\n\n")[1],
-        epilog="Beam's own pipeline options are accepted beside these: --runner (default DirectRunner), "
-        "--direct_num_workers, --direct_running_mode, --project, --region, --temp_location, ... "
-        "Example: python -m pipeline.run --input corpus/*.jsonl --model_dir models/minilm "
-        "--output_tfrecord out/emb --pooling mean --normalize")
-    EmbeddingOptions._add_argparse_args(parser)
-    return parser
+_EPILOG = """\
+Beam's own pipeline options are accepted beside these: --runner (default DirectRunner), --direct_num_workers,
+--direct_running_mode, --project, --region, --temp_location, ... (see Beam's documentation).
+--verbose shows every log line and the traceback of a failure.
+
+Exit codes: 0 done; 1 the run failed (bad data past --max_failed_fraction, a refused deletion, an I/O or
+model error); 2 a usage error (a flag, its value, or what it names); 130 interrupted.
+
+Example: python -m pipeline.run --input corpus/*.jsonl --model_dir models/minilm --output_tfrecord out/emb"""
+
+
+def _help_parser():
+    return options_parser(description=__doc__.split("\n\n")[1], beam_options=False, epilog=_EPILOG)
+
+
+def _quiet(verbose: bool) -> None:
+    """Our INFO lines only; TensorFlow's and Beam's start-up chatter (e.g. "failed call to cuInit") with --verbose."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.CRITICAL)
+
+
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with the process's stderr closed: its C++ start-up lines ("Could not find cuda
+    drivers", absl's "All log messages before absl::InitializeLog()") ignore TF_CPP_MIN_LOG_LEVEL. An import
+    error still raises as usual."""
+    stderr = sys.stderr.fileno()
+    saved = os.dup(stderr)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stderr)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, stderr)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of a chain: Beam wraps a worker's error in its own."""
+    seen = set()
+    while id(err) not in seen and (err.__cause__ or err.__context__) is not None:
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return err
+
+
+def _failure_line(err: BaseException) -> str:
+    """One line for a failed run: our refusal as it is, else the innermost error's type and first line."""
+    from transforms.guard import RunRefused
+
+    for candidate in (err, _root_cause(err)):
+        if isinstance(candidate, RunRefused):
+            return str(candidate.args[0] if candidate.args else candidate).split(" [while running")[0].strip()
+    text = f"{err}"
+    marker = "RunRefused: "
+    if marker in text:  # A refusal that crossed a process boundary as text.
+        return text[text.index(marker) + len(marker):].splitlines()[0].split(" [while running")[0].strip()
+    cause = _root_cause(err)
+    message = (str(cause).strip().splitlines() or [""])[0][:500]
+    return f"{type(cause).__name__}: {message}" if message else type(cause).__name__
+
+
+def _save_traceback() -> str:
+    """Writes the current exception's traceback to a log file; returns its path."""
+    import tempfile
+    import traceback
+
+    with tempfile.NamedTemporaryFile("w", prefix="pipeline-run-", suffix=".log", delete=False) as log:
+        traceback.print_exc(file=log)
+    return log.name
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    argv = sys.argv[1:] if argv is None else argv
+    """The command line: exit 0 done, 1 failed run, 2 usage error, 130 interrupted (see --help)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    argv = [arg for arg in argv if arg != "--verbose"]
+    _quiet(verbose)
     if not argv or "-h" in argv or "--help" in argv:
         _help_parser().print_help()
         return 0
+    if not verbose:
+        _import_tensorflow_quietly()
     try:
         run(argv)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except UsageError as err:
+        print(f"error: {err} (see python -m pipeline.run --help)", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was committed (no manifest, no MERGE); rerun the same command to start again.",
+              file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001  Every failure of a run becomes one line; the traceback is kept.
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        where = "above" if verbose else f"in {_save_traceback()}"
+        print(f"error: the run failed: {_failure_line(err)} (traceback {where})", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -373,7 +373,7 @@ class _MergeFn(beam.DoFn):
         self._bigquery = bigquery
         self._client = bigquery.Client(project=self._billing_project or self._table.project)
 
-    def process(self, expected_rows, unused_load_jobs, unused_copy_jobs):
+    def process(self, expected_rows, unused_load_jobs, unused_copy_jobs, unused_verdict=None):
         from google.api_core import exceptions
 
         bigquery, client = self._bigquery, self._client
@@ -416,11 +416,13 @@ class UpdateTable(beam.PTransform):
       model_fingerprint: the `model` column of embedded rows.
       run_id: the `run_id` column of embedded rows, and the run table's name.
       count: count embedded records and tokens (when no other sink does).
+      verdict: transforms.guard.CheckRun's output: the MERGE waits for it, and a refused run merges nothing.
     """
 
-    def __init__(self, table: str, model_fingerprint: str, run_id: str, count: bool = True):
+    def __init__(self, table: str, model_fingerprint: str, run_id: str, count: bool = True, verdict=None):
         super().__init__()
         self._table, self._model, self._run_id, self._count = parse_table(table), model_fingerprint, run_id, count
+        self._verdict = verdict
 
     def expand(self, embeddings_or_pair):
         embeddings, carried_forward = (embeddings_or_pair if isinstance(embeddings_or_pair, tuple)
@@ -435,7 +437,8 @@ class UpdateTable(beam.PTransform):
         row_count = rows | "CountRows" >> beam.combiners.Count.Globally()
         # The job ids as side inputs: MergeIntoTable starts only when every load (and copy) job has finished.
         billing_project = embeddings.pipeline.options.view_as(GoogleCloudOptions).project
+        gate = () if self._verdict is None else (beam.pvalue.AsSingleton(self._verdict),)
         return row_count | "MergeIntoTable" >> beam.ParDo(
             _MergeFn(self._table, run, billing_project),
             beam.pvalue.AsList(written.destination_load_jobid_pairs),
-            beam.pvalue.AsList(written.destination_copy_jobid_pairs))
+            beam.pvalue.AsList(written.destination_copy_jobid_pairs), *gate)

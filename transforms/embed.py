@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -17,13 +18,17 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-__all__ = ["POOLING_MODES", "PRECISIONS", "EmbeddingModelHandler", "Embedding", "Embed", "model_fingerprint",
-           "check_models", "check_seq_length", "plan_sub_batches", "resolve_handle", "stage_locally"]
+__all__ = ["POOLING_MODES", "PRECISIONS", "SENTENCE_CONFIG_PATH", "EmbeddingModelHandler", "Embedding", "Embed",
+           "model_fingerprint", "model_defaults", "check_models", "check_seq_length", "plan_sub_batches",
+           "resolve_handle", "stage_locally"]
 
 POOLING_MODES = ("pooled", "cls", "mean")
 _NAMESPACE = "embeddings"
 _ENCODER_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
 PRECISIONS = ("fp32", "bf16")
+# Written by model.export beside the encoder of a sentence-transformers checkpoint (model.export's
+# SENTENCE_CONFIG_PATH; a test keeps the two equal): how the model's vectors are meant to be pooled.
+SENTENCE_CONFIG_PATH = "assets.extra/sentence_embedding.json"
 # The fixed cost of one encoder call (dispatch, streaming every weight through the cache), in tokens of compute:
 # measured for the full-size DistilBERT on 2-core CPUs (BENCHMARKS.md). fp32: about 20-50 tokens; throughput was
 # flat from 16 to 128 on AVX-512 (Zen 5), and 64 beat 256 by 4% on AMX (Xeon). bf16: 60-120 tokens on
@@ -158,6 +163,32 @@ def _read_bytes(path: str) -> bytes | None:
         return None
     with FileSystems.open(path) as f:
         return f.read()
+
+
+def model_defaults(encoder: str) -> dict:
+    """What the encoder's exporter recorded of its use: {"pooling", "normalize", "max_seq_length"}, maybe empty.
+
+    model.export writes it for sentence-transformers checkpoints (e.g. mean pooling and L2 normalisation for
+    all-MiniLM-L6-v2); other SavedModels and TF Hub URLs have none.
+    """
+    if _is_url(encoder):
+        return {}
+    raw = _read_bytes(encoder.rstrip("/") + "/" + SENTENCE_CONFIG_PATH)
+    if raw is None:
+        return {}
+    try:
+        recorded = json.loads(raw.decode("utf-8"))
+    except ValueError as err:
+        raise ValueError(f"--encoder {encoder}: {SENTENCE_CONFIG_PATH} is not valid JSON ({err}); re-export "
+                         "the model with model.export.") from err
+    defaults = {}
+    if recorded.get("pooling") in POOLING_MODES:
+        defaults["pooling"] = recorded["pooling"]
+    if isinstance(recorded.get("normalize"), bool):
+        defaults["normalize"] = recorded["normalize"]
+    if isinstance(recorded.get("max_seq_length"), int):
+        defaults["max_seq_length"] = recorded["max_seq_length"]
+    return defaults
 
 
 def check_models(encoder: str, preprocessor: str) -> None:

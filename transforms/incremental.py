@@ -38,7 +38,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.examples import parse_example
 
-__all__ = ["RUN_ID_PLACEHOLDER", "LATEST_PLACEHOLDER", "MANIFEST_SUFFIX", "EMBED_TAG", "CARRIED_TAG",
+__all__ = ["RUN_ID_PLACEHOLDER", "LATEST_PLACEHOLDER", "MANIFEST_SUFFIX", "EMBED_TAG", "CARRIED_TAG", "DELETED_TAG",
            "default_run_id", "manifest_path", "resolve_previous", "previous_files", "ReadPrevious",
            "ReadPreviousTable", "SelectChanged", "WriteManifest"]
 
@@ -47,6 +47,7 @@ LATEST_PLACEHOLDER = "{latest}"
 MANIFEST_SUFFIX = "-manifest.json"
 EMBED_TAG = "embed"
 CARRIED_TAG = "carried"
+DELETED_TAG = "deleted"
 _NAMESPACE = "embeddings"
 _SHARD_GLOB = "-*-of-*.tfrecord"  # WriteToTFRecord's -SSSSS-of-NNNNN shard names with write.TFRECORD_SUFFIX.
 
@@ -192,6 +193,7 @@ class _ClassifyFn(beam.DoFn):
         records, previous = list(grouped["records"]), list(grouped["previous"])
         if not records:
             self._counters["deleted"].inc()
+            yield beam.pvalue.TaggedOutput(DELETED_TAG, element[0])
             return
         current = [p for p in previous if p.model == self._model and p.has_sequence == self._with_sequence]
         for record in records:
@@ -214,7 +216,9 @@ def _key_record(record):
 
 
 class SelectChanged(beam.PTransform):
-    """(records, previous) -> (records to embed, earlier Examples or rows to carry forward), joined on the id.
+    """(records, previous) -> (records to embed, earlier Examples or rows to carry forward, deleted ids).
+
+    Joined on the id.
 
     `records` are transforms.read.Records of this run's corpus; `previous` comes from ReadPrevious (carried:
     serialised Examples) or ReadPreviousTable (carried: table rows; pass with_sequence=False). A record
@@ -232,11 +236,11 @@ class SelectChanged(beam.PTransform):
         keyed_records = records | "KeyRecordsById" >> beam.Map(_key_record)
         joined = {"records": keyed_records, "previous": previous} | "JoinById" >> beam.CoGroupByKey()
         selected = joined | "Classify" >> beam.ParDo(_ClassifyFn(self._model, self._with_sequence)).with_outputs(
-            CARRIED_TAG, main=EMBED_TAG)
-        return selected[EMBED_TAG], selected[CARRIED_TAG]
+            CARRIED_TAG, DELETED_TAG, main=EMBED_TAG)
+        return selected[EMBED_TAG], selected[CARRIED_TAG], selected[DELETED_TAG]
 
 
-def _write_manifest(files: list[str], prefix: str, run_id: str, model_fingerprint: str) -> str:
+def _write_manifest(files: list[str], prefix: str, run_id: str, model_fingerprint: str, unused_verdict=None) -> str:
     """Writes PREFIX-manifest.json naming the shards relative to the prefix's directory; returns its path."""
     names = sorted(FileSystems.split(path)[1] for path in files)
     manifest = {"run_id": run_id, "model": model_fingerprint, "files": names}
@@ -248,13 +252,18 @@ def _write_manifest(files: list[str], prefix: str, run_id: str, model_fingerprin
 
 
 class WriteManifest(beam.PTransform):
-    """Takes the file names WriteTFRecord wrote and, once all are final, writes the run's manifest."""
+    """Takes the file names WriteTFRecord wrote and, once all are final, writes the run's manifest.
 
-    def __init__(self, prefix: str, run_id: str, model_fingerprint: str):
+    With `verdict` (transforms.guard.CheckRun's output), the manifest is written only after the run passed its
+    checks: a refused run fails first and leaves no manifest.
+    """
+
+    def __init__(self, prefix: str, run_id: str, model_fingerprint: str, verdict=None):
         super().__init__()
-        self._prefix, self._run_id, self._model = prefix, run_id, model_fingerprint
+        self._prefix, self._run_id, self._model, self._verdict = prefix, run_id, model_fingerprint, verdict
 
     def expand(self, written_files):
+        gate = () if self._verdict is None else (beam.pvalue.AsSingleton(self._verdict),)
         return (written_files
                 | "CollectFiles" >> beam.combiners.ToList()
-                | "Write" >> beam.Map(_write_manifest, self._prefix, self._run_id, self._model))
+                | "Write" >> beam.Map(_write_manifest, self._prefix, self._run_id, self._model, *gate))
