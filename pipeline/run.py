@@ -215,7 +215,7 @@ def _check_buckets(options: PipelineOptions, paths_by_flag: dict) -> None:
 
 def validate(options: PipelineOptions) -> Plan:
     """Checks the options before anything runs; user mistakes raise ValueError naming the flag."""
-    from transforms import bigquery, embed, read
+    from transforms import bigquery, embed, preflight, read
 
     opts = options.view_as(EmbeddingOptions)
     if not opts.input:
@@ -240,6 +240,7 @@ def validate(options: PipelineOptions) -> Plan:
     if pair_fields and input_format == "text":
         raise ValueError("--pair_fields needs named fields; --input_format text has none (use jsonl, csv, tsv "
                          "or tfrecord).")
+    preflight.check_sample(patterns, input_format, pair_fields or (opts.text_field,))
     encoder, preprocessor = _resolve_models(opts)
     embed.check_models(encoder, preprocessor)
     pooling, normalize, seq_length, settings_note = _resolve_settings(opts, encoder)

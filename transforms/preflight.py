@@ -1,0 +1,162 @@
+"""Looks at the first records of the input before a run starts, so format and field mistakes cost one line.
+
+A run over the wrong --text_field or --input_format would read every record, dead-letter all of them and fail
+at the end (transforms.guard); a few records from the first files tell the same in a second.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import struct
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+__all__ = ["SAMPLE_RECORDS", "SAMPLE_FILES", "check_sample"]
+
+SAMPLE_RECORDS = 20  # Per file.
+SAMPLE_FILES = 3  # Per pattern: the first ones by name.
+_SHOWN_FIELDS = 12
+_DELIMITERS = {"csv": ",", "tsv": "\t"}
+
+
+def _sample_files(patterns: list[str]) -> list[str]:
+    paths = []
+    for result in FileSystems.match(list(patterns)):
+        paths += sorted(metadata.path for metadata in result.metadata_list)[:SAMPLE_FILES]
+    return list(dict.fromkeys(paths))
+
+
+def _first_lines(path: str, count: int) -> list[bytes]:
+    """Up to `count` lines (without line ends); a stream that cannot be read gives what came before."""
+    lines = []
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
+            while len(lines) < count:
+                line = handle.readline()
+                if not line:
+                    break
+                lines.append(line.rstrip(b"\r\n"))
+    except (OSError, EOFError, ValueError):  # A corrupt stream: the run dead-letters it where it breaks.
+        pass
+    return lines
+
+
+def _first_tfrecords(path: str, count: int) -> list[bytes]:
+    """Up to `count` TFRecord payloads, read by the framing alone (the run checks the CRCs)."""
+    records = []
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
+            while len(records) < count:
+                header = handle.read(12)
+                if len(header) < 12:
+                    break
+                (length,) = struct.unpack("<Q", header[:8])
+                payload = handle.read(length)
+                if len(payload) < length:
+                    break
+                records.append(payload)
+                handle.read(4)
+    except (OSError, EOFError, ValueError, struct.error):
+        pass
+    return records
+
+
+def _fields_line(fields) -> str:
+    names = sorted(fields)
+    shown = ", ".join(names[:_SHOWN_FIELDS]) + (", ..." if len(names) > _SHOWN_FIELDS else "")
+    return shown or "none"
+
+
+def _missing(text_fields: tuple[str, ...], found: set) -> list[str]:
+    return [field for field in text_fields if field not in found]
+
+
+def _field_flag(text_fields: tuple[str, ...]) -> str:
+    return "--pair_fields" if len(text_fields) == 2 else "--text_field"
+
+
+def _check_jsonl(path: str, lines: list[bytes], text_fields: tuple[str, ...]) -> None:
+    objects = []
+    for line in lines:
+        try:
+            value = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(value, dict):
+            objects.append(value)
+    if not objects:
+        raise ValueError(f"--input {path}: none of its first {len(lines)} lines is a JSON object (line 1: "
+                         f"{lines[0][:40]!r}); check --input_format (jsonl here) or the file.")
+    found = set().union(*objects)
+    if not any(all(field in record for field in text_fields) for record in objects):
+        raise ValueError(f"{_field_flag(text_fields)} {','.join(text_fields)}: no record among the first "
+                         f"{len(objects)} of {path} has {' and '.join(_missing(text_fields, found)) or 'them all'}; "
+                         f"its records have the fields {_fields_line(found)}.")
+
+
+def _check_delimited(path: str, lines: list[bytes], text_fields: tuple[str, ...], input_format: str) -> None:
+    header_line = lines[0].decode("utf-8-sig", "replace")
+    if header_line.lstrip().startswith(("{", "[")):
+        raise ValueError(f"--input_format {input_format}: {path} looks like JSON Lines, not {input_format} (its "
+                         "first line starts with a JSON object): pass --input_format jsonl.")
+    try:
+        header = next(csv.reader([header_line], delimiter=_DELIMITERS[input_format]), [])
+    except csv.Error:
+        header = []
+    missing = _missing(text_fields, set(header))
+    if missing:
+        raise ValueError(f"{_field_flag(text_fields)} {','.join(text_fields)}: the header of {path} has no column "
+                         f"{' or '.join(missing)}; its columns are {_fields_line(header)}. The first line of "
+                         f"every {input_format} file must be its header.")
+
+
+def _check_tfrecord(path: str, records: list[bytes], text_fields: tuple[str, ...]) -> None:
+    from transforms.examples import parse_example
+
+    examples = []
+    for record in records:
+        try:
+            examples.append(parse_example(record))
+        except ValueError:
+            continue
+    if not examples:
+        raise ValueError(f"--input {path}: none of its first {len(records)} records is a tf.train.Example; "
+                         "check --input_format (tfrecord here) or the file.")
+    found = set().union(*(set(example) for example in examples))
+    if not any(all(example.get(field) is not None for field in text_fields) for example in examples):
+        raise ValueError(f"{_field_flag(text_fields)} {','.join(text_fields)}: no Example among the first "
+                         f"{len(examples)} of {path} has it; their features are {_fields_line(found)}.")
+
+
+def check_sample(patterns: list[str], input_format: str, text_fields: tuple[str, ...]) -> None:
+    """Reads the first records of the first files of each pattern and refuses a run that cannot work.
+
+    Refused, each with one line naming the flag or file: input files that are all empty; a JSONL file none of
+    whose first lines is a JSON object; a CSV/TSV file that is JSON Lines, or whose header lacks the text field;
+    a text field that no sampled record has (listing the fields that exist); TFRecords that are not Examples.
+    Records that fail one by one are left to the run, which dead-letters them.
+
+    Raises:
+        ValueError: naming the flag and the file.
+    """
+    empty = True
+    for path in _sample_files(patterns):
+        if input_format == "tfrecord":
+            records = _first_tfrecords(path, SAMPLE_RECORDS)
+            if records:
+                empty = False
+                _check_tfrecord(path, records, text_fields)
+            continue
+        header = 1 if input_format in _DELIMITERS else 0
+        lines = [line for line in _first_lines(path, SAMPLE_RECORDS + header) if line.strip()]
+        if not lines:
+            continue
+        empty = False
+        if input_format == "jsonl":
+            _check_jsonl(path, lines, text_fields)
+        elif input_format in _DELIMITERS:
+            _check_delimited(path, lines, text_fields, input_format)
+    if empty:
+        raise ValueError(f"--input {', '.join(patterns)}: the files hold no records (they are empty).")
