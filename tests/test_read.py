@@ -4,6 +4,7 @@ import base64
 import gzip
 import hashlib
 import json
+import zlib
 
 import apache_beam as beam
 import pytest
@@ -565,3 +566,151 @@ def test_deeply_nested_json_is_invalid_json(tmp_path):
 
     result = _run_read([path], "jsonl", [_record("ok", ["fine"], path)], check_failures)
     assert _counters(result)["failed_invalid_json"] == 2
+
+
+def _tfrecord_offsets(records):
+    """The byte offset of each record in a TFRecord file: 8 + 4 bytes before the data, 4 after."""
+    offsets, offset = [], 0
+    for record in records:
+        offsets.append(offset)
+        offset += len(record) + 16
+    return offsets
+
+
+def test_tfrecord_bad_crcs_and_truncated_tail_are_dead_letters(tmp_path):
+    records = [_example(id=[b"r%d" % i], text=[b"text %d" % i]) for i in range(4)]
+    offsets = _tfrecord_offsets(records)
+    whole = _write_tfrecord(tmp_path / "whole.tfrec", records).read_bytes()
+    # The data of record 1 fails its CRC: skipped, and records 2 and 3 still read.
+    bad_data = bytearray(whole)
+    bad_data[offsets[1] + 12 + len(records[1]) - 1] ^= 0xFF
+    bad_data_path = tmp_path / "bad_data.tfrecord"
+    bad_data_path.write_bytes(bytes(bad_data))
+    # The length of record 2 fails its CRC: records 2 and 3 cannot be framed.
+    bad_length = bytearray(whole)
+    bad_length[offsets[2] + 9] ^= 0xFF
+    bad_length_path = tmp_path / "bad_length.tfrecord"
+    bad_length_path.write_bytes(bytes(bad_length))
+    # The file ends inside record 3.
+    truncated_path = tmp_path / "truncated.tfrecord"
+    truncated_path.write_bytes(whole[: offsets[3] + 20])
+    # A gzip-compressed file cut in half: the records decompressed whole are read.
+    truncated_gz_path = tmp_path / "truncated_gz.tfrecord.gz"
+    half = gzip.compress(whole)[: len(gzip.compress(whole)) // 2]
+    truncated_gz_path.write_bytes(half)
+    available = len(zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(half))
+    whole_in_gz = [i for i, offset in enumerate(offsets) if offset + len(records[i]) + 16 <= available]
+    assert len(whole_in_gz) < 4
+
+    def expected_records(path, indices):
+        return [_record(f"r{i}", [f"text {i}"], path) for i in indices]
+
+    def check_failures(failures):
+        by_source = {f.source: f for f in failures}
+        assert len(by_source) == len(failures) == 4, failures
+        corrupt_data = by_source[str(bad_data_path)]
+        assert corrupt_data.reason == "corrupt_record"
+        assert f"byte offset {offsets[1]} " in corrupt_data.detail and str(bad_data_path) in corrupt_data.detail
+        assert base64.b64decode(corrupt_data.record) == bytes(bad_data[offsets[1] + 12 : offsets[2] - 4])
+        corrupt_length = by_source[str(bad_length_path)]
+        assert corrupt_length.reason == "corrupt_record"
+        assert f"not read from byte offset {offsets[2]} on" in corrupt_length.detail
+        truncated = by_source[str(truncated_path)]
+        assert truncated.reason == "truncated_file"
+        assert f"byte offset {offsets[3]} " in truncated.detail and str(truncated_path) in truncated.detail
+        truncated_gz = by_source[str(truncated_gz_path)]
+        assert truncated_gz.reason == "truncated_file" and str(truncated_gz_path) in truncated_gz.detail
+
+    result = _run_read(
+        [tmp_path / "*.tfrecord*"],
+        "tfrecord",
+        expected_records(bad_data_path, [0, 2, 3])
+        + expected_records(bad_length_path, [0, 1])
+        + expected_records(truncated_path, [0, 1, 2])
+        + expected_records(truncated_gz_path, whole_in_gz),
+        check_failures,
+    )
+    counters = _counters(result)
+    assert counters["records_read"] == 8 + len(whole_in_gz)
+    assert counters["failed_corrupt_record"] == 2 and counters["failed_truncated_file"] == 2
+
+
+def _jsonl(count, start=0):
+    return b"".join(b'{"id": "j%d", "text": "text %d"}\n' % (i, i) for i in range(start, start + count))
+
+
+def test_truncated_compressed_text_keeps_the_lines_before_the_break(tmp_path):
+    data = b"".join(b'{"id": "j%d", "text": "text %d %08x"}\n' % (i, i, i * 2654435761 % 2**32) for i in range(5000))
+    compressed = gzip.compress(data)
+    path = tmp_path / "half.jsonl.gz"
+    path.write_bytes(compressed[: len(compressed) // 2])
+    # What a decompressor makes of the half: complete lines, then the one it breaks off in.
+    available = zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(compressed[: len(compressed) // 2])
+    *complete, broken = available.split(b"\n")
+    assert 0 < len(complete) < 5000
+
+    def check_failures(failures):
+        (failure,) = failures
+        assert failure.reason == "truncated_file" and failure.record == broken.decode()
+        assert str(path) in failure.detail and f"after {len(complete)} complete lines" in failure.detail
+
+    result = _run_read(
+        [path],
+        "jsonl",
+        [_record(json.loads(line)["id"], [json.loads(line)["text"]], path) for line in complete],
+        check_failures,
+    )
+    counters = _counters(result)
+    assert counters["records_read"] == len(complete) and counters["failed_truncated_file"] == 1
+
+
+def test_corrupt_compressed_text(tmp_path):
+    # Garbage after a good gzip member: the member's lines are read, the rest is one dead letter. Beam's
+    # CompressedFile raises here, failing the run.
+    jsonl_path = tmp_path / "garbage.jsonl.gz"
+    jsonl_path.write_bytes(gzip.compress(_jsonl(3)) + b"\x1f\x8b garbage")
+    not_gzip_path = tmp_path / "not_gzip.jsonl.gz"
+    not_gzip_path.write_bytes(b"plain text")
+
+    def check_jsonl_failures(failures):
+        reasons = sorted((f.source, f.reason) for f in failures)
+        assert reasons == [(str(jsonl_path), "corrupt_file"), (str(not_gzip_path), "corrupt_file")], failures
+        assert all("after" in f.detail and f.source in f.detail for f in failures)
+
+    result = _run_read(
+        [jsonl_path, not_gzip_path],
+        "jsonl",
+        [_record(f"j{i}", [f"text {i}"], jsonl_path) for i in range(3)],
+        check_jsonl_failures,
+    )
+    assert _counters(result)["failed_corrupt_file"] == 2
+
+
+def test_broken_compressed_csv_keeps_its_header_handling(tmp_path):
+    rows = b"".join(b"row %d %08x,c%d\n" % (i, i * 2654435761 % 2**32, i) for i in range(5000))
+    compressed = gzip.compress(b"text,id\n" + rows)
+    csv_path = tmp_path / "rows.csv.gz"
+    csv_path.write_bytes(compressed[: len(compressed) // 2])
+    available = zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(compressed[: len(compressed) // 2])
+    header, *complete, _ = available.split(b"\n")
+    assert header == b"text,id" and complete
+    # Cut inside its header: no rows, only the dead letter.
+    header_path = tmp_path / "header.csv.gz"
+    header_path.write_bytes(gzip.compress(b"id,text\n" + b"x" * 5000 + b",y\n")[:20])
+    # Garbage after a good member: its header and rows are read.
+    garbage_path = tmp_path / "garbage.csv.gz"
+    garbage_path.write_bytes(gzip.compress(b"id,text\ng1,first\n") + b"\x1f\x8b garbage")
+
+    def check_failures(failures):
+        assert sorted((f.source, f.reason) for f in failures) == [
+            (str(garbage_path), "corrupt_file"),
+            (str(header_path), "truncated_file"),
+            (str(csv_path), "truncated_file"),
+        ], failures
+        (rows_failure,) = [f for f in failures if f.source == str(csv_path)]
+        # The header counts as a line read.
+        assert f"after {len(complete) + 1} complete lines" in rows_failure.detail
+
+    expected = [_record(row.split(b",")[1].decode(), [row.split(b",")[0].decode()], csv_path) for row in complete]
+    expected.append(_record("g1", ["first"], garbage_path))
+    _run_read([csv_path, header_path, garbage_path], "csv", expected, check_failures)

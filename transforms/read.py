@@ -8,9 +8,11 @@ import os
 import typing
 
 import apache_beam as beam
+from apache_beam.io import fileio
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
+from transforms import framing
 from transforms.examples import parse_example, value_kind
 
 __all__ = [
@@ -42,6 +44,9 @@ FAILURE_REASONS = (
     "undecodable_bytes",
     "not_a_tf_example",
     "invalid_unicode",
+    "corrupt_record",
+    "truncated_file",
+    "corrupt_file",
 )
 
 _METRICS_NAMESPACE = "embeddings"
@@ -97,7 +102,8 @@ class Failure(typing.NamedTuple):
         reason: One of `FAILURE_REASONS`.
         detail: A human-readable explanation (the field involved, the parser's message).
         record: The raw record as text, cut to its first 1000 characters (the detail then says so). Bytes that
-            are not valid UTF-8 appear as backslash escapes (`\\xff`); TFRecord records are base64.
+            are not valid UTF-8 appear as backslash escapes (`\\xff`); TFRecord records are base64. For a file
+            that breaks off, the line or record it broke off in, as far as it was read (possibly empty).
     """
 
     source: str
@@ -194,8 +200,12 @@ class ReadCorpus(beam.PTransform):
     """Reads corpus files into `Record`s, and the records it cannot read into `Failure`s.
 
     Every input line (text, jsonl, csv, tsv) or TFRecord record becomes exactly one `Record` or one `Failure`:
-    nothing is dropped silently, blank lines included (reason "empty_text"). The Beam counters
-    `embeddings/records_read` and `embeddings/failed_<reason>` count them.
+    nothing is dropped silently, blank lines included (reason "empty_text"). A file that cannot be read to its
+    end adds one `Failure` for its unread rest, naming the file and how far it was read, and its records before
+    the break are read: a compressed stream that breaks off ("truncated_file") or cannot be decompressed
+    ("corrupt_file"), a TFRecord file that ends inside a record ("truncated_file") or whose record length fails
+    its CRC ("corrupt_record"). A TFRecord whose data fails its CRC is one "corrupt_record" and reading goes
+    on. The Beam counters `embeddings/records_read` and `embeddings/failed_<reason>` count them.
 
     Formats:
         text: one text per line; ids are always derived from the content.
@@ -263,18 +273,80 @@ class ReadCorpus(beam.PTransform):
         self._pair_fields = pair_fields
 
     def expand(self, pbegin):
-        patterns = pbegin | "Patterns" >> beam.Create(self._patterns)
+        # A pattern that matches nothing reads as empty, as in Beam's ReadAll transforms (see check_inputs_exist).
+        files = (
+            pbegin
+            | "Patterns" >> beam.Create(self._patterns)
+            | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
+        )
         if self._input_format == "tfrecord":
-            keyed_raw = patterns | "ReadTFRecord" >> beam.io.ReadAllFromTFRecord(with_filename=True)
+            # Beam's ReadAllFromTFRecord raises on a bad CRC or a truncated record, failing the bundle and so
+            # the run; reading the framing ourselves dead-letters the record instead. Beam does not split
+            # TFRecord files either (they have no sync markers), so one file per element loses nothing.
+            keyed_raw = (
+                files
+                | "ReshuffleFiles" >> beam.Reshuffle()
+                | "ReadTFRecord" >> beam.ParDo(_ReadTFRecordsFn())
+            )
         else:
-            keyed_raw = patterns | "ReadText" >> beam.io.ReadAllFromText(
+            skip_header = self._input_format in _CSV_DIALECTS
+            plain, compressed = files | "SplitCompressed" >> beam.Partition(
+                lambda metadata, _: int(framing.is_compressed(metadata.path)), 2
+            )
+            # Plain files keep Beam's splittable reader.
+            plain_lines = plain | "ReadText" >> beam.io.ReadAllFromText(
                 coder=beam.coders.BytesCoder(),
-                skip_header_lines=1 if self._input_format in _CSV_DIALECTS else 0,
+                skip_header_lines=1 if skip_header else 0,
                 with_filename=True,
             )
+            # Beam's CompressedFile ends silently where a compressed stream breaks off (the rest of the file
+            # is lost without a word) and raises on corrupt data (failing the run); compressed files cannot
+            # be split anyway, so they are read here, one per element, and a break is one dead letter.
+            compressed_lines = (
+                compressed
+                | "ReshuffleCompressed" >> beam.Reshuffle()
+                | "ReadCompressedText" >> beam.ParDo(_ReadCompressedLinesFn(skip_header))
+            )
+            keyed_raw = (plain_lines, compressed_lines) | "AllLines" >> beam.Flatten()
         return keyed_raw | "ParseRecords" >> beam.ParDo(
             _ParseRecordsFn(self._input_format, self._id_field, self._text_field, self._pair_fields)
         ).with_outputs(FAILED_TAG, main=RECORDS_TAG)
+
+
+class _ReadTFRecordsFn(beam.DoFn):
+    """Reads the TFRecord files it is given into `(path, record)` pairs, and damaged records into Failures."""
+
+    def process(self, metadata):
+        path = metadata.path
+        size = None if framing.is_compressed(path) else metadata.size_in_bytes
+        with framing.open_file(path) as handle:
+            for item in framing.read_tfrecords(handle, path, size):
+                if isinstance(item, framing.Damage):
+                    yield _failure(path, _Rejected(item.reason, item.detail), item.data, "tfrecord")
+                else:
+                    yield path, item
+
+
+class _ReadCompressedLinesFn(beam.DoFn):
+    """Reads the compressed text files it is given into `(path, line)` pairs, and a broken stream into a Failure."""
+
+    def __init__(self, skip_header: bool):
+        self._skip_header = skip_header
+
+    def process(self, metadata):
+        path = metadata.path
+        with framing.open_file(path) as handle:
+            lines = framing.read_lines(handle, path)
+            if self._skip_header:
+                # The header is read again by _ParseRecordsFn; a stream broken inside it still reports.
+                header = next(lines, None)
+                if isinstance(header, framing.Damage):
+                    lines = iter([header])
+            for item in lines:
+                if isinstance(item, framing.Damage):
+                    yield _failure(path, _Rejected(item.reason, item.detail), item.data, "text")
+                else:
+                    yield path, item
 
 
 class _Rejected(Exception):
@@ -287,7 +359,10 @@ class _Rejected(Exception):
 
 
 class _ParseRecordsFn(beam.DoFn):
-    """Parses `(file name, raw line or TFRecord)` pairs into Records, and the rest into tagged Failures."""
+    """Parses `(file name, raw line or TFRecord)` pairs into Records, and the rest into tagged Failures.
+
+    The readers' own Failures (a file that breaks off, a TFRecord that fails its CRC) pass through, counted.
+    """
 
     def __init__(
         self, input_format: str, id_field: str, text_field: str, pair_fields: tuple[str, str] | None
@@ -305,6 +380,11 @@ class _ParseRecordsFn(beam.DoFn):
         self._headers = {}
 
     def process(self, element):
+        if isinstance(element, Failure):
+            # A file the readers could not read to its end (or a TFRecord they could not frame).
+            self._failed[element.reason].inc()
+            yield beam.pvalue.TaggedOutput(FAILED_TAG, element)
+            return
         source, raw = element
         try:
             record_id, texts = self._parse(source, raw)
@@ -361,8 +441,11 @@ class _ParseRecordsFn(beam.DoFn):
     def _header(self, source: str) -> list[str]:
         """Returns the header of a CSV/TSV file, read once per file and worker."""
         if source not in self._headers:
-            with FileSystems.open(source) as handle:
-                first_line = handle.readline().rstrip(b"\r\n")
+            # Beam's CompressedFile would raise on a corrupt stream; a broken stream is reported by the reader.
+            with framing.open_file(source) as handle:
+                first_line = next(framing.read_lines(handle, source), b"")
+            if isinstance(first_line, framing.Damage):
+                first_line = first_line.data
             try:
                 header_line = first_line.decode("utf-8-sig")
             except UnicodeDecodeError as err:
