@@ -290,9 +290,7 @@ class ReadCorpus(beam.PTransform):
             )
         else:
             skip_header = self._input_format in _CSV_DIALECTS
-            plain, compressed = files | "SplitCompressed" >> beam.Partition(
-                lambda metadata, _: int(framing.is_compressed(metadata.path)), 2
-            )
+            plain, compressed = files | "SplitCompressed" >> beam.Partition(_by_compression, 2)
             # Plain files keep Beam's splittable reader.
             plain_lines = plain | "ReadText" >> beam.io.ReadAllFromText(
                 coder=beam.coders.BytesCoder(),
@@ -313,11 +311,18 @@ class ReadCorpus(beam.PTransform):
         ).with_outputs(FAILED_TAG, main=RECORDS_TAG)
 
 
+def _by_compression(metadata, _partitions: int) -> int:
+    """Partitions matched files: 0 for plain ones, 1 for compressed ones."""
+    return int(framing.is_compressed(metadata.path))
+
+
 class _ReadTFRecordsFn(beam.DoFn):
     """Reads the TFRecord files it is given into `(path, record)` pairs, and damaged records into Failures."""
 
     def process(self, metadata):
         path = metadata.path
+        # As Beam's file readers do, so Dataflow's lineage still lists the inputs.
+        FileSystems.report_source_lineage(path)
         size = None if framing.is_compressed(path) else metadata.size_in_bytes
         with framing.open_file(path) as handle:
             for item in framing.read_tfrecords(handle, path, size):
@@ -335,6 +340,7 @@ class _ReadCompressedLinesFn(beam.DoFn):
 
     def process(self, metadata):
         path = metadata.path
+        FileSystems.report_source_lineage(path)
         with framing.open_file(path) as handle:
             lines = framing.read_lines(handle, path)
             if self._skip_header:
