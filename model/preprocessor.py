@@ -188,6 +188,7 @@ class _Tokenize(tf.Module):
         self._special_tokens = _special_tokens_dict(vocab)
         self._special_strings = [token for token in (_CLS, _SEP, _PAD, _MASK, _UNK) if token in set(vocab)]
         self._special_regex = "|".join(re.escape(token) for token in self._special_strings)
+        self._special_ids = [vocab.index(token) for token in self._special_strings]
         self._lowercase = _lowercase_table() if do_lower_case else None
         initializer = tf.lookup.TextFileInitializer(
             vocab_file,
@@ -209,17 +210,20 @@ class _Tokenize(tf.Module):
         sentences = tf.strings.regex_replace(sentences, r"\x00", "\ufffd")
         # Special tokens are matched in the raw text, before any normalization, as Hugging Face does.
         pieces = text.regex_split(sentences, self._special_regex, self._special_regex)  # [batch, (pieces)]
-        is_special = tf.reduce_any(
-            tf.equal(pieces.flat_values[:, None], tf.constant(self._special_strings)[None, :]), axis=1)
+        matches = tf.equal(pieces.flat_values[:, None], tf.constant(self._special_strings)[None, :])
+        is_special = tf.reduce_any(matches, axis=1)  # [pieces]
+        # The special tokens are distinct, so at most one matches: its id, else 0.
+        special_ids = tf.reduce_sum(
+            tf.cast(matches, tf.int64) * tf.constant(self._special_ids, tf.int64)[None, :], axis=1)  # [pieces]
         texts = tf.where(is_special, _PLACEHOLDER, pieces.flat_values)  # [pieces]
         words = text.regex_split(self._normalize(texts), _SPLIT_REGEX, _SPLIT_KEPT_REGEX)  # [pieces, (words)]
         too_long = tf.strings.length(words.flat_values, unit="UTF8_CHAR") > _MAX_CHARS_PER_WORD
         words = words.with_flat_values(tf.where(too_long, _UNK, words.flat_values))
         wordpieces = self._wordpiece_tokenizer.tokenize(words)  # [pieces, (words), (wordpieces)]
-        # A special piece became one word of one wordpiece: give it the special token's id.
+        # A special piece became one word of one wordpiece: give it the special token's id. Only integers are
+        # gathered per wordpiece: gathering the piece strings copied a whole text once per wordpiece (quadratic).
         piece_of_id = tf.gather(wordpieces.value_rowids(), wordpieces.values.value_rowids())  # [wordpieces]
-        ids = tf.where(tf.gather(is_special, piece_of_id),
-                       self._vocab_table.lookup(tf.gather(pieces.flat_values, piece_of_id)),
+        ids = tf.where(tf.gather(is_special, piece_of_id), tf.gather(special_ids, piece_of_id),
                        wordpieces.flat_values)
         # [batch, (pieces), (words), (wordpieces)] -> [batch, (words), (wordpieces)]
         batch_size = tf.shape(sentences, out_type=tf.int64)[0]
