@@ -11,7 +11,10 @@ import dataclasses
 import logging
 import os
 import re
+import socket
 import sys
+import urllib.error
+import warnings
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -213,6 +216,23 @@ def _check_buckets(options: PipelineOptions, paths_by_flag: dict) -> None:
             checked.add(bucket)
 
 
+def _check_writable(paths_by_flag: dict) -> None:
+    """Fails fast on a local output prefix whose directory cannot be created or written (gs:// is checked by
+    _check_buckets), instead of failing after the model has loaded and every record was embedded."""
+    import tempfile
+
+    for flag, path in paths_by_flag.items():
+        if not path or "://" in path:
+            continue
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError as err:
+            raise ValueError(f"{flag} {path}: cannot write to {directory} ({err.strerror or err}).") from err
+
+
 def validate(options: PipelineOptions) -> Plan:
     """Checks the options before anything runs; user mistakes raise ValueError naming the flag."""
     from transforms import bigquery, embed, preflight, read
@@ -246,9 +266,11 @@ def validate(options: PipelineOptions) -> Plan:
     pooling, normalize, seq_length, settings_note = _resolve_settings(opts, encoder)
     embed.check_seq_length(preprocessor, seq_length)
     fingerprint = embed.model_fingerprint(encoder, preprocessor, pooling, normalize, seq_length, opts.precision)
+    run_plan = _resolve_run(opts)
+    _check_writable({"--output_tfrecord": run_plan["output_tfrecord"], "--output_failed": run_plan["output_failed"]})
     table_exists = bool(bigquery_table) and bigquery.check_table(bigquery_table,
                                                                  options.view_as(GoogleCloudOptions).project)
-    run_plan = {**_resolve_run(opts), **_resolve_previous_table(options, bigquery_table)}
+    run_plan.update(_resolve_previous_table(options, bigquery_table))
     return Plan(patterns=patterns, input_format=input_format, id_field=opts.id_field, text_field=opts.text_field,
                 pair_fields=pair_fields, encoder=encoder, preprocessor=preprocessor, model_fingerprint=fingerprint,
                 seq_length=seq_length, pooling=pooling, normalize=normalize, settings_note=settings_note,
@@ -319,6 +341,40 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
             plan.output_bigquery, plan.model_fingerprint, plan.run_id, verdict=verdict)
 
 
+def remove_partial_files(plan: Plan) -> int:
+    """Removes the beam-temp-* folders that an interrupted earlier attempt at this run's prefixes left.
+
+    Beam's file sinks write under OUTPUT_DIR/beam-temp-BASENAME-UUID and move the files into place at the end;
+    a run killed before that leaves the folder behind. Only folders named for this run's own prefixes are
+    touched; two runs writing the same prefix at once are not supported anyway. Returns how many were removed.
+    """
+    import glob
+    import shutil
+
+    removed = 0
+    for prefix in (plan.output_tfrecord, plan.output_failed):
+        if not prefix:
+            continue
+        directory, base = FileSystems.split(prefix)
+        if "://" not in prefix:  # Beam's local match lists files only; the folders go whole.
+            for folder in glob.glob(os.path.join(directory, glob.escape(f"beam-temp-{base}-") + "*")):
+                logging.info("Removing %s, left by an interrupted earlier attempt.", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+            continue
+        pattern = FileSystems.join(directory, f"beam-temp-{base}-**")
+        try:
+            stale = [metadata.path for metadata in FileSystems.match([pattern])[0].metadata_list]
+        except Exception as err:  # noqa: BLE001  Best effort: a listing error must not stop the run.
+            logging.debug("Cannot list %s: %s", pattern, err)
+            continue
+        if stale:
+            logging.info("Removing %d files under %s, left by an interrupted earlier attempt.", len(stale), pattern)
+            FileSystems.delete(stale)
+            removed += len(stale)
+    return removed
+
+
 def _counters(result) -> dict[str, int]:
     totals: dict[str, int] = {}
     for counter in result.metrics().query(MetricsFilter().with_namespace("embeddings"))["counters"]:
@@ -359,6 +415,8 @@ def run(argv=None) -> beam.runners.runner.PipelineResult:
     argv = list(sys.argv[1:] if argv is None else argv)
     check_argv(argv)
     options = PipelineOptions(argv)
+    if not options.view_as(StandardOptions).runner:
+        options.view_as(StandardOptions).runner = "DirectRunner"
     try:
         plan = validate(options)
     except UsageError:
@@ -366,6 +424,7 @@ def run(argv=None) -> beam.runners.runner.PipelineResult:
     except ValueError as err:
         raise UsageError(str(err)) from err
     logging.info("%s.", plan.settings_note[:1].upper() + plan.settings_note[1:])
+    remove_partial_files(plan)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, plan)
     result = pipeline.run()
@@ -397,13 +456,17 @@ def _quiet(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.CRITICAL)
+    if not verbose:
+        warnings.filterwarnings("ignore", category=UserWarning, module="tensorflow_hub")
 
 
 def _import_tensorflow_quietly() -> None:
     """Imports TensorFlow with the process's stderr closed: its C++ start-up lines ("Could not find cuda
     drivers", absl's "All log messages before absl::InitializeLog()") ignore TF_CPP_MIN_LOG_LEVEL. An import
     error still raises as usual."""
-    stderr = sys.stderr.fileno()
+    if "tensorflow" in sys.modules:
+        return
+    stderr = 2  # The process's own, which TensorFlow's C++ code writes to, whatever sys.stderr is now.
     saved = os.dup(stderr)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
@@ -437,7 +500,12 @@ def _failure_line(err: BaseException) -> str:
         return text[text.index(marker) + len(marker):].splitlines()[0].split(" [while running")[0].strip()
     cause = _root_cause(err)
     message = (str(cause).strip().splitlines() or [""])[0][:500]
-    return f"{type(cause).__name__}: {message}" if message else type(cause).__name__
+    message = f"{type(cause).__name__}: {message}" if message else type(cause).__name__
+    if isinstance(cause, (ConnectionError, TimeoutError, socket.gaierror, urllib.error.URLError)):
+        return (f"a network error ({message}). Model URLs (TF Hub handles, the default --encoder and "
+                "--preprocessor) must be reachable from every worker; offline, export a model with model.export "
+                "and pass --model_dir")
+    return message
 
 
 def _save_traceback() -> str:
