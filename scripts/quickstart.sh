@@ -16,7 +16,8 @@ if [ ! -f "$MODEL/encoder/saved_model.pb" ] || [ ! -f "$MODEL/preprocessor/saved
 fi
 rm -rf out/sample
 echo "==> embedding pipeline/sample/corpus.jsonl with DirectRunner"
-$PY -m pipeline.run --input pipeline/sample/corpus.jsonl --model_dir "$MODEL" --pooling mean --normalize \
+# Mean pooling and L2 normalisation come from the model: model.export recorded its sentence-transformers setup.
+$PY -m pipeline.run --input pipeline/sample/corpus.jsonl --model_dir "$MODEL" \
   --output_tfrecord out/sample/embeddings 2> out/pipeline.log || { tail -50 out/pipeline.log; exit 1; }
 echo "==> what came out (python -m pipeline.inspect out/sample/embeddings)"
 $PY -m pipeline.inspect out/sample/embeddings --corpus pipeline/sample/corpus.jsonl --samples 4 2>/dev/null

