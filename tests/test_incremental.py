@@ -186,6 +186,18 @@ def test_previous_files_come_from_the_manifest_and_stale_shards_are_ignored(tmp_
         incremental.previous_files(str(tmp_path / "nothing" / "part"))
 
 
+@pytest.mark.parametrize("name", ["../run=b/part-00000-of-00001.tfrecord", "/abs/part-00000-of-00001.tfrecord",
+                                  "gs://other/part-00000-of-00001.tfrecord", "other-00000-of-00001.tfrecord"])
+def test_a_manifest_is_trusted_only_for_its_own_shards(name, tmp_path):
+    _touch_run(tmp_path, "b")  # What a crafted manifest would point at: another run's embeddings.
+    prefix = _touch_run(tmp_path, "a", shards=("part-00000-of-00001.tfrecord",))
+    manifest = tmp_path / "run=a" / ("part" + incremental.MANIFEST_SUFFIX)
+    manifest.write_text(json.dumps({"run_id": "a", "model": "m", "files": ["part-00000-of-00001.tfrecord", name]}))
+    with pytest.raises(ValueError, match="trusted only for files in its own run directory") as raised:
+        incremental.previous_files(prefix)
+    assert repr(name) in str(raised.value)
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--previous_output={out}"], "this run's own --output_tfrecord"),
     (["--previous_output={root}/run={{run_id}}/part"], "--previous_output"),

@@ -107,7 +107,12 @@ def previous_files(prefix: str) -> list[str]:
     if FileSystems.exists(manifest):
         with FileSystems.open(manifest) as f:
             listed = json.loads(f.read().decode("utf-8"))["files"]
-        directory = FileSystems.split(prefix)[0]
+        directory, base = FileSystems.split(prefix)
+        outside = [name for name in listed if not _is_own_shard(name, base)]
+        if outside:
+            raise ValueError(f"--previous_output {prefix}: its manifest {manifest} names {outside[0]!r}, which is not "
+                             f"a shard of that run ({base}-SSSSS-of-NNNNN.tfrecord beside the manifest); a manifest is "
+                             "trusted only for files in its own run directory. Point it at another run.")
         files = [FileSystems.join(directory, name) for name in listed]
         missing = [path for path in files if not FileSystems.exists(path)]
         if missing:
@@ -119,6 +124,12 @@ def previous_files(prefix: str) -> list[str]:
         raise ValueError(f"--previous_output {prefix} matches no embeddings ({prefix}{_SHARD_GLOB}) and has no "
                          f"manifest; pass the --output_tfrecord prefix of an earlier run.")
     return files
+
+
+def _is_own_shard(name, base: str) -> bool:
+    """Whether a manifest entry names one of its run's own shards: a plain file name, no path, no "..", no URL."""
+    return (isinstance(name, str) and name.startswith(base + "-") and name.endswith(".tfrecord")
+            and "/" not in name and "\\" not in name and ".." not in name and ":" not in name)
 
 
 class _Previous(NamedTuple):
