@@ -291,7 +291,7 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
     Every sink writes; the steps that commit a run (the TFRecord manifest, the BigQuery MERGE) wait for
     transforms.guard.CheckRun, which fails the run when too much failed or would be deleted.
     """
-    from transforms import bigquery, embed, guard, incremental, read, write
+    from transforms import bigquery, dedupe, embed, guard, incremental, read, write
 
     handler = embed.EmbeddingModelHandler(
         plan.encoder, plan.preprocessor, seq_length=plan.seq_length, pooling=plan.pooling,
@@ -301,7 +301,8 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
     parsed, read_failures = pipeline | "ReadCorpus" >> read.ReadCorpus(
         plan.patterns, plan.input_format, id_field=plan.id_field, text_field=plan.text_field,
         pair_fields=plan.pair_fields)
-    records, carried_forward, previous, deleted = parsed, None, None, None
+    records, duplicates = parsed | "DropDuplicateIds" >> dedupe.DropDuplicateIds()
+    carried_forward, previous, deleted = None, None, None
     if plan.previous_output:
         previous = pipeline | "ReadPrevious" >> (incremental.ReadPreviousTable(plan.previous_output)
                                                  if plan.bigquery_update else
@@ -310,7 +311,8 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
             plan.model_fingerprint, with_sequence=plan.output_sequence and not plan.bigquery_update)
     keyed_texts = records | "KeyByRecord" >> beam.Map(_key_by_record)
     embeddings, inference_failures = keyed_texts | "Embed" >> embed.Embed(handler)
-    read_failure_lines = read_failures | "ReadFailureToJson" >> beam.Map(read.failure_to_json)
+    read_failure_lines = ((read_failures, duplicates) | "ReadAndDuplicateFailures" >> beam.Flatten()
+                          | "ReadFailureToJson" >> beam.Map(read.failure_to_json))
     record_failure_lines = (
         (read_failure_lines,
          inference_failures | "InferenceFailureToJson" >> beam.MapTuple(write.inference_failure_json))
