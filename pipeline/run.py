@@ -407,15 +407,19 @@ def summarize(counters: dict[str, int], plan: Plan) -> str:
             + incremental_text)
 
 
-def run(argv=None) -> beam.runners.runner.PipelineResult:
+def run(argv=None, strict: bool = True) -> beam.runners.runner.PipelineResult:
     """Parses, validates, builds and runs; waits for local runners only (a template launch must not block).
+
+    With `strict` (the command line), an unknown flag is a UsageError; the Flex Template launcher passes
+    strict=False, since Dataflow's launcher adds arguments of its own.
 
     Raises:
         UsageError: for a mistake in the command line or in what it names (exit code 2 from main).
         transforms.guard.RunRefused: when a local run failed its checks (exit code 1).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    check_argv(argv)
+    if strict:
+        check_argv(argv)
     options = PipelineOptions(argv)
     if not options.view_as(StandardOptions).runner:
         options.view_as(StandardOptions).runner = "DirectRunner"

@@ -13,7 +13,7 @@ import json
 import pathlib
 import sys
 
-from pipeline.options import EmbeddingOptions
+from pipeline.options import options_parser
 
 __all__ = ["METADATA_PATH", "REQUIRED", "PATTERNS", "parameters", "metadata", "render", "main"]
 
@@ -40,7 +40,8 @@ PATTERNS = {
     "output_bigquery": rf"^{_TABLE}$",
     "run_id": r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
 }
-_TYPE_PATTERNS = {"_positive_int": r"^[1-9][0-9]*$", "int": r"^-?[0-9]+$"}
+_TYPE_PATTERNS = {"_positive_int": r"^[1-9][0-9]*$", "int": r"^-?[0-9]+$",
+                  "_fraction": r"^(0(\.[0-9]+)?|1(\.0*)?|\.[0-9]+)$"}
 _FLAG_PATTERN = r"^(true|false)$"
 _LABEL_WORDS = {"id": "ID", "tfrecord": "TFRecord", "bigquery": "BigQuery", "seq": "Sequence", "dir": "directory"}
 
@@ -53,9 +54,9 @@ _DESCRIPTION = ("Reads a corpus (text, JSONL, CSV, TSV or TFRecord files on Clou
 
 
 def _actions() -> list[argparse.Action]:
-    parser = argparse.ArgumentParser(add_help=False)
-    EmbeddingOptions._add_argparse_args(parser)
-    return [action for action in parser._actions if action.option_strings]
+    parser = options_parser(beam_options=False)
+    return [action for action in parser._actions
+            if action.option_strings and not isinstance(action, argparse._HelpAction)]
 
 
 def _is_flag(action: argparse.Action) -> bool:

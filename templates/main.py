@@ -7,22 +7,20 @@ Dataflow has the job: pipeline.run.run waits for local runners only, and a templ
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import run as pipeline_run
-from pipeline.options import EmbeddingOptions
+from pipeline.options import EmbeddingOptions, options_parser
 
 __all__ = ["to_pipeline_args", "launch", "main"]
 
 
 def _flags() -> set[str]:
     """The on/off options (store_true), which the command line takes bare but templates pass as =true/=false."""
-    parser = argparse.ArgumentParser(add_help=False)
-    EmbeddingOptions._add_argparse_args(parser)
+    parser = options_parser(beam_options=False)
     return {action.option_strings[0] for action in parser._actions
             if action.option_strings and action.nargs == 0 and action.const is True}
 
@@ -55,7 +53,7 @@ def launch(template_args: list[str]):
     if not (options.model_dir or (options.encoder and options.preprocessor)):
         raise ValueError("The template reads its models from Cloud Storage: pass model_dir=gs://... (or both "
                          "encoder and preprocessor); workers do not download models from the internet.")
-    result = pipeline_run.run(args)
+    result = pipeline_run.run(args, strict=False)
     logging.info("Submitted; the job runs on without this launcher.")
     return result
 

@@ -12,7 +12,7 @@ from apache_beam.runners.dataflow import dataflow_runner
 from google.cloud.dataflow_v1beta3.types import templates as dataflow_templates
 
 from pipeline import run as run_lib
-from pipeline.options import EmbeddingOptions
+from pipeline.options import options_parser
 from transforms import bigquery
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -32,9 +32,8 @@ template_main = _load("main")
 
 
 def _option_actions():
-    parser = __import__("argparse").ArgumentParser(add_help=False)
-    EmbeddingOptions._add_argparse_args(parser)
-    return {action.dest: action for action in parser._actions if action.option_strings}
+    parser = options_parser(beam_options=False)
+    return {action.dest: action for action in parser._actions if action.option_strings and action.dest != "help"}
 
 
 def _metadata() -> dict:
