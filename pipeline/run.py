@@ -77,6 +77,7 @@ class Plan:
     max_failed_fraction: float = 0.1
     max_deleted_fraction: float = 0.5
     settings_note: str = ""  # Where pooling, normalisation and seq_length came from, for the user.
+    estimated_records: int | None = None  # For progress; None when unknown (compressed input).
 
 
 def _resolve_settings(opts: EmbeddingOptions, encoder: str) -> tuple[str, bool, int, str]:
@@ -261,6 +262,7 @@ def validate(options: PipelineOptions) -> Plan:
         raise ValueError("--pair_fields needs named fields; --input_format text has none (use jsonl, csv, tsv "
                          "or tfrecord).")
     preflight.check_sample(patterns, input_format, pair_fields or (opts.text_field,))
+    estimated_records = preflight.estimate_records(patterns, input_format)
     encoder, preprocessor = _resolve_models(opts)
     embed.check_models(encoder, preprocessor)
     pooling, normalize, seq_length, settings_note = _resolve_settings(opts, encoder)
@@ -275,6 +277,7 @@ def validate(options: PipelineOptions) -> Plan:
                 pair_fields=pair_fields, encoder=encoder, preprocessor=preprocessor, model_fingerprint=fingerprint,
                 seq_length=seq_length, pooling=pooling, normalize=normalize, settings_note=settings_note,
                 max_failed_fraction=opts.max_failed_fraction, max_deleted_fraction=opts.max_deleted_fraction,
+                estimated_records=estimated_records,
                 batch_size=opts.batch_size, token_budget=opts.token_budget, precision=opts.precision,
                 large_model=opts.large_model, model_copies=opts.model_copies, output_sequence=opts.output_sequence,
                 output_bigquery=bigquery_table.spec if bigquery_table else None,
@@ -291,7 +294,7 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
     Every sink writes; the steps that commit a run (the TFRecord manifest, the BigQuery MERGE) wait for
     transforms.guard.CheckRun, which fails the run when too much failed or would be deleted.
     """
-    from transforms import bigquery, dedupe, embed, guard, incremental, read, write
+    from transforms import bigquery, dedupe, embed, guard, incremental, progress, read, write
 
     handler = embed.EmbeddingModelHandler(
         plan.encoder, plan.preprocessor, seq_length=plan.seq_length, pooling=plan.pooling,
@@ -311,6 +314,9 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
             plan.model_fingerprint, with_sequence=plan.output_sequence and not plan.bigquery_update)
     keyed_texts = records | "KeyByRecord" >> beam.Map(_key_by_record)
     embeddings, inference_failures = keyed_texts | "Embed" >> embed.Embed(handler)
+    # An incremental run embeds only what changed: its total is not known up front.
+    total = None if plan.previous_output else plan.estimated_records
+    _ = embeddings | "ReportProgress" >> beam.ParDo(progress.ReportProgress(total))
     read_failure_lines = ((read_failures, duplicates) | "ReadAndDuplicateFailures" >> beam.Flatten()
                           | "ReadFailureToJson" >> beam.Map(read.failure_to_json))
     record_failure_lines = (

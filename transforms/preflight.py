@@ -13,7 +13,7 @@ import struct
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-__all__ = ["SAMPLE_RECORDS", "SAMPLE_FILES", "check_sample"]
+__all__ = ["SAMPLE_RECORDS", "SAMPLE_FILES", "check_sample", "estimate_records"]
 
 SAMPLE_RECORDS = 20  # Per file.
 SAMPLE_FILES = 3  # Per pattern: the first ones by name.
@@ -160,3 +160,24 @@ def check_sample(patterns: list[str], input_format: str, text_fields: tuple[str,
             _check_delimited(path, lines, text_fields, input_format)
     if empty:
         raise ValueError(f"--input {', '.join(patterns)}: the files hold no records (they are empty).")
+
+
+def estimate_records(patterns: list[str], input_format: str) -> int | None:
+    """About how many records the input holds: its bytes over the bytes per record of a sample of its first
+    records. None for compressed input, whose size says little about its records."""
+    files = [metadata for result in FileSystems.match(list(patterns)) for metadata in result.metadata_list]
+    if not files or any(CompressionTypes.detect_compression_type(m.path) != CompressionTypes.UNCOMPRESSED
+                        for m in files):
+        return None
+    sampled_bytes = sampled_records = 0
+    for path in _sample_files(patterns):
+        if input_format == "tfrecord":
+            records = _first_tfrecords(path, SAMPLE_RECORDS * 5)
+            sampled_bytes += sum(len(record) + 16 for record in records)  # Length, two CRCs.
+        else:
+            records = _first_lines(path, SAMPLE_RECORDS * 5)
+            sampled_bytes += sum(len(record) + 1 for record in records)
+        sampled_records += len(records)
+    if not sampled_records or not sampled_bytes:
+        return None
+    return round(sum(m.size_in_bytes for m in files) * sampled_records / sampled_bytes)
