@@ -1,53 +1,105 @@
-"""Shows what an embedding output holds: python -m pipeline.inspect PREFIX [--corpus FILE.jsonl].
-
-Prints the record count, the embedding shape, the model fingerprint(s), how many failures sit in the
-dead-letter output, and for a few records their nearest neighbours by cosine similarity.
-"""
+"""Shows what an embedding output holds: python -m pipeline.inspect PREFIX [--corpus FILE]."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import sys
 
 import numpy as np
 
-__all__ = ["load_embeddings", "nearest_neighbours", "main"]
+__all__ = ["load_embeddings", "nearest_neighbours", "corpus_texts", "main"]
+
+# Texts longer than this are cut when shown, so one long document does not bury the neighbour list.
+_MAX_SHOWN_CHARS = 200
+_DESCRIPTION = (
+    "Prints the record count, the embedding shape, the model fingerprint(s), how many failures sit in the "
+    "dead-letter output, and for a few records their nearest neighbours by cosine similarity. With --corpus "
+    "(the run's --input, read as the pipeline reads it) each id is shown with its text, cut at "
+    f"{_MAX_SHOWN_CHARS} characters."
+)
+_PAIR_SEPARATOR = " [SEP] "
+
+
+class _UsageError(ValueError):
+    """A mistake in the command line or a path it names: one `error:` line, exit code 2."""
+
+
+@contextlib.contextmanager
+def _usage(flag: str | None = None):
+    """Turns a ValueError of the block into a _UsageError, prefixed with the flag it concerns."""
+    try:
+        yield
+    except _UsageError:
+        raise
+    except ValueError as err:
+        raise _UsageError(f"{flag}: {err}" if flag else str(err)) from err
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose refusals are one `error:` line, like every other usage error here."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def load_embeddings(prefix: str) -> tuple[list[str], np.ndarray, set[str]]:
-    """Reads PREFIX-*.tfrecord (local or gs://) into ids, a [count, hidden] matrix and the model fingerprints."""
-    import tensorflow as tf
+    """Reads the TFRecord output of a run.
+
+    Args:
+        prefix: The run's --output_tfrecord prefix, local or `gs://`; PREFIX-*.tfrecord is read.
+
+    Returns:
+        The ids, a [count, hidden] matrix of their embeddings (in the same order) and the model fingerprints.
+
+    Raises:
+        ValueError: If no file matches the prefix, the prefix cannot be listed, or a file is damaged or holds
+            something other than embedding records.
+    """
+    from apache_beam.io.filesystem import BeamIOError
     from apache_beam.io.filesystems import FileSystems
 
-    from transforms.write import TFRECORD_SUFFIX, feature_spec
+    from transforms import framing
+    from transforms.write import TFRECORD_SUFFIX
 
-    paths = [m.path for m in FileSystems.match([f"{prefix}-*{TFRECORD_SUFFIX}"])[0].metadata_list]
+    pattern = f"{prefix}-*{TFRECORD_SUFFIX}"
+    try:
+        paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    except BeamIOError as err:
+        raise ValueError(f"Cannot list {pattern}: {err}") from err
     if not paths:
-        raise ValueError(f"No files match {prefix}-*{TFRECORD_SUFFIX}; pass the --output_tfrecord prefix of a run.")
+        raise ValueError(f"No files match {pattern}; pass the --output_tfrecord prefix of a run.")
     ids, vectors, models = [], [], set()
     for path in sorted(paths):
-        for serialized in _records(path, tf):
-            parsed = tf.io.parse_single_example(serialized, feature_spec())
-            ids.append(parsed["id"].numpy().decode())
-            vectors.append(parsed["embedding"].numpy())
-            models.add(parsed["model"].numpy().decode())
+        # The pipeline's own TFRecord reader, not TensorFlow's: no 0.4 GiB import and its start-up chatter,
+        # gs:// through Beam, and a damaged file is one line instead of a DataLossError traceback.
+        with framing.open_file(path) as handle:
+            for item in framing.read_tfrecords(handle, path):
+                if isinstance(item, framing.Damage):
+                    raise ValueError(f"{path} is damaged ({item.reason}): {item.detail}")
+                record_id, vector, model = _embedding_record(item, path)
+                ids.append(record_id)
+                vectors.append(vector)
+                models.add(model)
+    if len({vector.shape for vector in vectors}) > 1:
+        dimensions = ", ".join(str(d) for d in sorted({vector.size for vector in vectors}))
+        raise ValueError(f"{pattern} holds embeddings of dimensions {dimensions}: pass the prefix of one run.")
     return ids, np.stack(vectors) if vectors else np.zeros((0, 0), np.float32), models
 
 
-def _records(path: str, tf):
-    """Iterates a TFRecord file; remote files are copied through Beam's FileSystems, which reach any gs://."""
-    import tempfile
+def _embedding_record(serialized: bytes, path: str) -> tuple[str, np.ndarray, str]:
+    """The id, embedding and model fingerprint of one record of the output, as transforms/write.py writes it."""
+    from transforms.examples import parse_example, value_kind
 
-    from apache_beam.io.filesystems import FileSystems
-
-    if "://" not in path:
-        yield from tf.data.TFRecordDataset(path)
-        return
-    with tempfile.NamedTemporaryFile(suffix=".tfrecord") as tmp, FileSystems.open(path) as source:
-        tmp.write(source.read())
-        tmp.flush()
-        yield from tf.data.TFRecordDataset(tmp.name)
+    try:
+        features = parse_example(serialized)
+    except ValueError as err:
+        raise ValueError(f"{path} holds a record that is {err}") from err
+    kinds = {name: value_kind(features.get(name)) for name in ("id", "embedding", "model")}
+    if kinds != {"id": "bytes_list", "embedding": "float_list", "model": "bytes_list"} or not (
+            len(features["id"]) == len(features["model"]) == 1):
+        raise ValueError(f"{path} holds a record that is not an embedding record (features: {kinds})")
+    return features["id"][0].decode(), features["embedding"], features["model"][0].decode()
 
 
 def nearest_neighbours(vectors: np.ndarray, index: int, k: int) -> list[tuple[int, float]]:
@@ -57,6 +109,51 @@ def nearest_neighbours(vectors: np.ndarray, index: int, k: int) -> list[tuple[in
     scores[index] = -np.inf
     best = np.argsort(-scores)[:k]
     return [(int(i), float(scores[i])) for i in best]
+
+
+def corpus_texts(
+    paths: list[str],
+    input_format: str,
+    id_field: str = "id",
+    text_field: str = "text",
+    pair_fields: tuple[str, str] | None = None,
+    wanted: set[str] | None = None,
+) -> tuple[dict[str, tuple[str, ...]], dict[str, int]]:
+    """Reads corpus files as the pipeline does and maps each record's id to its texts.
+
+    Ids are the pipeline's own: the id field, or the "sha256:" id derived from the content when a record has
+    none (always so for the `text` format).
+
+    Args:
+        paths: The corpus files, local or `gs://`.
+        input_format: One of `transforms.read.FORMATS`.
+        id_field: As the pipeline's --id_field.
+        text_field: As the pipeline's --text_field.
+        pair_fields: As the pipeline's --pair_fields, or None.
+        wanted: The ids to keep (None keeps all), so a large corpus costs no memory for ids not shown.
+
+    Returns:
+        The texts (one, or two in pair mode) by id, the first record of an id winning, and the number of
+        records that could not be read, by failure reason.
+
+    Raises:
+        ValueError: As `transforms.read.ReadCorpus` does, or when a file cannot be opened.
+    """
+    from apache_beam.io.filesystem import BeamIOError
+
+    from transforms import read as read_lib
+
+    texts, failures = {}, {}
+    for path in paths:
+        try:
+            for item in read_lib.read_file_records(path, input_format, id_field, text_field, pair_fields):
+                if isinstance(item, read_lib.Failure):
+                    failures[item.reason] = failures.get(item.reason, 0) + 1
+                elif wanted is None or item.id in wanted:
+                    texts.setdefault(item.id, item.texts)
+        except (OSError, BeamIOError) as err:
+            raise ValueError(f"Cannot read {path}: {err}") from err
+    return texts, failures
 
 
 def _count_failures(prefix: str) -> int:
@@ -69,48 +166,123 @@ def _count_failures(prefix: str) -> int:
     return total
 
 
-def _texts_by_id(corpus: str | None, id_field: str, text_field: str) -> dict[str, str]:
-    if not corpus:
-        return {}
-    texts = {}
-    with open(corpus, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                record = json.loads(line)
-                texts[str(record.get(id_field))] = str(record.get(text_field))
-    return texts
+def _label(record_id: str, texts: dict[str, tuple[str, ...]]) -> str:
+    if record_id not in texts:
+        return record_id
+    shown = _PAIR_SEPARATOR.join(texts[record_id])
+    if len(shown) > _MAX_SHOWN_CHARS:
+        shown = shown[:_MAX_SHOWN_CHARS] + "..."
+    if "\n" in shown or "\r" in shown:
+        # Escaped, so a text with line breaks stays on its one line of the listing.
+        shown = shown.encode("unicode_escape").decode("ascii")
+    return f"{record_id}: {shown}"
 
 
-def _label(record_id: str, texts: dict[str, str]) -> str:
-    text = texts.get(record_id)
-    return f"{record_id}: {text}" if text else record_id
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.inspect", description=__doc__.split("\n\n")[0])
-    parser.add_argument("prefix", help="The --output_tfrecord prefix of a run.")
-    parser.add_argument("--failed", help="Dead-letter prefix (default: PREFIX-failed).")
-    parser.add_argument("--corpus", help="A JSONL corpus to show texts beside ids.")
-    parser.add_argument("--id_field", default="id")
-    parser.add_argument("--text_field", default="text")
-    parser.add_argument("--samples", type=int, default=3, help="How many records to show neighbours for.")
-    parser.add_argument("-k", type=int, default=3, help="Neighbours per record.")
-    args = parser.parse_args(argv)
+def _positive_int(value: str) -> int:
     try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value!r}")
+    return number
+
+
+def _parser() -> argparse.ArgumentParser:
+    from transforms.read import FORMATS
+
+    parser = _Parser(prog="python -m pipeline.inspect", description=_DESCRIPTION)
+    parser.add_argument("prefix", metavar="PREFIX",
+                        help="The --output_tfrecord prefix of a run, local or gs://: PREFIX-*.tfrecord is read.")
+    parser.add_argument("--failed", metavar="FAILED_PREFIX",
+                        help="The run's dead-letter prefix (its --output_failed), whose FAILED_PREFIX-*.jsonl "
+                        "lines are counted. Default: PREFIX-failed, the pipeline's own default.")
+    parser.add_argument("--corpus", metavar="PATTERNS",
+                        help="The run's --input: files or glob patterns, local or gs://, separated by commas "
+                        "(compressed files too). Read as the pipeline reads them, so each id, a derived sha256: "
+                        "id included, is shown with its text. Default: none, ids only.")
+    parser.add_argument("--input_format", choices=FORMATS, default=None,
+                        help="The format of --corpus, as the pipeline's --input_format. Default: inferred from "
+                        "the file extension (.txt, .jsonl, .csv, .tsv, .tfrecord; .gz and the like ignored).")
+    parser.add_argument("--id_field", default="id",
+                        help="The field holding each record's id, as the pipeline's --id_field. Default: id.")
+    parser.add_argument("--text_field", default="text",
+                        help="The field holding the text, as the pipeline's --text_field. Default: text.")
+    parser.add_argument("--pair_fields", default=None, metavar="A,B",
+                        help="Two fields embedded as a pair, as the pipeline's --pair_fields; shown as "
+                        f"'A{_PAIR_SEPARATOR}B'. Replaces --text_field. Default: none, one text per record.")
+    parser.add_argument("--samples", type=_positive_int, default=3,
+                        help="How many records to show neighbours for, spread over the output. Default: 3.")
+    parser.add_argument("-k", type=_positive_int, default=3, help="Neighbours shown per record. Default: 3.")
+    return parser
+
+
+def _corpus_plan(args) -> tuple[list[str], str, tuple[str, str] | None]:
+    """Checks the corpus flags before the output is read: the files, their format and the pair fields."""
+    from pipeline.options import parse_pair_fields, split_patterns
+    from transforms import read as read_lib
+
+    with _usage():
+        pair_fields = parse_pair_fields(args.pair_fields)
+    if args.corpus is None:
+        return [], "", pair_fields
+    with _usage("--corpus"):
+        patterns = split_patterns(args.corpus)
+        paths = read_lib.check_inputs_exist(patterns)
+        input_format = args.input_format or read_lib.infer_format(patterns)
+        # ReadCorpus checks the format and the fields as a run would (no pairs from plain text, say).
+        read_lib.ReadCorpus(paths, input_format, args.id_field, args.text_field, pair_fields)
+    return paths, input_format, pair_fields
+
+
+def _inspect(args) -> int:
+    paths, input_format, pair_fields = _corpus_plan(args)
+    with _usage():
         ids, vectors, models = load_embeddings(args.prefix)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     failures = _count_failures(args.failed or args.prefix + "-failed")
     print(f"{len(ids)} embeddings of dimension {vectors.shape[1] if len(ids) else 0} in {args.prefix}-*.tfrecord; "
           f"{failures} records in the dead-letter output; model fingerprint(s): {', '.join(sorted(models))}")
-    texts = _texts_by_id(args.corpus, args.id_field, args.text_field)
-    step = max(len(ids) // max(args.samples, 1), 1)
-    for index in list(range(0, len(ids), step))[:args.samples]:
+    step = max(len(ids) // args.samples, 1)
+    shown = [(index, nearest_neighbours(vectors, index, min(args.k, len(ids) - 1)))
+             for index in list(range(0, len(ids), step))[:args.samples]]
+    texts = {}
+    if paths:
+        wanted = {ids[i] for index, neighbours in shown for i in [index, *(n for n, _ in neighbours)]}
+        with _usage("--corpus"):
+            texts, unread = corpus_texts(paths, input_format, args.id_field, args.text_field, pair_fields, wanted)
+        if unread:
+            reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(unread.items()))
+            print(f"note: {sum(unread.values())} records of --corpus could not be read ({reasons}); "
+                  "they have no text here", file=sys.stderr)
+        if wanted and not texts:
+            print(f"note: none of the ids shown is in --corpus read as {input_format}: check --input_format, "
+                  "--id_field, --text_field and --pair_fields against the run's", file=sys.stderr)
+    for index, neighbours in shown:
         print(f"\n{_label(ids[index], texts)}")
-        for neighbour, score in nearest_neighbours(vectors, index, min(args.k, len(ids) - 1)):
+        for neighbour, score in neighbours:
             print(f"  {score:.3f}  {_label(ids[neighbour], texts)}")
     return 0
+
+
+def main(argv=None) -> int:
+    """Runs the command line.
+
+    Args:
+        argv: The arguments (default: sys.argv[1:]).
+
+    Returns:
+        The exit code: 0, or 2 after one `error:` line on stderr for a mistake in the arguments or a path.
+    """
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:
+        # --help (0) or a flag argparse refused (2, its error line printed): returned, as from any mistake.
+        return exit_.code
+    try:
+        return _inspect(args)
+    except _UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
