@@ -513,6 +513,9 @@ def _failure_line(err: BaseException) -> str:
     cause = _root_cause(err)
     message = (str(cause).strip().splitlines() or [""])[0][:500]
     message = f"{type(cause).__name__}: {message}" if message else type(cause).__name__
+    if type(cause).__name__ == "DefaultCredentialsError":  # google.auth's, without importing it here.
+        return (f"no Google Cloud credentials ({message[:200]}): run gcloud auth application-default login, or "
+                "set GOOGLE_APPLICATION_CREDENTIALS to a service account key file")
     if isinstance(cause, (ConnectionError, TimeoutError, socket.gaierror, urllib.error.URLError)):
         return (f"a network error ({message}). Model URLs (TF Hub handles, the default --encoder and "
                 "--preprocessor) must be reachable from every worker; offline, export a model with model.export "

@@ -189,6 +189,18 @@ def test_runtime_failures_and_interrupts_are_one_line(tmp_path, monkeypatch, cap
     assert "Traceback" in open(log).read()
 
 
+def test_missing_credentials_are_one_line_with_what_to_do(monkeypatch, capsys):
+    from google.auth.exceptions import DefaultCredentialsError
+
+    def no_credentials(argv):
+        raise DefaultCredentialsError("Your default credentials were not found.")
+
+    monkeypatch.setattr(run_lib, "run", no_credentials)
+    code, lines = _main(capsys, "--input=x")
+    assert code == 1
+    _one_error_line(lines, "no Google Cloud credentials", "gcloud auth application-default login")
+
+
 def test_a_rerun_removes_the_partial_files_an_interrupted_attempt_left(tmp_path):
     out = tmp_path / "out"
     (out / "beam-temp-emb-1234").mkdir(parents=True)
