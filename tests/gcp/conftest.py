@@ -260,3 +260,20 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if here in pathlib.Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.gcp)
+
+
+@pytest.fixture
+def bigquery_proxy(gcp_emulators, bq, monkeypatch):
+    """A FlakyProxy (tests/gcp/flaky_proxy.py) in front of bqemulator, failing nothing until its `decide` is set.
+
+    While the test runs, BigQuery clients made from then on (google-cloud-bigquery through
+    BIGQUERY_EMULATOR_HOST, Beam's apitools client through its BASE_URL) talk to the proxy; the session's `bq`
+    client, made before, still talks to the emulator directly, so checks see the tables as they are.
+    """
+    from apache_beam.io.gcp.internal.clients.bigquery import bigquery_v2_client
+    from flaky_proxy import FlakyProxy
+
+    with FlakyProxy(gcp_emulators["bigquery"]) as proxy:
+        monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", proxy.url)
+        monkeypatch.setattr(bigquery_v2_client.BigqueryV2, "BASE_URL", f"{proxy.url}/bigquery/v2/")
+        yield proxy
