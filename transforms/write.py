@@ -116,14 +116,14 @@ class WriteTFRecord(beam.PTransform):
     The same records give the same files byte for byte: the shard count follows from the records alone, each
     record goes to the shard a hash of its id picks, and each shard holds its records sorted by id. A shard
     appears under its final name only once complete, and afterwards every other PREFIX-SSSSS-of-NNNNN.tfrecord
-    (an earlier attempt's shards) and leftover temporary file is removed, so PREFIX-*-of-*.tfrecord matches
-    exactly the files returned.
+    (an earlier attempt's shards, perhaps of another shard count) and leftover temporary file is removed, so
+    the prefix's shard files are exactly the files returned, which transforms.incremental.WriteManifest lists.
 
     Args:
         prefix: Output path prefix, local or gs://.
         model_fingerprint: Written as each Example's `model`.
-        num_shards: A fixed shard count; 0 picks ceil(records / 100,000), or more so that no shard holds over
-            256 MiB of Examples.
+        num_shards: A fixed shard count; 0 picks enough shards that each holds at most about 100,000 records
+            and 256 MiB of Examples (a shard is sorted in one worker's memory).
     """
 
     def __init__(self, prefix: str, model_fingerprint: str, num_shards: int = 0):
@@ -207,8 +207,8 @@ def _write_shard(grouped, prefix: str) -> str:
 
     The shard is sorted in memory: the shard count keeps it under _RECORDS_PER_SHARD and _BYTES_PER_SHARD.
     """
-    # Ties (a corpus with a repeated id) fall back to the Example's bytes, so the order is still total.
     shard, examples = grouped
+    # Ties (a corpus with a repeated id) fall back to the Example's bytes, so the order is still total.
     records = sorted(example for example in examples if example is not None)
     final = _shard_name(prefix, *shard)
     # A name of its own per attempt: a retried or duplicated bundle never writes into another's file, and a
