@@ -339,7 +339,8 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
                                                    f"{plan.output_failed}-*.jsonl")
     if plan.output_tfrecord:
         to_write = embeddings if carried_forward is None else (embeddings, carried_forward)
-        written = to_write | "WriteTFRecord" >> write.WriteTFRecord(plan.output_tfrecord, plan.model_fingerprint)
+        written = to_write | "WriteTFRecord" >> write.WriteTFRecord(plan.output_tfrecord, plan.model_fingerprint,
+                                                                    verdict=verdict)
         _ = written | "WriteManifest" >> incremental.WriteManifest(plan.output_tfrecord, plan.run_id,
                                                                    plan.model_fingerprint, verdict=verdict)
     if plan.bigquery_update:

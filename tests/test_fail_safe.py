@@ -66,24 +66,29 @@ def test_a_csv_without_a_header_names_the_columns_it_found(tmp_path, tiny_model_
     _one_error_line(lines, "--text_field text", "1, the cat sat", "header")
 
 
-def test_too_many_failures_fail_the_run_with_reasons_and_no_manifest(tmp_path, tiny_model_dir, synthetic_text,
-                                                                     capsys):
+def test_too_many_failures_fail_the_run_with_reasons_and_leave_the_earlier_output(tmp_path, tiny_model_dir,
+                                                                                  synthetic_text, capsys):
     records = _texts(6, synthetic_text) + [{"id": f"bad{i}", "text": ""} for i in range(3)]
     corpus = _corpus(tmp_path, records)
     prefix = str(tmp_path / "out" / "emb")
+    code, lines = _main(capsys, f"--input={corpus}", f"--model_dir={tiny_model_dir}", f"--output_tfrecord={prefix}",
+                        "--max_failed_fraction=0.5")
+    assert code == 0, lines
+    earlier = {name: (tmp_path / "out" / name).read_bytes() for name in os.listdir(tmp_path / "out")
+               if name.endswith((".tfrecord", "manifest.json"))}
+    assert len(earlier) == 2
+    os.remove(prefix + "-failed-00000-of-00001.jsonl")
+
     code, lines = _main(capsys, f"--input={corpus}", f"--model_dir={tiny_model_dir}", f"--output_tfrecord={prefix}")
     assert code == 1
     _one_error_line(lines, "3 of 9 records failed", "--max_failed_fraction 0.1", "empty_text 3", '"id": "bad0"',
                     prefix + "-failed-*.jsonl")
-    assert not os.path.exists(prefix + "-manifest.json")
+    now = {name: (tmp_path / "out" / name).read_bytes() for name in os.listdir(tmp_path / "out")
+           if name.endswith((".tfrecord", "manifest.json"))}
+    assert now == earlier  # The refused run renamed no shard into place and removed none.
     dead_letters = [json.loads(line) for name in os.listdir(tmp_path / "out") if name.endswith(".jsonl")
                     for line in open(tmp_path / "out" / name)]
     assert sorted(d["reason"] for d in dead_letters) == ["empty_text"] * 3  # Written all the same.
-
-    code, lines = _main(capsys, f"--input={corpus}", f"--model_dir={tiny_model_dir}", f"--output_tfrecord={prefix}",
-                        "--max_failed_fraction=0.5")
-    assert code == 0, lines
-    assert json.load(open(prefix + "-manifest.json"))["files"]
 
 
 def test_a_run_that_embeds_nothing_fails_even_when_the_sample_looks_right(tmp_path, tiny_model_dir, capsys):

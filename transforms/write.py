@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import re
-import time
 import uuid
 
 import apache_beam as beam
@@ -24,7 +23,6 @@ __all__ = ["feature_spec", "ToExample", "WriteTFRecord", "WriteFailures", "infer
 TFRECORD_SUFFIX = ".tfrecord"
 FAILED_SUFFIX = ".jsonl"
 _NAMESPACE = "embeddings"
-_PROGRESS_SECONDS = 15.0
 # Bounds of one shard when WriteTFRecord picks the shard count: a shard is sorted in one worker's memory.
 _RECORDS_PER_SHARD = 100_000
 _BYTES_PER_SHARD = 256 * 2**20
@@ -69,10 +67,6 @@ class ToExample(beam.DoFn):
         self._embedded = Metrics.counter(_NAMESPACE, "embedded")
         self._tokens = Metrics.counter(_NAMESPACE, "tokens_embedded")
         self._truncated = Metrics.counter(_NAMESPACE, "truncated")
-        self._count, self._last_log, self._start = 0, 0.0, 0.0
-
-    def setup(self):
-        self._start = self._last_log = time.monotonic()
 
     def process(self, element):
         (record_id, content_hash, _), embedding = element
@@ -86,17 +80,8 @@ class ToExample(beam.DoFn):
         self._tokens.inc(embedding.tokens)
         if embedding.truncated:
             self._truncated.inc()
-        self._log_progress()
         serialized = serialize_example(features)
         yield (id_bytes, serialized) if self._with_id else serialized
-
-    def _log_progress(self):
-        self._count += 1
-        now = time.monotonic()
-        if now - self._last_log >= _PROGRESS_SECONDS:
-            self._last_log = now
-            logging.info("Embedded %d records in this worker (%.1f records/s).", self._count,
-                         self._count / (now - self._start))
 
 
 def inference_failure_json(key, texts, error: str) -> str:
@@ -124,13 +109,16 @@ class WriteTFRecord(beam.PTransform):
         model_fingerprint: Written as each Example's `model`.
         num_shards: A fixed shard count; 0 picks enough shards that each holds at most about 100,000 records
             and 256 MiB of Examples (a shard is sorted in one worker's memory).
+        verdict: transforms.guard.CheckRun's output: no shard is written, and no earlier shard removed, before
+            the run passed its checks, so a refused run leaves the prefix as it was.
     """
 
-    def __init__(self, prefix: str, model_fingerprint: str, num_shards: int = 0):
+    def __init__(self, prefix: str, model_fingerprint: str, num_shards: int = 0, verdict=None):
         super().__init__()
         if num_shards < 0:
             raise ValueError(f"num_shards must be 0 (chosen from the records) or positive, not {num_shards}.")
         self._prefix, self._model, self._num_shards = prefix, model_fingerprint, num_shards
+        self._verdict = verdict
 
     def expand(self, embeddings_or_pair):
         embeddings, carried_forward = (embeddings_or_pair if isinstance(embeddings_or_pair, tuple)
@@ -139,7 +127,7 @@ class WriteTFRecord(beam.PTransform):
         if carried_forward is not None:
             carried = carried_forward | "KeyCarriedById" >> beam.Map(_key_by_id)
             examples = (examples, carried) | "WithCarriedForward" >> beam.Flatten()
-        return examples | "Write" >> _WriteShards(self._prefix, self._num_shards)
+        return examples | "Write" >> _WriteShards(self._prefix, self._num_shards, self._verdict)
 
 
 def _key_by_id(serialized: bytes) -> tuple[bytes, bytes]:
@@ -150,15 +138,16 @@ def _key_by_id(serialized: bytes) -> tuple[bytes, bytes]:
 class _WriteShards(beam.PTransform):
     """(id, serialised Example) pairs -> PREFIX-SSSSS-of-NNNNN.tfrecord files; returns their names."""
 
-    def __init__(self, prefix: str, num_shards: int):
+    def __init__(self, prefix: str, num_shards: int, verdict=None):
         super().__init__()
-        self._prefix, self._num_shards = prefix, num_shards
+        self._prefix, self._num_shards, self._verdict = prefix, num_shards, verdict
 
     def expand(self, examples):
         shard_count = (examples
                        | "Sizes" >> beam.Map(lambda example: (1, len(example[1])))
                        | "Total" >> beam.CombineGlobally(_add_sizes)
                        | "ShardCount" >> beam.Map(_shard_count, self._num_shards))
+        gate = () if self._verdict is None else (beam.pvalue.AsSingleton(self._verdict),)
         # One empty marker per shard, so a shard that no id hashes to is still written (as an empty file).
         markers = shard_count | "ShardMarkers" >> beam.FlatMap(lambda count: (((i, count), None)
                                                                               for i in range(count)))
@@ -167,7 +156,7 @@ class _WriteShards(beam.PTransform):
         written = ((assigned, markers)
                    | "WithMarkers" >> beam.Flatten()
                    | "GroupShards" >> beam.GroupByKey()
-                   | "WriteShards" >> beam.Map(_write_shard, self._prefix))
+                   | "WriteShards" >> beam.Map(_write_shard, self._prefix, *gate))
         # Only after every shard is in place, so a stale shard is never removed before its replacement exists.
         return (written
                 | "CollectShards" >> beam.combiners.ToList()
@@ -201,7 +190,7 @@ def _shard_name(prefix: str, index: int, count: int) -> str:
     return f"{prefix}-{index:05d}-of-{count:05d}{TFRECORD_SUFFIX}"
 
 
-def _write_shard(grouped, prefix: str) -> str:
+def _write_shard(grouped, prefix: str, unused_verdict=None) -> str:
     """Writes one shard's Examples ((index, count), [(id, Example) or None]) in id order under a temporary
     name, then renames it into place; returns its name.
 
