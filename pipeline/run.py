@@ -323,20 +323,20 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
         (read_failure_lines,
          inference_failures | "InferenceFailureToJson" >> beam.MapTuple(write.inference_failure_json))
         | "RecordFailures" >> beam.Flatten())
-    bigquery_failures = ()
-    if plan.output_bigquery and not plan.bigquery_update:
-        # Rows embedded by this run only (embedded_at stays true); WriteTFRecord counts unless it is absent.
-        bigquery_failures = (embeddings | "WriteBigQuery" >> bigquery.WriteBigQuery(
-            plan.output_bigquery, plan.model_fingerprint, plan.run_id, method=plan.bigquery_method,
-            table_exists=plan.bigquery_table_exists, count=not plan.output_tfrecord),)
-    failure_lines = (record_failure_lines, *bigquery_failures) | "AllFailures" >> beam.Flatten()
-    failure_files = failure_lines | "WriteFailures" >> write.WriteFailures(plan.output_failed)
+    failure_files = record_failure_lines | "WriteFailures" >> write.WriteFailures(plan.output_failed)
     parts = {"parsed": parsed, "read_failures": read_failures, "failures": record_failure_lines,
              "embedded": embeddings, "after": failure_files}
     if previous is not None:
         parts.update(carried=carried_forward, previous=previous, deleted=deleted)
     verdict = parts | "CheckRun" >> guard.CheckRun(plan.max_failed_fraction, plan.max_deleted_fraction,
                                                    f"{plan.output_failed}-*.jsonl")
+    if plan.output_bigquery and not plan.bigquery_update:
+        # Rows embedded by this run only (embedded_at stays true); WriteTFRecord counts unless it is absent.
+        refused_rows = embeddings | "WriteBigQuery" >> bigquery.WriteBigQuery(
+            plan.output_bigquery, plan.model_fingerprint, plan.run_id, method=plan.bigquery_method,
+            table_exists=plan.bigquery_table_exists, count=not plan.output_tfrecord, verdict=verdict)
+        # Written apart from the others, which the check waits for; the name still matches PREFIX-*.jsonl.
+        _ = refused_rows | "WriteBigQueryFailures" >> write.WriteFailures(plan.output_failed + "-bigquery")
     if plan.output_tfrecord:
         to_write = embeddings if carried_forward is None else (embeddings, carried_forward)
         written = to_write | "WriteTFRecord" >> write.WriteTFRecord(plan.output_tfrecord, plan.model_fingerprint,

@@ -295,6 +295,10 @@ def _failed_row_json(table_spec: str, row: dict, errors) -> str:
                        "record": json.dumps(record, ensure_ascii=False)[:1000]}, ensure_ascii=False)
 
 
+def _passed(row: dict, unused_verdict) -> dict:
+    return row
+
+
 class WriteBigQuery(beam.PTransform):
     """Appends ((id, content_hash, source), Embedding) pairs to a BigQuery table as SCHEMA rows.
 
@@ -309,18 +313,23 @@ class WriteBigQuery(beam.PTransform):
       table_exists: the table exists already (check_table): append with its own schema, which may differ
         from SCHEMA as schema_problems allows. Otherwise it is created with SCHEMA.
       count: count embedded records and tokens (when no other sink does).
+      verdict: transforms.guard.CheckRun's output: rows are appended only after the run passed its checks, so a
+        refused run appends nothing.
     """
 
     def __init__(self, table: str, model_fingerprint: str, run_id: str, method: str = "file_loads",
-                 table_exists: bool = False, count: bool = False):
+                 table_exists: bool = False, count: bool = False, verdict=None):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)}, not {method!r}.")
         self._table, self._model, self._run_id = table, model_fingerprint, run_id
         self._method, self._table_exists, self._count = method, table_exists, count
+        self._verdict = verdict
 
     def expand(self, embeddings):
         rows = embeddings | "ToRow" >> beam.ParDo(_ToRow(self._model, self._run_id, self._count))
+        if self._verdict is not None:
+            rows = rows | "AfterCheck" >> beam.Map(_passed, beam.pvalue.AsSingleton(self._verdict))
         result = rows | "Write" >> beam.io.WriteToBigQuery(
             self._table,
             schema=None if self._table_exists else _beam_schema(),

@@ -127,7 +127,7 @@ def test_sharded_jsonl_in_gcs_to_gcs_tfrecord_and_bigquery_matches_the_local_run
         gcp_emulators, gcs, bq, bucket, gcs_model_dir, local_model_dir, tmp_path, capsys):
     _put(bucket, "e2e/corpus", _jsonl_shards(TEXTS), tmp_path / "corpus")
     bq.create_dataset("e2e", exists_ok=True)
-    common = ["--seq_length=32", "--batch_size=3"]
+    common = ["--seq_length=32", "--batch_size=3", "--max_failed_fraction=0.2"]  # One line of 8 is not JSON.
     before = datetime.datetime.now(datetime.timezone.utc)
     summary = _run(["--input=gs://tests/e2e/corpus/part-*.jsonl", f"--model_dir={gcs_model_dir}",
                     "--output_tfrecord=gs://tests/e2e/out/emb", f"--output_bigquery={TABLE}",
@@ -159,16 +159,38 @@ def test_sharded_jsonl_in_gcs_to_gcs_tfrecord_and_bigquery_matches_the_local_run
         assert before <= rows[record_id]["embedded_at"] <= datetime.datetime.now(datetime.timezone.utc)
 
 
-def test_pair_csv_in_gcs_streamed_into_the_existing_table_matches_the_local_run(
-        gcp_emulators, gcs, bq, bucket, gcs_model_dir, local_model_dir, tmp_path, capsys):
-    _put(bucket, "e2e/pairs", _csv_shards(PAIRS), tmp_path / "pairs")
-    bq.create_dataset("e2e", exists_ok=True)
+def _create_table_if_missing(bq):
+    """Run alone, a test creates the table the first test would."""
     table = bigquery_lib.parse_table(TABLE)
-    if not bigquery_lib.check_table(table):  # Run alone, this test creates the table the first test would.
+    if not bigquery_lib.check_table(table):
         from google.cloud import bigquery
 
         bq.create_table(bigquery.Table(table.table_id, schema=[
             bigquery.SchemaField(name, type_, mode=mode) for name, type_, mode in bigquery_lib.SCHEMA]))
+
+
+def test_a_refused_run_appends_no_row_and_writes_no_shard(
+        gcp_emulators, gcs, bq, bucket, gcs_model_dir, tmp_path, capsys):
+    _put(bucket, "refused/corpus", _jsonl_shards(TEXTS), tmp_path / "corpus")
+    bq.create_dataset("e2e", exists_ok=True)
+    _create_table_if_missing(bq)
+    code = run_lib.main(["--runner=FnApiRunner", "--project=test-project",
+                         "--input=gs://tests/refused/corpus/part-*.jsonl", f"--model_dir={gcs_model_dir}",
+                         "--output_tfrecord=gs://tests/refused/out/emb", f"--output_bigquery={TABLE}",
+                         "--temp_location=gs://tests/tmp", "--run_id=run-refused", "--max_failed_fraction=0"])
+    err = capsys.readouterr().err
+    assert code == 1 and "1 of 8 records failed" in err and "invalid_json 1" in err
+    assert _bigquery_rows(bq, "run-refused") == {}
+    assert FileSystems.match(["gs://tests/refused/out/emb-*.tfrecord"])[0].metadata_list == []
+    failures = _failures(_copy_out("gs://tests/refused/out/emb-failed-*.jsonl", tmp_path / "failed"))
+    assert [f["reason"] for f in failures] == ["invalid_json"]  # Dead letters are written all the same.
+
+
+def test_pair_csv_in_gcs_streamed_into_the_existing_table_matches_the_local_run(
+        gcp_emulators, gcs, bq, bucket, gcs_model_dir, local_model_dir, tmp_path, capsys):
+    _put(bucket, "e2e/pairs", _csv_shards(PAIRS), tmp_path / "pairs")
+    bq.create_dataset("e2e", exists_ok=True)
+    _create_table_if_missing(bq)
     common = ["--pair_fields=premise,hypothesis", "--seq_length=12"]
     summary = _run(["--input=gs://tests/e2e/pairs/pairs-*.csv", f"--encoder={gcs_model_dir}/encoder",
                     f"--preprocessor={gcs_model_dir}/preprocessor", f"--output_bigquery={TABLE}",
