@@ -10,7 +10,8 @@ FlakyProxy forwards every request to an upstream emulator, except those its `dec
     ("fail", code)   answered with `code` and a JSON error body (reason invalidQuery for 400): a permanent error.
 
 `decide(method, path, body) -> fault or None` is called once per request; see seeded_faults and fail_matching.
-Every request and its fault are recorded in `log` as (method, path, fault).
+Every request is recorded in `log` as (method, path, fault, status): status is the emulator's answer (None when
+the request did not reach it).
 """
 
 from __future__ import annotations
@@ -53,6 +54,31 @@ def seeded_faults(rate: float, seed: int, kinds=("503", "500", "reset", "lost"),
     return decide
 
 
+def first_attempts_fail(kinds=("503", "lost", "500", "reset"), then=None, match=None):
+    """Fails the first attempt of every distinct request that `match` picks (all by default) (method, path without
+    its query, body), with the faults of `kinds` in turn, so that each such call has to be retried at least once.
+    Later attempts, and requests `match` leaves, go to `then` (another decide function; none fail without it)."""
+    seen = set()
+    lock = threading.Lock()
+    turn = iter(range(1 << 62))
+
+    def decide(method, path, body):
+        key = (method, path.split("?")[0], body)
+        if match is None or match(method, path, body):
+            with lock:
+                if key not in seen:
+                    seen.add(key)
+                    return kinds[next(turn) % len(kinds)]
+        return then(method, path, body) if then is not None else None
+
+    return decide
+
+
+def is_job_insert(method, path, body) -> bool:
+    """jobs.insert: a load, copy or query job (the MERGE) is started."""
+    return method == "POST" and path.split("?")[0].endswith("/jobs")
+
+
 def fail_matching(predicate, code: int = 400):
     """Fails, permanently, every request `predicate(method, path, body)` picks, with `code`."""
     def decide(method, path, body):
@@ -68,7 +94,7 @@ class FlakyProxy:
         parsed = urllib.parse.urlsplit(upstream)
         self._upstream = (parsed.hostname, parsed.port)
         self.decide = decide or (lambda method, path, body: None)
-        self.log: list[tuple[str, str, object]] = []
+        self.log: list[list] = []
         self._lock = threading.Lock()
         proxy = self
 
@@ -122,8 +148,9 @@ class FlakyProxy:
             def _handle(self):
                 body = self._read_body()
                 fault = proxy.decide(self.command, self.path, body)
+                entry = [self.command, self.path, fault, None]
                 with proxy._lock:
-                    proxy.log.append((self.command, self.path, fault))
+                    proxy.log.append(entry)
                 if fault == "reset":
                     return self._reset()
                 if fault in ("503", "500"):
@@ -137,6 +164,7 @@ class FlakyProxy:
                     status, headers, answer = self._forward(body)
                 except OSError as e:
                     return self._answer(502, [("Content-Type", "application/json")], error_body(502, str(e)))
+                entry[3] = status
                 if fault == "lost":
                     return self._answer(503, [("Content-Type", "application/json")],
                                         error_body(503, "injected 503 after the emulator answered"))
@@ -157,8 +185,8 @@ class FlakyProxy:
         self._server.shutdown()
         self._server.server_close()
 
-    def faults(self) -> list[tuple[str, str, object]]:
-        """The requests that were failed, as (method, path, fault)."""
+    def faults(self) -> list[list]:
+        """The requests that were failed, as (method, path, fault, status)."""
         with self._lock:
             return [entry for entry in self.log if entry[2] is not None]
 

@@ -19,7 +19,7 @@ corpus for unchanged records, stale rows for a changed and a deleted record) rat
 import numpy as np
 import pytest
 import tensorflow as tf
-from flaky_proxy import fail_matching, seeded_faults
+from flaky_proxy import fail_matching, first_attempts_fail, is_job_insert, seeded_faults
 from google.api_core import exceptions
 
 from pipeline import run as run_lib
@@ -138,7 +138,7 @@ def _assert_exact(bq, table: str, run_id: str, seeded: dict, reference: dict) ->
 
 def _summary(proxy) -> str:
     kinds = {}
-    for _, _, fault in proxy.faults():
+    for _, _, fault, _ in proxy.faults():
         kinds[str(fault)] = kinds.get(str(fault), 0) + 1
     return f"{len(proxy.log)} requests, {len(proxy.faults())} failed: {kinds}"
 
@@ -147,7 +147,10 @@ def test_an_incremental_run_through_a_flaky_bigquery_ends_exact_or_leaves_the_ta
         dataset, bq, bigquery_proxy, new_corpus, reference, tiny_model_dir, tmp_path):
     table = f"test-project:{dataset}.flaky"
     seeded = _seed(bq, table, reference)
-    bigquery_proxy.decide = seeded_faults(0.25, seed=20261124)
+    # Every job insert (the load into the run table, the MERGE) first acts but loses its answer, then its retry is
+    # refused; every other call fails its first attempt (503, 500 or a reset); after that, 25% fail at random.
+    bigquery_proxy.decide = first_attempts_fail(("lost",), match=is_job_insert, then=first_attempts_fail(
+        ("503", "500", "reset"), then=seeded_faults(0.25, seed=20261124)))
     run_id = "2026-11-24T00-00-00"
     try:
         counters = _run(new_corpus[0], table, run_id, tiny_model_dir, tmp_path)
@@ -158,9 +161,12 @@ def test_an_incremental_run_through_a_flaky_bigquery_ends_exact_or_leaves_the_ta
         counters = _run(new_corpus[0], table, run_id, tiny_model_dir, tmp_path)
     else:
         print(f"flaky run completed ({_summary(bigquery_proxy)})")
+    print("\n".join(f"  {method} {path[:100]} {fault or ''} {status or ''}"
+                    for method, path, fault, status in bigquery_proxy.log))
     faults = bigquery_proxy.faults()
-    assert len(faults) >= 5, _summary(bigquery_proxy)
-    assert any(method == "POST" and path.endswith("/jobs") for method, path, _ in faults), _summary(bigquery_proxy)
+    assert len(faults) >= 10, _summary(bigquery_proxy)
+    job_inserts = [fault for method, path, fault, _ in faults if is_job_insert(method, path, b"")]
+    assert job_inserts.count("lost") >= 2, _summary(bigquery_proxy)  # The load and the MERGE, at least.
     assert _changes(counters) == _EXPECTED_CHANGES
     _assert_exact(bq, table, run_id, seeded, reference)
 
@@ -174,7 +180,7 @@ def test_a_run_killed_between_its_load_and_its_merge_reruns_with_the_same_run_id
     bigquery_proxy.decide = fail_matching(lambda method, path, body: method == "POST" and b"MERGE" in body)
     with pytest.raises(Exception, match="injected permanent 400"):
         _run(new_corpus[0], table, run_id, tiny_model_dir, tmp_path)
-    assert any(fault for _, _, fault in bigquery_proxy.log)
+    assert bigquery_proxy.faults()
     assert _rows(bq, table) == seeded
     # The loaded run table is left for the rerun, which replaces it (WRITE_TRUNCATE), not appends to it.
     assert _run_table_rows(bq, table, run_id) == len(reference)
