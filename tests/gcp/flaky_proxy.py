@@ -9,6 +9,10 @@ FlakyProxy forwards every request to an upstream emulator, except those its `dec
                      way back, and a retry repeats a request that already took effect;
     ("fail", code)   answered with `code` and a JSON error body (reason invalidQuery for 400): a permanent error.
 
+As real BigQuery does and bqemulator does not, a job insert whose job id was inserted before (say, a retry after
+a lost answer) is answered 409 Already Exists without reaching the emulator, so clients take their "the job
+exists: fetch it" path instead of the emulator running the job twice (unless jobs_conflict=False).
+
 `decide(method, path, body) -> fault or None` is called once per request; see seeded_faults and fail_matching.
 Every request is recorded in `log` as (method, path, fault, status): status is the emulator's answer (None when
 the request did not reach it).
@@ -28,7 +32,8 @@ import urllib.parse
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
                "transfer-encoding", "upgrade", "content-length", "host"}
 _REASONS = {400: ("invalidQuery", "INVALID_ARGUMENT"), 404: ("notFound", "NOT_FOUND"),
-            500: ("internalError", "INTERNAL"), 503: ("backendError", "UNAVAILABLE")}
+            409: ("duplicate", "ALREADY_EXISTS"), 500: ("internalError", "INTERNAL"),
+            503: ("backendError", "UNAVAILABLE")}
 
 
 def error_body(code: int, message: str) -> bytes:
@@ -52,6 +57,19 @@ def seeded_faults(rate: float, seed: int, kinds=("503", "500", "reset", "lost"),
             return rng.choice(kinds)
 
     return decide
+
+
+def _job_id(method, path, body):
+    """(project, location, job id) of a jobs.insert naming its job id; None for other requests."""
+    if not (method == "POST" and path.split("?")[0].endswith("/jobs")):
+        return None
+    try:
+        reference = json.loads(body).get("jobReference") or {}
+    except ValueError:
+        return None
+    if not reference.get("jobId"):
+        return None
+    return reference.get("projectId", ""), reference.get("location") or "US", reference["jobId"]
 
 
 def first_attempts_fail(kinds=("503", "lost", "500", "reset"), then=None, match=None):
@@ -90,12 +108,13 @@ def fail_matching(predicate, code: int = 400):
 class FlakyProxy:
     """Forwards to `upstream` (http://HOST:PORT) from 127.0.0.1:PORT (url), failing what `decide` picks."""
 
-    def __init__(self, upstream: str, decide=None):
+    def __init__(self, upstream: str, decide=None, jobs_conflict: bool = True):
         parsed = urllib.parse.urlsplit(upstream)
         self._upstream = (parsed.hostname, parsed.port)
         self.decide = decide or (lambda method, path, body: None)
         self.log: list[list] = []
         self._lock = threading.Lock()
+        self._jobs_conflict, self._job_ids = jobs_conflict, set()
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -160,6 +179,14 @@ class FlakyProxy:
                 if isinstance(fault, tuple) and fault[0] == "fail":
                     return self._answer(fault[1], [("Content-Type", "application/json")],
                                         error_body(fault[1], f"injected permanent {fault[1]} by the test proxy"))
+                job = _job_id(self.command, self.path, body) if proxy._jobs_conflict else None
+                if job is not None:
+                    with proxy._lock:
+                        seen, _ = job in proxy._job_ids, proxy._job_ids.add(job)
+                    if seen:
+                        entry[3] = "409 from the proxy"
+                        return self._answer(409, [("Content-Type", "application/json")], error_body(
+                            409, f"Already Exists: Job {job[0]}:{job[1]}.{job[2]}"))
                 try:
                     status, headers, answer = self._forward(body)
                 except OSError as e:

@@ -5,7 +5,8 @@ load jobs and table calls, the MERGE) talks to the proxy (the `bigquery_proxy` f
 
   * with a seeded share of requests failing (503 and 500 with Google's error body, reset connections, and answers
     lost after the emulator acted), an incremental run either completes with the table exact, or fails and leaves
-    it as it was, and then a rerun completes it;
+    it as it was, and then a rerun completes it; a job insert retried after its answer was lost gets 409 Already
+    Exists from the proxy, as from BigQuery (bqemulator itself would run the job again);
   * a run whose MERGE fails for good after its rows were loaded into TABLE__run_RUNID (as if killed between the
     two) leaves the table as it was; rerun with the same --run_id, it ends exact.
 
@@ -167,6 +168,8 @@ def test_an_incremental_run_through_a_flaky_bigquery_ends_exact_or_leaves_the_ta
     assert len(faults) >= 10, _summary(bigquery_proxy)
     job_inserts = [fault for method, path, fault, _ in faults if is_job_insert(method, path, b"")]
     assert job_inserts.count("lost") >= 2, _summary(bigquery_proxy)  # The load and the MERGE, at least.
+    # Their retries, once through, met the job they had started (409, as BigQuery answers) and took it as theirs.
+    assert [status for *_, status in bigquery_proxy.log].count("409 from the proxy") >= 2, _summary(bigquery_proxy)
     assert _changes(counters) == _EXPECTED_CHANGES
     _assert_exact(bq, table, run_id, seeded, reference)
 
