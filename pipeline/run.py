@@ -471,12 +471,23 @@ def _quiet(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.CRITICAL)
     if not verbose:
         warnings.filterwarnings("ignore", category=UserWarning, module="tensorflow_hub")
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_drop_known_noise)
+
+
+# Warnings that say nothing to a user: Beam 2.77's RunInference cannot import its model manager, then logs this
+# once per batch of metrics on Linux too.
+_KNOWN_NOISE = ("Resource module is not available for current platform",)
+
+
+def _drop_known_noise(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_KNOWN_NOISE)
 
 
 def _import_tensorflow_quietly() -> None:
-    """Imports TensorFlow with the process's stderr closed: its C++ start-up lines ("Could not find cuda
-    drivers", absl's "All log messages before absl::InitializeLog()") ignore TF_CPP_MIN_LOG_LEVEL. An import
-    error still raises as usual."""
+    """Imports TensorFlow and finds its devices with the process's stderr closed: its C++ start-up lines ("Could
+    not find cuda drivers", absl's "All log messages before absl::InitializeLog()", "failed call to cuInit")
+    ignore TF_CPP_MIN_LOG_LEVEL. An import error still raises as usual."""
     if "tensorflow" in sys.modules:
         return
     stderr = 2  # The process's own, which TensorFlow's C++ code writes to, whatever sys.stderr is now.
@@ -484,7 +495,9 @@ def _import_tensorflow_quietly() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, stderr)
-        import tensorflow  # noqa: F401
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # Device discovery logs "failed call to cuInit" on CPU machines.
     finally:
         os.dup2(saved, stderr)
         os.close(saved)
