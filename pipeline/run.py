@@ -339,8 +339,8 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
         _ = refused_rows | "WriteBigQueryFailures" >> write.WriteFailures(plan.output_failed + "-bigquery")
     if plan.output_tfrecord:
         to_write = embeddings if carried_forward is None else (embeddings, carried_forward)
-        written = to_write | "WriteTFRecord" >> write.WriteTFRecord(plan.output_tfrecord, plan.model_fingerprint,
-                                                                    verdict=verdict)
+        written = to_write | "WriteTFRecord" >> write.WriteTFRecord(
+            plan.output_tfrecord, plan.model_fingerprint, expected_records=plan.estimated_records, verdict=verdict)
         _ = written | "WriteManifest" >> incremental.WriteManifest(plan.output_tfrecord, plan.run_id,
                                                                    plan.model_fingerprint, verdict=verdict)
     if plan.bigquery_update:
@@ -351,11 +351,13 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
 
 
 def remove_partial_files(plan: Plan) -> int:
-    """Removes the beam-temp-* folders that an interrupted earlier attempt at this run's prefixes left.
+    """Removes the beam-temp-* and PREFIX.runs-* folders that an interrupted earlier attempt at this run's
+    prefixes left.
 
-    Beam's file sinks write under OUTPUT_DIR/beam-temp-BASENAME-UUID and move the files into place at the end;
-    a run killed before that leaves the folder behind. Only folders named for this run's own prefixes are
-    touched; two runs writing the same prefix at once are not supported anyway. Returns how many were removed.
+    Beam's file sinks write under OUTPUT_DIR/beam-temp-BASENAME-UUID and move the files into place at the end,
+    transforms.write keeps its sorted runs under PREFIX.runs-UUID; a run killed before the end leaves them.
+    Only folders named for this run's own prefixes are touched; two runs writing the same prefix at once are not
+    supported anyway. Returns how many were removed.
     """
     import glob
     import shutil
@@ -366,14 +368,17 @@ def remove_partial_files(plan: Plan) -> int:
             continue
         directory, base = FileSystems.split(prefix)
         if "://" not in prefix:  # Beam's local match lists files only; the folders go whole.
-            for folder in glob.glob(os.path.join(directory, glob.escape(f"beam-temp-{base}-") + "*")):
+            folders = (glob.glob(os.path.join(directory, glob.escape(f"beam-temp-{base}-") + "*"))
+                       + glob.glob(glob.escape(prefix + ".runs-") + "*"))  # transforms.write's sorted runs.
+            for folder in folders:
                 logging.info("Removing %s, left by an interrupted earlier attempt.", folder)
                 shutil.rmtree(folder, ignore_errors=True)
                 removed += 1
             continue
         pattern = FileSystems.join(directory, f"beam-temp-{base}-**")
         try:
-            stale = [metadata.path for metadata in FileSystems.match([pattern])[0].metadata_list]
+            stale = [metadata.path for result in FileSystems.match([pattern, prefix + ".runs-**"])
+                     for metadata in result.metadata_list]
         except Exception as err:  # noqa: BLE001  Best effort: a listing error must not stop the run.
             logging.debug("Cannot list %s: %s", pattern, err)
             continue

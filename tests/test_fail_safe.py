@@ -211,8 +211,10 @@ def test_a_rerun_removes_the_partial_files_an_interrupted_attempt_left(tmp_path)
     (out / "beam-temp-emb-1234").mkdir(parents=True)
     (out / "beam-temp-emb-1234" / "partial").write_bytes(b"x" * 100)
     (out / "beam-temp-other-1").mkdir()
+    (out / "emb.runs-5678").mkdir()
+    (out / "emb.runs-5678" / "shard-00000-x.run").write_bytes(b"x" * 100)
     plan = type("Plan", (), {"output_tfrecord": str(out / "emb"), "output_failed": str(out / "emb-failed")})
-    assert run_lib.remove_partial_files(plan) == 1
+    assert run_lib.remove_partial_files(plan) == 2
     assert sorted(os.listdir(out)) == ["beam-temp-other-1"]
 
 

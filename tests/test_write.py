@@ -107,12 +107,24 @@ def test_the_same_records_give_identical_files(tmp_path, num_shards, expected_sh
         assert parsed["model"] == _MODEL.encode() and parsed["content_hash"] == content_hash.encode()
 
 
-def test_the_shard_count_follows_from_the_records(tmp_path, monkeypatch):
+def test_the_shard_count_follows_from_the_expected_records(tmp_path, monkeypatch):
     monkeypatch.setattr(write, "_RECORDS_PER_SHARD", 100)
     prefix = str(tmp_path / "emb")
-    _write(prefix, _embeddings(250))
+    _write(prefix, _embeddings(250), expected_records=250)
     assert sorted(_files(prefix)) == [f"emb-{i:05d}-of-00003.tfrecord" for i in range(3)]
     assert len(_read_back(prefix)) == 250
+    assert write.shard_count(None) == 1 and write.shard_count(100) == 1 and write.shard_count(101) == 2
+
+
+def test_records_past_the_spill_buffer_are_merged_from_sorted_runs_into_the_same_files(tmp_path, monkeypatch):
+    embeddings = _embeddings(300)
+    whole = str(tmp_path / "whole" / "emb")
+    _write(whole, embeddings, num_shards=2)
+    monkeypatch.setattr(write, "_SPILL_BYTES", 2000)  # A few dozen Examples per run: many runs per shard.
+    spilled = str(tmp_path / "spilled" / "emb")
+    _write(spilled, embeddings[::-1], num_shards=2)
+    assert _files(spilled) == _files(whole)
+    assert sorted(os.listdir(tmp_path / "spilled")) == ["emb-00000-of-00002.tfrecord", "emb-00001-of-00002.tfrecord"]
 
 
 def test_no_records_give_one_empty_shard(tmp_path):
@@ -171,6 +183,10 @@ def test_a_rerun_removes_the_shards_and_temporary_files_of_an_earlier_write(tmp_
 
 
 def test_a_shard_that_fails_midway_leaves_no_file_under_its_final_name(tmp_path, monkeypatch):
+    run = str(tmp_path / "emb.runs-x" / "shard-00000-a.run")
+    with write.FileSystems.create(run) as f:
+        for value in (b"a", b"x", b"b", b"y"):
+            write._TFRecordUtil.write_record(f, value)
     calls = []
 
     def failing_write_record(file_handle, value):
@@ -182,5 +198,6 @@ def test_a_shard_that_fails_midway_leaves_no_file_under_its_final_name(tmp_path,
     monkeypatch.setattr(write._TFRecordUtil, "write_record", failing_write_record)
     prefix = str(tmp_path / "emb")
     with pytest.raises(OSError, match="disk full"):
-        write._write_shard(((0, 1), [(b"a", b"x"), (b"b", b"y"), None]), prefix)
+        write._merge_shard((0, [run, None]), prefix, 1)
+    assert calls == [b"x", b"y"]
     assert not glob.glob(prefix + "-*.tfrecord")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
 import math
+import os
 import re
 import uuid
 
@@ -17,16 +19,16 @@ from apache_beam.metrics import Metrics
 
 from transforms.examples import parse_example, serialize_example
 
-__all__ = ["feature_spec", "ToExample", "WriteTFRecord", "WriteFailures", "inference_failure_json",
+__all__ = ["feature_spec", "ToExample", "WriteTFRecord", "WriteFailures", "inference_failure_json", "shard_count",
            "TFRECORD_SUFFIX", "FAILED_SUFFIX"]
 
 TFRECORD_SUFFIX = ".tfrecord"
 FAILED_SUFFIX = ".jsonl"
 _NAMESPACE = "embeddings"
-# Bounds of one shard when WriteTFRecord picks the shard count: a shard is sorted in one worker's memory.
-_RECORDS_PER_SHARD = 100_000
-_BYTES_PER_SHARD = 256 * 2**20
+_RECORDS_PER_SHARD = 100_000  # About, when WriteTFRecord picks the shard count from the expected records.
+_SPILL_BYTES = 64 * 2**20  # Examples a bundle holds before it writes them out as sorted runs.
 _TEMP_MARK = ".temp-"  # PREFIX-SSSSS-of-NNNNN.tfrecord.temp-HEX while a shard is being written.
+_RUNS_MARK = ".runs-"  # PREFIX.runs-HEX/: the sorted runs of one write, removed when it is done.
 
 
 def feature_spec(with_sequence: bool = False) -> dict:
@@ -98,8 +100,10 @@ class WriteTFRecord(beam.PTransform):
     Applied to a pair (embeddings, carried_forward) instead, it also writes `carried_forward`, serialised
     Examples copied unchanged from an earlier run (transforms.incremental). Returns the written file names.
 
-    The same records give the same files byte for byte: the shard count follows from the records alone, each
-    record goes to the shard a hash of its id picks, and each shard holds its records sorted by id. A shard
+    The same records give the same files byte for byte: the shard count is fixed before the write (given, or
+    from the expected record count, which the pipeline estimates from the input's bytes), each record goes to
+    the shard a hash of its id picks, and each shard holds its records sorted by id. Memory stays bounded
+    whatever the record count (an external merge sort, see _WriteShards). A shard
     appears under its final name only once complete, and afterwards every other PREFIX-SSSSS-of-NNNNN.tfrecord
     (an earlier attempt's shards, perhaps of another shard count) and leftover temporary file is removed, so
     the prefix's shard files are exactly the files returned, which transforms.incremental.WriteManifest lists.
@@ -107,17 +111,20 @@ class WriteTFRecord(beam.PTransform):
     Args:
         prefix: Output path prefix, local or gs://.
         model_fingerprint: Written as each Example's `model`.
-        num_shards: A fixed shard count; 0 picks enough shards that each holds at most about 100,000 records
-            and 256 MiB of Examples (a shard is sorted in one worker's memory).
+        num_shards: A fixed shard count; 0 picks enough that each holds at most about 100,000 of
+            `expected_records` (shard_count), one when that is None.
+        expected_records: About how many records will be written; only the shard count depends on it.
         verdict: transforms.guard.CheckRun's output: no shard is written, and no earlier shard removed, before
             the run passed its checks, so a refused run leaves the prefix as it was.
     """
 
-    def __init__(self, prefix: str, model_fingerprint: str, num_shards: int = 0, verdict=None):
+    def __init__(self, prefix: str, model_fingerprint: str, num_shards: int = 0,
+                 expected_records: int | None = None, verdict=None):
         super().__init__()
         if num_shards < 0:
-            raise ValueError(f"num_shards must be 0 (chosen from the records) or positive, not {num_shards}.")
-        self._prefix, self._model, self._num_shards = prefix, model_fingerprint, num_shards
+            raise ValueError(f"num_shards must be 0 (from expected_records) or positive, not {num_shards}.")
+        self._prefix, self._model = prefix, model_fingerprint
+        self._num_shards = num_shards or shard_count(expected_records)
         self._verdict = verdict
 
     def expand(self, embeddings_or_pair):
@@ -136,53 +143,114 @@ def _key_by_id(serialized: bytes) -> tuple[bytes, bytes]:
 
 
 class _WriteShards(beam.PTransform):
-    """(id, serialised Example) pairs -> PREFIX-SSSSS-of-NNNNN.tfrecord files; returns their names."""
+    """(id, serialised Example) pairs -> PREFIX-SSSSS-of-NNNNN.tfrecord files; returns their names.
+
+    An external merge sort, so no step holds more than a bounded buffer of Examples in memory (a local runner
+    keeps whatever crosses a GroupByKey in memory): each bundle spills its Examples, sorted, in runs of at most
+    _SPILL_BYTES to files under PREFIX.runs-TOKEN/, one run per shard; then each shard's runs are merged, in
+    (id, bytes) order, into the shard file. Only the run file names are grouped.
+    """
 
     def __init__(self, prefix: str, num_shards: int, verdict=None):
         super().__init__()
         self._prefix, self._num_shards, self._verdict = prefix, num_shards, verdict
 
     def expand(self, examples):
-        shard_count = (examples
-                       | "Sizes" >> beam.Map(lambda example: (1, len(example[1])))
-                       | "Total" >> beam.CombineGlobally(_add_sizes)
-                       | "ShardCount" >> beam.Map(_shard_count, self._num_shards))
+        runs_dir = f"{self._prefix}{_RUNS_MARK}{uuid.uuid4().hex}"
         gate = () if self._verdict is None else (beam.pvalue.AsSingleton(self._verdict),)
-        # One empty marker per shard, so a shard that no id hashes to is still written (as an empty file).
-        markers = shard_count | "ShardMarkers" >> beam.FlatMap(lambda count: (((i, count), None)
-                                                                              for i in range(count)))
-        assigned = examples | "AssignShards" >> beam.Map(_assign_shard,
-                                                         beam.pvalue.AsSingleton(shard_count))
-        written = ((assigned, markers)
+        # One marker per shard, so a shard that no id hashes to is still written (as an empty file).
+        markers = (examples.pipeline
+                   | "ShardMarkers" >> beam.Create([(shard, None) for shard in range(self._num_shards)]))
+        runs = examples | "SpillSortedRuns" >> beam.ParDo(_SpillSortedRuns(runs_dir, self._num_shards))
+        written = ((runs, markers)
                    | "WithMarkers" >> beam.Flatten()
-                   | "GroupShards" >> beam.GroupByKey()
-                   | "WriteShards" >> beam.Map(_write_shard, self._prefix, *gate))
+                   | "GroupRunsByShard" >> beam.GroupByKey()
+                   | "MergeShards" >> beam.Map(_merge_shard, self._prefix, self._num_shards, *gate))
         # Only after every shard is in place, so a stale shard is never removed before its replacement exists.
         return (written
                 | "CollectShards" >> beam.combiners.ToList()
-                | "RemoveStale" >> beam.FlatMap(_remove_stale, self._prefix))
+                | "RemoveStale" >> beam.FlatMap(_remove_stale, self._prefix, runs_dir))
 
 
-def _add_sizes(sizes) -> tuple[int, int]:
-    """Sums (records, bytes) pairs; (0, 0) for none."""
-    records = total_bytes = 0
-    for count, size in sizes:
-        records, total_bytes = records + count, total_bytes + size
-    return records, total_bytes
+def shard_count(expected_records: int | None) -> int:
+    """Shards for about `expected_records` records: enough that each holds at most about 100,000. The same
+    expected count (the same input) gives the same count, so the same files."""
+    return max(1, math.ceil((expected_records or 0) / _RECORDS_PER_SHARD))
 
 
-def _shard_count(sizes: tuple[int, int], num_shards: int) -> int:
-    if num_shards:
-        return num_shards
-    records, total_bytes = sizes
-    return max(1, math.ceil(records / _RECORDS_PER_SHARD), math.ceil(total_bytes / _BYTES_PER_SHARD))
+def _shard_of(record_id: bytes, count: int) -> int:
+    """The shard of an id, from a hash that is the same in every process (unlike Python's hash(), salted)."""
+    return int.from_bytes(hashlib.sha256(record_id).digest()[:8], "big") % count
 
 
-def _assign_shard(example: tuple[bytes, bytes], shard_count: int):
-    """(id, Example) -> ((shard, shard count), (id, Example)), the shard from a hash that is the same in every
-    process (unlike Python's hash(), salted per process)."""
-    digest = hashlib.sha256(example[0]).digest()
-    return (int.from_bytes(digest[:8], "big") % shard_count, shard_count), example
+class _SpillSortedRuns(beam.DoFn):
+    """Buffers (id, Example) pairs per shard and writes each shard's buffer, sorted, as one run file whenever the
+    buffer passes _SPILL_BYTES and at the end of the bundle; outputs (shard, run file name).
+
+    A run holds alternating TFRecord-framed records: an id, then its Example. A retried bundle writes new files
+    under new names; the runner drops the names the failed attempt output, and RemoveStale deletes the folder.
+    """
+
+    def __init__(self, runs_dir: str, count: int):
+        self._runs_dir, self._count = runs_dir, count
+
+    def start_bundle(self):
+        self._buffers = [[] for _ in range(self._count)]
+        self._bytes = 0
+
+    def process(self, element):
+        record_id, serialized = element
+        self._buffers[_shard_of(record_id, self._count)].append(element)
+        self._bytes += len(record_id) + len(serialized)
+        if self._bytes >= _SPILL_BYTES:
+            yield from self._spill()
+
+    def finish_bundle(self):
+        for shard, path in self._spill():
+            yield beam.transforms.window.GlobalWindows.windowed_value((shard, path))
+
+    def _spill(self):
+        for shard, buffer in enumerate(self._buffers):
+            if not buffer:
+                continue
+            buffer.sort()
+            path = f"{self._runs_dir}/shard-{shard:05d}-{uuid.uuid4().hex}.run"
+            with FileSystems.create(path, mime_type="application/octet-stream",
+                                    compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                for record_id, serialized in buffer:
+                    _TFRecordUtil.write_record(f, record_id)
+                    _TFRecordUtil.write_record(f, serialized)
+            yield shard, path
+        self._buffers = [[] for _ in range(self._count)]
+        self._bytes = 0
+
+
+def _read_run(path: str):
+    """Yields the (id, Example) pairs of a run file, in its (sorted) order."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        while True:
+            record_id = _TFRecordUtil.read_record(f)
+            if record_id is None:
+                return
+            yield record_id, _TFRecordUtil.read_record(f)
+
+
+def _merge_shard(grouped, prefix: str, count: int, unused_verdict=None) -> str:
+    """Merges one shard's run files (shard, [name or None]) in (id, bytes) order into the shard file, written
+    under a temporary name and renamed into place; returns its name. Holds one record per run in memory."""
+    shard, runs = grouped
+    runs = sorted(run for run in runs if run is not None)
+    final = _shard_name(prefix, shard, count)
+    # A name of its own per attempt: a retried or duplicated bundle never writes into another's file, and a
+    # killed run leaves only a temporary name, which no reader's PREFIX-*.tfrecord glob matches.
+    temp = f"{final}{_TEMP_MARK}{uuid.uuid4().hex}"
+    with FileSystems.create(temp, mime_type="application/octet-stream",
+                            compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        # Ties (a repeated id) fall back to the Example's bytes, so the order is still total.
+        for _, serialized in heapq.merge(*(_read_run(run) for run in runs)):
+            _TFRecordUtil.write_record(f, serialized)
+    FileSystems.rename([temp], [final])
+    return final
 
 
 def _shard_name(prefix: str, index: int, count: int) -> str:
@@ -190,30 +258,10 @@ def _shard_name(prefix: str, index: int, count: int) -> str:
     return f"{prefix}-{index:05d}-of-{count:05d}{TFRECORD_SUFFIX}"
 
 
-def _write_shard(grouped, prefix: str, unused_verdict=None) -> str:
-    """Writes one shard's Examples ((index, count), [(id, Example) or None]) in id order under a temporary
-    name, then renames it into place; returns its name.
-
-    The shard is sorted in memory: the shard count keeps it under _RECORDS_PER_SHARD and _BYTES_PER_SHARD.
-    """
-    shard, examples = grouped
-    # Ties (a corpus with a repeated id) fall back to the Example's bytes, so the order is still total.
-    records = sorted(example for example in examples if example is not None)
-    final = _shard_name(prefix, *shard)
-    # A name of its own per attempt: a retried or duplicated bundle never writes into another's file, and a
-    # killed run leaves only a temporary name, which no reader's PREFIX-*.tfrecord glob matches.
-    temp = f"{final}{_TEMP_MARK}{uuid.uuid4().hex}"
-    with FileSystems.create(temp, mime_type="application/octet-stream",
-                            compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        for _, serialized in records:
-            _TFRecordUtil.write_record(f, serialized)
-    FileSystems.rename([temp], [final])
-    return final
-
-
-def _remove_stale(written: list[str], prefix: str) -> list[str]:
-    """Deletes PREFIX-SSSSS-of-NNNNN.tfrecord files not in `written` and our leftover temporary files;
-    returns `written`, sorted."""
+def _remove_stale(written: list[str], prefix: str, runs_dir: str) -> list[str]:
+    """Deletes PREFIX-SSSSS-of-NNNNN.tfrecord files not in `written`, our leftover temporary files and this
+    write's run files; returns `written`, sorted."""
+    _remove_runs(runs_dir)
     base = FileSystems.split(prefix)[1]
     ours = re.compile(re.escape(base) + r"-\d{5,}-of-\d{5,}" + re.escape(TFRECORD_SUFFIX)
                       + "(" + re.escape(_TEMP_MARK) + "[0-9a-f]{32})?")
@@ -229,6 +277,14 @@ def _remove_stale(written: list[str], prefix: str) -> list[str]:
                      ", ".join(sorted(stale)[:5]))
         FileSystems.delete(stale)
     return sorted(written)
+
+
+def _remove_runs(runs_dir: str) -> None:
+    runs = [metadata.path for metadata in FileSystems.match([runs_dir + "/*"])[0].metadata_list]
+    if runs:
+        FileSystems.delete(runs)
+    if "://" not in runs_dir and os.path.isdir(runs_dir):  # A local folder stays behind its files.
+        os.rmdir(runs_dir)
 
 
 class WriteFailures(beam.PTransform):

@@ -124,7 +124,7 @@ def test_a_gcs_bucket_that_does_not_exist_is_named(flag, value, gcp_emulators, b
     args[flag] = value
     line = _error([f"{k}={v}" for k, v in args.items()], capsys)
     assert line == f"error: {flag} {value}: bucket gs://no-such-bucket does not exist (or is not visible to these " \
-                   "credentials)."
+                   "credentials). (see python -m pipeline.run --help)"
 
 
 def test_a_missing_dataset_is_named(gcp_emulators, corpus, tiny_model_dir, tmp_path, capsys):
