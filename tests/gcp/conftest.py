@@ -230,10 +230,20 @@ def gcs(gcp_emulators):
 
 @pytest.fixture(scope="session")
 def bq(gcp_emulators):
-    """A google-cloud-bigquery client of the emulator."""
+    """A google-cloud-bigquery client of the emulator, with `rows(table)`: {id: row as a dict}, each id once."""
     from google.cloud import bigquery
 
-    return bigquery.Client(project=PROJECT)
+    class Client(bigquery.Client):
+        def rows(self, table: str) -> dict:
+            from transforms import bigquery as bigquery_lib
+
+            found = {}
+            for row in self.list_rows(bigquery_lib.parse_table(table).table_id):
+                assert row["id"] not in found, f"{row['id']} is in {table} twice"
+                found[row["id"]] = dict(row.items())
+            return found
+
+    return Client(project=PROJECT)
 
 
 @pytest.fixture(scope="session")

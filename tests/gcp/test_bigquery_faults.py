@@ -82,18 +82,9 @@ def _seed(bq, table: str, reference: dict) -> dict:
         rows.append({"id": record_id, "embedding": embedding, "model": model, "content_hash": content_hash,
                      "embedded_at": _EARLIER, "run_id": "earlier"})
     assert not bq.insert_rows_json(table_id, rows)
-    seeded = _rows(bq, table)
+    seeded = bq.rows(table)
     assert sorted(seeded) == _IDS
     return seeded
-
-
-def _rows(bq, table: str) -> dict:
-    """{id: row as a dict}, read with the emulator's own client; each id once."""
-    rows = {}
-    for row in bq.list_rows(bigquery_lib.parse_table(table).table_id):
-        assert row["id"] not in rows, f"{row['id']} is in {table} twice"
-        rows[row["id"]] = dict(row.items())
-    return rows
 
 
 def _run_table_rows(bq, table: str, run_id: str):
@@ -120,7 +111,7 @@ _EXPECTED_CHANGES = {"new": 2, "changed": 1, "unchanged": 10, "deleted": 1, "emb
 
 
 def _assert_exact(bq, table: str, run_id: str, seeded: dict, reference: dict) -> None:
-    rows = _rows(bq, table)
+    rows = bq.rows(table)
     assert sorted(rows) == sorted(reference)
     for record_id, expected in reference.items():
         row = rows[record_id]
@@ -157,7 +148,7 @@ def test_an_incremental_run_through_a_flaky_bigquery_ends_exact_or_leaves_the_ta
         counters = _run(new_corpus[0], table, run_id, tiny_model_dir, tmp_path)
     except Exception as e:  # Retries exhausted: the table must be as it was, and a rerun must complete it.
         print(f"flaky run failed ({_summary(bigquery_proxy)}): {type(e).__name__}: {str(e)[:500]}")
-        assert _rows(bq, table) == seeded
+        assert bq.rows(table) == seeded
         bigquery_proxy.decide = seeded_faults(0.0, seed=0)
         counters = _run(new_corpus[0], table, run_id, tiny_model_dir, tmp_path)
     else:
@@ -184,7 +175,7 @@ def test_a_run_killed_between_its_load_and_its_merge_reruns_with_the_same_run_id
     with pytest.raises(Exception, match="injected permanent 400"):
         _run(new_corpus[0], table, run_id, tiny_model_dir, tmp_path)
     assert bigquery_proxy.faults()
-    assert _rows(bq, table) == seeded
+    assert bq.rows(table) == seeded
     # The loaded run table is left for the rerun, which replaces it (WRITE_TRUNCATE), not appends to it.
     assert _run_table_rows(bq, table, run_id) == len(reference)
 

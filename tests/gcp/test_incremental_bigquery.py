@@ -40,15 +40,6 @@ def _changes(counters: dict) -> dict:
                                                        "embedded")}
 
 
-def _rows(bq, table: str) -> dict:
-    """{id: row as a dict} read with the BigQuery client; each id once."""
-    rows = {}
-    for row in bq.list_rows(bigquery_lib.parse_table(table).table_id):
-        assert row["id"] not in rows, f"{row['id']} is in {table} twice"
-        rows[row["id"]] = dict(row.items())
-    return rows
-
-
 def _assert_no_run_table(bq, table: str, run_id: str) -> None:
     run = bigquery_lib.run_table(bigquery_lib.parse_table(table), run_id)
     with pytest.raises(exceptions.NotFound):
@@ -73,7 +64,7 @@ def test_runs_embed_only_new_and_changed_records_and_keep_the_table_current(
     old_corpus = write_jsonl_corpus(tmp_path / "old.jsonl", old)
     first = _run(old_corpus, table, "2026-11-01T00-00-00", tiny_model_dir, tmp_path)
     assert _changes(first)["embedded"] == 30 and _changes(first)["new"] == 0  # No table yet: a full run.
-    first_rows = _rows(bq, table)
+    first_rows = bq.rows(table)
     assert sorted(first_rows) == sorted(old)
     assert {row["run_id"] for row in first_rows.values()} == {"2026-11-01T00-00-00"}
     _assert_no_run_table(bq, table, "2026-11-01T00-00-00")
@@ -84,7 +75,7 @@ def test_runs_embed_only_new_and_changed_records_and_keep_the_table_current(
     assert _changes(second) == {"new": 4, "changed": 3, "changed_model": 0, "unchanged": 25, "deleted": 2,
                                 "embedded": 7}
     assert f"Since {table}: new 4, changed 3 (0 for another model), unchanged 25" in capsys.readouterr().out
-    second_rows = _rows(bq, table)
+    second_rows = bq.rows(table)
     assert sorted(second_rows) == sorted(new)
     # Exactly the new and changed records were embedded by run 2; the others are run 1's rows, untouched.
     assert {i for i, row in second_rows.items() if row["run_id"] == "2026-11-02T00-00-00"} == changed | set(added)
@@ -103,12 +94,12 @@ def test_runs_embed_only_new_and_changed_records_and_keep_the_table_current(
     third = _run(new_corpus, table, "2026-11-03T00-00-00", tiny_model_dir, tmp_path)
     assert _changes(third) == {"new": 0, "changed": 0, "changed_model": 0, "unchanged": 32, "deleted": 0,
                                "embedded": 0}
-    assert _rows(bq, table) == second_rows
+    assert bq.rows(table) == second_rows
 
     fourth = _run(new_corpus, table, "2026-11-04T00-00-00", other_model_dir, tmp_path)
     assert _changes(fourth) == {"new": 0, "changed": 32, "changed_model": 32, "unchanged": 0, "deleted": 0,
                                 "embedded": 32}
-    fourth_rows = _rows(bq, table)
+    fourth_rows = bq.rows(table)
     assert sorted(fourth_rows) == sorted(new)
     assert {row["run_id"] for row in fourth_rows.values()} == {"2026-11-04T00-00-00"}
     assert len({row["model"] for row in fourth_rows.values()} | {row["model"] for row in second_rows.values()}) == 2
@@ -119,7 +110,7 @@ def test_a_failed_run_leaves_the_table_as_it_was_and_repeating_a_run_changes_not
     table = f"test-project:{dataset}.repeat"
     corpus = {f"d{i}": synthetic_text(i) for i in range(6)}
     _run(write_jsonl_corpus(tmp_path / "c1.jsonl", corpus), table, "r1", tiny_model_dir, tmp_path)
-    before = _rows(bq, table)
+    before = bq.rows(table)
 
     corpus["d0"], corpus["new"] = synthetic_text(0, variant=1), synthetic_text(50)
     del corpus["d1"]
@@ -128,7 +119,7 @@ def test_a_failed_run_leaves_the_table_as_it_was_and_repeating_a_run_changes_not
     monkeypatch.setattr(bigquery_lib, "merge_sql", lambda table, run: f"SELECT * FROM `{table.table_id}_missing`")
     with pytest.raises(Exception, match="missing"):
         _run(changed_corpus, table, "r2", tiny_model_dir, tmp_path)
-    assert _rows(bq, table) == before
+    assert bq.rows(table) == before
     run_table = bigquery_lib.run_table(bigquery_lib.parse_table(table), "r2").table_id
     assert bq.get_table(run_table).num_rows == 6  # Left for the next attempt, which replaces it.
     monkeypatch.undo()
@@ -136,20 +127,20 @@ def test_a_failed_run_leaves_the_table_as_it_was_and_repeating_a_run_changes_not
     again = _run(changed_corpus, table, "r2", tiny_model_dir, tmp_path)
     assert _changes(again) == {"new": 1, "changed": 1, "changed_model": 0, "unchanged": 4, "deleted": 1,
                                "embedded": 2}
-    after = _rows(bq, table)
+    after = bq.rows(table)
     assert sorted(after) == sorted(corpus)
     _assert_no_run_table(bq, table, "r2")
     # The same run again: everything is unchanged now, and the table stays exactly as it is.
     repeated = _run(changed_corpus, table, "r2", tiny_model_dir, tmp_path)
     assert _changes(repeated) == {"new": 0, "changed": 0, "changed_model": 0, "unchanged": 6, "deleted": 0,
                                   "embedded": 0}
-    assert _rows(bq, table) == after
+    assert bq.rows(table) == after
 
     # Read one table, keep another current: every row is carried into it exactly, vector and timestamps included.
     moved = f"test-project:{dataset}.moved"
     moved_run = _run(changed_corpus, moved, "r3", tiny_model_dir, tmp_path, f"--previous_output={table}")
     assert _changes(moved_run)["unchanged"] == 6 and _changes(moved_run)["embedded"] == 0
-    assert _rows(bq, moved) == after
+    assert bq.rows(moved) == after
 
 
 def test_merge_leaves_unchanged_rows_and_own_columns_alone_and_removes_duplicates(dataset, bq):
