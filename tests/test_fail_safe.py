@@ -225,6 +225,7 @@ def test_help_shows_defaults_and_what_is_required(capsys):
     assert "more than this fraction of the input records could not be embedded (between 0 and 1)" in out
     assert "Default: 0.1." in out and "Default: 0.5." in out and "Default: fp32." in out
     assert "Exit codes:" in out
+    assert "A SavedModel is a program: load only models you trust." in out  # --model_dir's help.
 
 
 def _read_embeddings(prefix):
