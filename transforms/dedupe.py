@@ -6,13 +6,12 @@ import json
 
 import apache_beam as beam
 
-from transforms.read import FAILED_TAG, RECORDS_TAG, Failure
+from transforms.read import FAILED_TAG, RECORDS_TAG, make_failure
 
 __all__ = ["DUPLICATE_REASON", "DropDuplicateIds"]
 
 DUPLICATE_REASON = "duplicate_id"
 _NAMESPACE = "embeddings"
-_MAX_RECORD_CHARS = 1000
 
 
 def _kept_first(record) -> tuple:
@@ -35,11 +34,10 @@ class _KeepOneFn(beam.DoFn):
             self._duplicates.inc()
             same = "the same texts" if copy.content_hash == kept.content_hash else "other texts"
             raw = json.dumps({"id": copy.id, "texts": list(copy.texts)}, ensure_ascii=False)
-            yield beam.pvalue.TaggedOutput(FAILED_TAG, Failure(
-                source=copy.source, reason=DUPLICATE_REASON,
-                detail=f"id {record_id!r} appears {len(copies)} times; kept the copy from {kept.source} "
-                       f"(content_hash {kept.content_hash[:16]}); this one has {same}",
-                record=raw[:_MAX_RECORD_CHARS]))
+            yield beam.pvalue.TaggedOutput(FAILED_TAG, make_failure(
+                copy.source, DUPLICATE_REASON,
+                f"id {record_id!r} appears {len(copies)} times; kept the copy from {kept.source} "
+                f"(content_hash {kept.content_hash[:16]}); this one has {same}", raw))
 
 
 class DropDuplicateIds(beam.PTransform):

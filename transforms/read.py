@@ -27,6 +27,7 @@ __all__ = [
     "Record",
     "check_inputs_exist",
     "failure_to_json",
+    "make_failure",
     "infer_format",
     "read_file_records",
 ]
@@ -631,16 +632,20 @@ def content_hash(texts: tuple[str, ...]) -> str:
 
 
 def _failure(source: str, rejected: _Rejected, raw: bytes, input_format: str) -> Failure:
-    """Builds the dead-letter entry, keeping at most _MAX_RECORD_CHARS characters of the raw record."""
+    """Builds the dead-letter entry of a raw record (TFRecords as base64)."""
     if input_format == "tfrecord":
         record = base64.b64encode(raw).decode("ascii")
     else:
         record = raw.decode("utf-8", errors="backslashreplace")
-    detail = rejected.detail
+    return make_failure(source, rejected.reason, rejected.detail, record)
+
+
+def make_failure(source: str, reason: str, detail: str, record: str) -> Failure:
+    """A Failure keeping at most the first 1000 characters of `record`; the detail then says it was cut."""
     if len(record) > _MAX_RECORD_CHARS:
         detail += f" (record cut from {len(record)} to {_MAX_RECORD_CHARS} characters)"
         record = record[:_MAX_RECORD_CHARS]
-    return Failure(source=source, reason=rejected.reason, detail=detail, record=record)
+    return Failure(source=source, reason=reason, detail=detail, record=record)
 
 
 def _type_name(value) -> str:
