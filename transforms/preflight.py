@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import csv
 import json
-import struct
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+
+from transforms import framing
 
 __all__ = ["SAMPLE_RECORDS", "SAMPLE_FILES", "check_sample", "estimate_records"]
 
@@ -28,37 +29,18 @@ def _sample_files(patterns: list[str]) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def _first_lines(path: str, count: int) -> list[bytes]:
-    """Up to `count` lines (without line ends); a stream that cannot be read gives what came before."""
-    lines = []
-    try:
-        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
-            while len(lines) < count:
-                line = handle.readline()
-                if not line:
-                    break
-                lines.append(line.rstrip(b"\r\n"))
-    except (OSError, EOFError, ValueError):  # A corrupt stream: the run dead-letters it where it breaks.
-        pass
-    return lines
-
-
-def _first_tfrecords(path: str, count: int) -> list[bytes]:
-    """Up to `count` TFRecord payloads, read by the framing alone (the run checks the CRCs)."""
+def _first_records(path: str, count: int, input_format: str) -> list[bytes]:
+    """Up to `count` lines (TFRecord payloads for tfrecord) through transforms.framing's readers; a damaged or
+    unreadable stream gives what came before (the run dead-letters the rest where it breaks)."""
+    reader = framing.read_tfrecords if input_format == "tfrecord" else framing.read_lines
     records = []
     try:
-        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
-            while len(records) < count:
-                header = handle.read(12)
-                if len(header) < 12:
+        with framing.open_file(path) as handle:
+            for item in reader(handle, path):
+                if isinstance(item, framing.Damage) or len(records) == count:
                     break
-                (length,) = struct.unpack("<Q", header[:8])
-                payload = handle.read(length)
-                if len(payload) < length:
-                    break
-                records.append(payload)
-                handle.read(4)
-    except (OSError, EOFError, ValueError, struct.error):
+                records.append(item)
+    except (OSError, EOFError, ValueError, framing.StreamError):
         pass
     return records
 
@@ -144,13 +126,13 @@ def check_sample(patterns: list[str], input_format: str, text_fields: tuple[str,
     empty = True
     for path in _sample_files(patterns):
         if input_format == "tfrecord":
-            records = _first_tfrecords(path, SAMPLE_RECORDS)
+            records = _first_records(path, SAMPLE_RECORDS, input_format)
             if records:
                 empty = False
                 _check_tfrecord(path, records, text_fields)
             continue
         header = 1 if input_format in _DELIMITERS else 0
-        lines = [line for line in _first_lines(path, SAMPLE_RECORDS + header) if line.strip()]
+        lines = [line for line in _first_records(path, SAMPLE_RECORDS + header, input_format) if line.strip()]
         if not lines:
             continue
         empty = False
@@ -171,12 +153,9 @@ def estimate_records(patterns: list[str], input_format: str) -> int | None:
         return None
     sampled_bytes = sampled_records = 0
     for path in _sample_files(patterns):
-        if input_format == "tfrecord":
-            records = _first_tfrecords(path, SAMPLE_RECORDS * 5)
-            sampled_bytes += sum(len(record) + 16 for record in records)  # Length, two CRCs.
-        else:
-            records = _first_lines(path, SAMPLE_RECORDS * 5)
-            sampled_bytes += sum(len(record) + 1 for record in records)
+        records = _first_records(path, SAMPLE_RECORDS * 5, input_format)
+        # Framing per record: length and two CRCs, or a line end.
+        sampled_bytes += sum(len(record) + (16 if input_format == "tfrecord" else 1) for record in records)
         sampled_records += len(records)
     if not sampled_records or not sampled_bytes:
         return None
