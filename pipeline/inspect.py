@@ -142,12 +142,13 @@ def corpus_texts(
     from apache_beam.io.filesystem import BeamIOError
 
     from transforms import read as read_lib
+    from transforms.records import Failure
 
     texts, failures = {}, {}
     for path in paths:
         try:
             for item in read_lib.read_file_records(path, input_format, id_field, text_field, pair_fields):
-                if isinstance(item, read_lib.Failure):
+                if isinstance(item, Failure):
                     failures[item.reason] = failures.get(item.reason, 0) + 1
                 elif wanted is None or item.id in wanted:
                     texts.setdefault(item.id, item.texts)

@@ -7,285 +7,27 @@ cannot be embedded go to a dead-letter output as JSON lines. Run with --help for
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import re
 import socket
 import sys
 import urllib.error
 import warnings
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.options import (
-    DEFAULT_ENCODER,
-    DEFAULT_POOLING,
-    DEFAULT_PREPROCESSOR,
-    DEFAULT_SEQ_LENGTH,
-    MAX_SEQ_LENGTH,
-    EmbeddingOptions,
-    UsageError,
-    check_argv,
-    options_parser,
-    parse_pair_fields,
-    split_patterns,
-)
+from pipeline.options import UsageError, check_argv, options_parser
+from pipeline.plan import Plan, validate
+from transforms import records as records_lib
 
-__all__ = ["Plan", "validate", "build", "run", "main"]
+__all__ = ["build", "remove_partial_files", "counters", "summarize", "prepare", "launch", "run", "main"]
 
 _LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PrismRunner")
 _NOISY_LOGGERS = ("apache_beam", "absl", "tensorflow", "google", "urllib3", "h5py")
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """Options checked and resolved: everything build() needs, nothing left to infer."""
-
-    patterns: list
-    input_format: str
-    id_field: str
-    text_field: str
-    pair_fields: tuple | None
-    encoder: str
-    preprocessor: str
-    model_fingerprint: str
-    seq_length: int
-    pooling: str
-    normalize: bool
-    batch_size: int
-    token_budget: int
-    precision: str
-    large_model: bool
-    model_copies: int | None
-    output_tfrecord: str | None  # None: BigQuery is the only sink.
-    output_sequence: bool
-    output_failed: str
-    run_id: str
-    previous_output: str | None  # An earlier run's prefix ({latest} resolved) or table; None: embed everything.
-    previous_files: tuple
-    output_bigquery: str | None  # PROJECT:DATASET.TABLE; None: no BigQuery sink.
-    bigquery_method: str
-    bigquery_table_exists: bool  # Append with the table's own schema; else create it with transforms.bigquery's.
-    # --previous_output names a table: read it (previous_output, None when there is none yet) and keep
-    # output_bigquery current instead of appending (transforms.bigquery.UpdateTable).
-    bigquery_update: bool = False
-    max_failed_fraction: float = 0.1
-    max_deleted_fraction: float = 0.5
-    settings_note: str = ""  # Where pooling, normalisation and seq_length came from, for the user.
-    estimated_records: int | None = None  # For progress; None when unknown (compressed input).
-
-
-def _resolve_settings(opts: EmbeddingOptions, encoder: str) -> tuple[str, bool, int, str]:
-    """--pooling, --normalize and --seq_length, each from its flag, else the model's own, else the default.
-
-    Returns them and one line saying which came from where; warns when a flag overrides the model's own.
-    """
-    from transforms import embed
-
-    recorded = embed.model_defaults(encoder)
-    recorded_seq_length = recorded.get("max_seq_length")
-    if recorded_seq_length is not None:
-        recorded_seq_length = min(recorded_seq_length, MAX_SEQ_LENGTH)
-    chosen = {}
-    for name, given, own, default in (("pooling", opts.pooling, recorded.get("pooling"), DEFAULT_POOLING),
-                                      ("normalize", opts.normalize, recorded.get("normalize"), False),
-                                      ("seq_length", opts.seq_length, recorded_seq_length, DEFAULT_SEQ_LENGTH)):
-        if given is not None:
-            chosen[name] = (given, "flag")
-            if own is not None and given != own and name != "seq_length":
-                logging.warning("--%s %s overrides the model's own setting (%s): its vectors will differ from "
-                                "sentence-transformers'.", name, given, own)
-        else:
-            chosen[name] = (own, "model") if own is not None else (default, "default")
-    note = ", ".join(f"{name} {value} ({source})" for name, (value, source) in chosen.items())
-    return chosen["pooling"][0], chosen["normalize"][0], chosen["seq_length"][0], note
-
-
-def _resolve_models(options: EmbeddingOptions) -> tuple[str, str]:
-    if options.model_dir and (options.encoder or options.preprocessor):
-        raise ValueError("--model_dir replaces --encoder and --preprocessor; pass one or the other.")
-    if options.model_dir:
-        root = options.model_dir.rstrip("/")
-        if not FileSystems.exists(root + "/encoder/saved_model.pb"):
-            what = "does not exist" if not FileSystems.exists(root) else "holds no encoder/saved_model.pb"
-            raise ValueError(f"--model_dir {options.model_dir} {what}: pass a directory written by model.export "
-                             "(it holds encoder/ and preprocessor/).")
-        return root + "/encoder", root + "/preprocessor"
-    return options.encoder or DEFAULT_ENCODER, options.preprocessor or DEFAULT_PREPROCESSOR
-
-
-def _resolve_run(options: EmbeddingOptions) -> dict:
-    """This run's id, its output prefixes with {run_id} filled in, and the earlier TFRecord output it updates."""
-    from transforms import bigquery, incremental
-
-    run_id = options.run_id or incremental.default_run_id()
-    if not _RUN_ID.fullmatch(run_id):
-        raise ValueError(f"--run_id {run_id!r} goes into paths: use letters, digits, '.', '_' and '-' only.")
-    output_tfrecord, output_failed = (
-        path.replace(incremental.RUN_ID_PLACEHOLDER, run_id) if path else None
-        for path in (options.output_tfrecord, options.output_failed))
-    if not output_failed and output_tfrecord:
-        output_failed = output_tfrecord + "-failed"
-    previous_output, previous_files = None, ()
-    if options.previous_output and not bigquery.is_table_spec(options.previous_output):
-        if not output_tfrecord:
-            raise ValueError(f"--previous_output {options.previous_output} is a TFRecord prefix and needs "
-                             "--output_tfrecord; to update a BigQuery table instead, name it: --previous_output "
-                             "PROJECT:DATASET.TABLE with --output_bigquery.")
-        if incremental.RUN_ID_PLACEHOLDER in options.previous_output:
-            raise ValueError(f"--previous_output {options.previous_output} names an earlier run: use "
-                             f"{incremental.LATEST_PLACEHOLDER} or that run's prefix, not "
-                             f"{incremental.RUN_ID_PLACEHOLDER}.")
-        previous_output = incremental.resolve_previous(options.previous_output, run_id)
-        if previous_output is None:
-            logging.info("--previous_output %s: no complete run before %s; embedding everything.",
-                         options.previous_output, run_id)
-        elif previous_output == output_tfrecord:
-            raise ValueError(f"--previous_output {previous_output} is this run's own --output_tfrecord; write each "
-                             "run to its own prefix, e.g. gs://bucket/emb/run={run_id}/part.")
-        else:
-            previous_files = tuple(incremental.previous_files(previous_output))
-    return {"run_id": run_id, "output_tfrecord": output_tfrecord, "output_failed": output_failed,
-            "previous_output": previous_output, "previous_files": previous_files}
-
-
-def _resolve_bigquery(options: PipelineOptions):
-    """The --output_bigquery table, checked without network access; None when not asked for."""
-    from transforms import bigquery
-
-    opts = options.view_as(EmbeddingOptions)
-    if not opts.output_bigquery:
-        return None
-    table = bigquery.parse_table(opts.output_bigquery)
-    temp_location = options.view_as(GoogleCloudOptions).temp_location
-    if opts.bigquery_method == "file_loads" and not (temp_location or "").startswith("gs://"):
-        raise ValueError(f"--output_bigquery with --bigquery_method file_loads stages files for BigQuery load jobs "
-                         f"under --temp_location, which must be gs:// (got {temp_location or 'none'}): pass "
-                         "--temp_location gs://BUCKET/tmp, or --bigquery_method streaming.")
-    return table
-
-
-def _resolve_previous_table(options: PipelineOptions, output_table) -> dict:
-    """--previous_output naming a BigQuery table: the table to read (None: none yet) and bigquery_update; else {}."""
-    from transforms import bigquery
-
-    opts = options.view_as(EmbeddingOptions)
-    if not opts.previous_output or not bigquery.is_table_spec(opts.previous_output):
-        return {}
-    previous = bigquery.parse_table(opts.previous_output, flag="--previous_output")
-    if output_table is None:
-        raise ValueError(f"--previous_output {opts.previous_output} is a BigQuery table: pass --output_bigquery, the "
-                         "table the run keeps current (usually that same table).")
-    if opts.output_tfrecord:
-        raise ValueError(f"--previous_output {opts.previous_output} is a BigQuery table, which updates the "
-                         "--output_bigquery table only: drop --output_tfrecord, or give a TFRecord --previous_output "
-                         "to write TFRecord.")
-    if opts.bigquery_method != "file_loads":
-        raise ValueError(f"--bigquery_method {opts.bigquery_method} cannot keep a table current: with a BigQuery "
-                         "--previous_output the run loads its complete set with load jobs; use --bigquery_method "
-                         "file_loads (the default).")
-    exists = bigquery.check_previous_table(previous, output_table, options.view_as(GoogleCloudOptions).project)
-    if not exists:
-        logging.info("--previous_output %s does not exist yet; embedding everything.", previous.spec)
-    return {"previous_output": previous.spec if exists else None, "bigquery_update": True}
-
-
-def _check_buckets(options: PipelineOptions, paths_by_flag: dict) -> None:
-    """Fails fast on a gs:// path whose bucket does not exist, before Beam fails late or reads nothing."""
-    from apache_beam.io.gcp import gcsio
-    from google.api_core import exceptions
-
-    gcs, checked = None, set()
-    for flag, paths in paths_by_flag.items():
-        for path in paths:
-            bucket = path[len("gs://"):].split("/", 1)[0] if path and path.startswith("gs://") else None
-            if not bucket or bucket in checked:
-                continue
-            gcs = gcs or gcsio.GcsIO(pipeline_options=options)
-            try:
-                found = gcs.get_bucket(bucket)
-            except exceptions.Forbidden:  # Object permissions without storage.buckets.get: let Beam try.
-                found = True
-            if not found:
-                raise ValueError(f"{flag} {path}: bucket gs://{bucket} does not exist (or is not visible to "
-                                 "these credentials).")
-            checked.add(bucket)
-
-
-def _check_writable(paths_by_flag: dict) -> None:
-    """Fails fast on a local output prefix whose directory cannot be created or written (gs:// is checked by
-    _check_buckets), instead of failing after the model has loaded and every record was embedded."""
-    import tempfile
-
-    for flag, path in paths_by_flag.items():
-        if not path or "://" in path:
-            continue
-        directory = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(directory, exist_ok=True)
-            with tempfile.TemporaryFile(dir=directory):
-                pass
-        except OSError as err:
-            raise ValueError(f"{flag} {path}: cannot write to {directory} ({err.strerror or err}).") from err
-
-
-def validate(options: PipelineOptions) -> Plan:
-    """Checks the options before anything runs; user mistakes raise ValueError naming the flag."""
-    from transforms import bigquery, embed, preflight, read
-
-    opts = options.view_as(EmbeddingOptions)
-    if not opts.input:
-        raise ValueError("--input is required: a corpus file pattern such as corpus/*.jsonl.")
-    if not opts.output_tfrecord and not opts.output_bigquery:
-        raise ValueError("--output_tfrecord or --output_bigquery is required: an output prefix such as "
-                         "out/embeddings, or a table such as my-project:my_dataset.embeddings.")
-    if not opts.output_tfrecord and not opts.output_failed:
-        raise ValueError("--output_failed is required when --output_bigquery is the only output: a prefix for "
-                         "the records that could not be embedded, such as gs://bucket/failed/part.")
-    bigquery_table = _resolve_bigquery(options)
-    patterns = split_patterns(opts.input)
-    _check_buckets(options, {
-        "--input": patterns, "--output_tfrecord": [opts.output_tfrecord], "--output_failed": [opts.output_failed],
-        "--model_dir": [opts.model_dir], "--encoder": [opts.encoder], "--preprocessor": [opts.preprocessor],
-        "--previous_output": [opts.previous_output],
-        "--temp_location": [options.view_as(GoogleCloudOptions).temp_location
-                            if bigquery_table and opts.bigquery_method == "file_loads" else None]})
-    read.check_inputs_exist(patterns)
-    input_format = opts.input_format or read.infer_format(patterns)
-    pair_fields = parse_pair_fields(opts.pair_fields)
-    if pair_fields and input_format == "text":
-        raise ValueError("--pair_fields needs named fields; --input_format text has none (use jsonl, csv, tsv "
-                         "or tfrecord).")
-    preflight.check_sample(patterns, input_format, pair_fields or (opts.text_field,))
-    estimated_records = preflight.estimate_records(patterns, input_format)
-    encoder, preprocessor = _resolve_models(opts)
-    embed.check_models(encoder, preprocessor)
-    pooling, normalize, seq_length, settings_note = _resolve_settings(opts, encoder)
-    embed.check_seq_length(preprocessor, seq_length)
-    fingerprint = embed.model_fingerprint(encoder, preprocessor, pooling, normalize, seq_length, opts.precision)
-    run_plan = _resolve_run(opts)
-    _check_writable({"--output_tfrecord": run_plan["output_tfrecord"], "--output_failed": run_plan["output_failed"]})
-    table_exists = bool(bigquery_table) and bigquery.check_table(bigquery_table,
-                                                                 options.view_as(GoogleCloudOptions).project)
-    run_plan.update(_resolve_previous_table(options, bigquery_table))
-    return Plan(patterns=patterns, input_format=input_format, id_field=opts.id_field, text_field=opts.text_field,
-                pair_fields=pair_fields, encoder=encoder, preprocessor=preprocessor, model_fingerprint=fingerprint,
-                seq_length=seq_length, pooling=pooling, normalize=normalize, settings_note=settings_note,
-                max_failed_fraction=opts.max_failed_fraction, max_deleted_fraction=opts.max_deleted_fraction,
-                estimated_records=estimated_records,
-                batch_size=opts.batch_size, token_budget=opts.token_budget, precision=opts.precision,
-                large_model=opts.large_model, model_copies=opts.model_copies, output_sequence=opts.output_sequence,
-                output_bigquery=bigquery_table.spec if bigquery_table else None,
-                bigquery_method=opts.bigquery_method, bigquery_table_exists=table_exists, **run_plan)
-
-
-def _key_by_record(record):
-    return (record.id, record.content_hash, record.source), record.texts
 
 
 def build(pipeline: beam.Pipeline, plan: Plan) -> None:
@@ -294,64 +36,88 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
     Every sink writes; the steps that commit a run (the TFRecord manifest, the BigQuery MERGE) wait for
     transforms.guard.CheckRun, which fails the run when too much failed or would be deleted.
     """
-    from transforms import bigquery, dedupe, embed, guard, incremental, progress, read, write
+    from transforms import dedupe, embed, guard, progress, read, write
 
+    inputs, model, outputs, incremental = plan.inputs, plan.model, plan.outputs, plan.incremental
     handler = embed.EmbeddingModelHandler(
-        plan.encoder, plan.preprocessor, seq_length=plan.seq_length, pooling=plan.pooling,
-        normalize=plan.normalize, with_sequence=plan.output_sequence, max_batch_size=plan.batch_size,
-        token_budget=plan.token_budget, large_model=plan.large_model, model_copies=plan.model_copies,
-        precision=plan.precision)
+        model.encoder, model.preprocessor, seq_length=model.seq_length, pooling=model.pooling,
+        normalize=model.normalize, with_sequence=outputs.sequence, max_batch_size=model.batch_size,
+        token_budget=model.token_budget, large_model=model.large_model, model_copies=model.model_copies,
+        precision=model.precision)
     parsed, read_failures = pipeline | "ReadCorpus" >> read.ReadCorpus(
-        plan.patterns, plan.input_format, id_field=plan.id_field, text_field=plan.text_field,
-        pair_fields=plan.pair_fields)
+        list(inputs.patterns), inputs.input_format, id_field=inputs.id_field, text_field=inputs.text_field,
+        pair_fields=inputs.pair_fields)
     records, duplicates = parsed | "DropDuplicateIds" >> dedupe.DropDuplicateIds()
-    carried_forward, previous, deleted = None, None, None
-    if plan.previous_output:
-        previous = pipeline | "ReadPrevious" >> (incremental.ReadPreviousTable(plan.previous_output)
-                                                 if plan.bigquery_update else
-                                                 incremental.ReadPrevious(plan.previous_files))
-        records, carried_forward, deleted = (records, previous) | "SelectChanged" >> incremental.SelectChanged(
-            plan.model_fingerprint, with_sequence=plan.output_sequence and not plan.bigquery_update)
-    keyed_texts = records | "KeyByRecord" >> beam.Map(_key_by_record)
+    selected = _select_changed(pipeline, plan, records) if incremental.previous_output else None
+    to_embed = selected.to_embed if selected else records
+    keyed_texts = to_embed | "KeyByRecord" >> beam.Map(_key_by_record)
     embeddings, inference_failures = keyed_texts | "Embed" >> embed.Embed(handler)
     # An incremental run embeds only what changed: its total is not known up front.
-    total = None if plan.previous_output else plan.estimated_records
+    total = None if incremental.previous_output else inputs.estimated_records
     _ = embeddings | "ReportProgress" >> beam.ParDo(progress.ReportProgress(total))
-    read_failure_lines = ((read_failures, duplicates) | "ReadAndDuplicateFailures" >> beam.Flatten()
-                          | "ReadFailureToJson" >> beam.Map(read.failure_to_json))
-    record_failure_lines = (
-        (read_failure_lines,
-         inference_failures | "InferenceFailureToJson" >> beam.MapTuple(write.inference_failure_json))
-        | "RecordFailures" >> beam.Flatten())
-    failure_files = record_failure_lines | "WriteFailures" >> write.WriteFailures(plan.output_failed)
-    parts = {"parsed": parsed, "read_failures": read_failures, "failures": record_failure_lines,
-             "embedded": embeddings, "after": failure_files}
-    if previous is not None:
-        parts.update(carried=carried_forward, previous=previous, deleted=deleted)
+    failures = ((read_failures, duplicates, inference_failures | "InferenceFailure" >> beam.MapTuple(
+                 records_lib.inference_failure))
+                | "RecordFailures" >> beam.Flatten())
+    failure_files = failures | "WriteFailures" >> write.WriteFailures(outputs.failed)
+    parts = {"parsed": parsed, "read_failures": read_failures, "failures": failures, "embedded": embeddings,
+             "after": failure_files}
+    if selected:
+        parts.update(carried=selected.carried_forward, previous=selected.previous, deleted=selected.deleted)
     verdict = parts | "CheckRun" >> guard.CheckRun(plan.max_failed_fraction, plan.max_deleted_fraction,
-                                                   f"{plan.output_failed}-*.jsonl")
-    if plan.output_bigquery and not plan.bigquery_update:
-        # Rows embedded by this run only (embedded_at stays true); WriteTFRecord counts unless it is absent.
+                                                   f"{outputs.failed}-*.jsonl")
+    carried_forward = selected.carried_forward if selected else None
+    _write(embeddings, plan, verdict, carried_forward)
+
+
+class _Selected(NamedTuple):
+    to_embed: beam.PCollection
+    carried_forward: beam.PCollection
+    deleted: beam.PCollection
+    previous: beam.PCollection
+
+
+def _select_changed(pipeline: beam.Pipeline, plan: Plan, records) -> _Selected:
+    """Reads the earlier output and splits the records into those to embed and those to carry forward."""
+    from transforms import incremental
+
+    run = plan.incremental
+    previous = pipeline | "ReadPrevious" >> (incremental.ReadPreviousTable(run.previous_output)
+                                             if run.bigquery_update else incremental.ReadPrevious(run.previous_files))
+    selected = records | "SelectChanged" >> incremental.SelectChanged(
+        previous, plan.model.fingerprint, with_sequence=plan.outputs.sequence and not run.bigquery_update)
+    return _Selected(selected.to_embed, selected.carried_forward, selected.deleted, previous)
+
+
+def _write(embeddings, plan: Plan, verdict, carried_forward) -> None:
+    """Every sink the plan names; each commits only after the verdict."""
+    from transforms import bigquery, incremental, write
+
+    outputs, run, fingerprint = plan.outputs, plan.incremental, plan.model.fingerprint
+    if outputs.bigquery and not run.bigquery_update:
+        # Rows embedded by this run only (their embedded_at stays true).
         refused_rows = embeddings | "WriteBigQuery" >> bigquery.WriteBigQuery(
-            plan.output_bigquery, plan.model_fingerprint, plan.run_id, method=plan.bigquery_method,
-            table_exists=plan.bigquery_table_exists, count=not plan.output_tfrecord, verdict=verdict)
+            outputs.bigquery, fingerprint, run.run_id, method=outputs.bigquery_method,
+            table_exists=outputs.bigquery_table_exists, verdict=verdict)
         # Written apart from the others, which the check waits for; the name still matches PREFIX-*.jsonl.
-        _ = refused_rows | "WriteBigQueryFailures" >> write.WriteFailures(plan.output_failed + "-bigquery")
-    if plan.output_tfrecord:
-        to_write = embeddings if carried_forward is None else (embeddings, carried_forward)
-        written = to_write | "WriteTFRecord" >> write.WriteTFRecord(
-            plan.output_tfrecord, plan.model_fingerprint, expected_records=plan.estimated_records, verdict=verdict)
-        _ = written | "WriteManifest" >> incremental.WriteManifest(plan.output_tfrecord, plan.run_id,
-                                                                   plan.model_fingerprint, verdict=verdict)
-    if plan.bigquery_update:
+        _ = refused_rows | "WriteBigQueryFailures" >> write.WriteFailures(outputs.failed + "-bigquery")
+    if outputs.tfrecord:
+        written = embeddings | "WriteTFRecord" >> write.WriteTFRecord(
+            outputs.tfrecord, fingerprint, expected_records=plan.inputs.estimated_records, verdict=verdict,
+            carried_forward=carried_forward)
+        _ = written | "WriteManifest" >> incremental.WriteManifest(outputs.tfrecord, run.run_id, fingerprint,
+                                                                   verdict=verdict)
+    if run.bigquery_update:
         # The run's complete set (embedded and carried forward) replaces the table's rows in one MERGE.
-        to_update = embeddings if carried_forward is None else (embeddings, carried_forward)
-        _ = to_update | "UpdateBigQuery" >> bigquery.UpdateTable(
-            plan.output_bigquery, plan.model_fingerprint, plan.run_id, verdict=verdict)
+        _ = embeddings | "UpdateBigQuery" >> incremental.UpdateTable(
+            outputs.bigquery, fingerprint, run.run_id, verdict=verdict, carried_forward=carried_forward)
 
 
-def remove_partial_files(plan: Plan) -> int:
-    """Removes the beam-temp-* and PREFIX.runs-* folders that an interrupted earlier attempt at this run's
+def _key_by_record(record: records_lib.Record) -> tuple[records_lib.RecordKey, tuple[str, ...]]:
+    return record.key, record.texts
+
+
+def remove_partial_files(prefixes) -> int:
+    """Removes the beam-temp-* and PREFIX.runs-* folders that an interrupted earlier attempt at these output
     prefixes left.
 
     Beam's file sinks write under OUTPUT_DIR/beam-temp-BASENAME-UUID and move the files into place at the end,
@@ -363,7 +129,7 @@ def remove_partial_files(plan: Plan) -> int:
     import shutil
 
     removed = 0
-    for prefix in (plan.output_tfrecord, plan.output_failed):
+    for prefix in prefixes:
         if not prefix:
             continue
         directory, base = FileSystems.split(prefix)
@@ -389,47 +155,47 @@ def remove_partial_files(plan: Plan) -> int:
     return removed
 
 
-def _counters(result) -> dict[str, int]:
+def counters(result) -> dict[str, int]:
+    """A finished run's counters (transforms.records' names) by name, summed over steps."""
     totals: dict[str, int] = {}
-    for counter in result.metrics().query(MetricsFilter().with_namespace("embeddings"))["counters"]:
+    for counter in result.metrics().query(MetricsFilter().with_namespace(records_lib.NAMESPACE))["counters"]:
         value = counter.committed if counter.committed is not None else counter.attempted
         totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (value or 0)
     return totals
 
 
 def _destinations(plan: Plan) -> str:
-    sinks = [f"{plan.output_tfrecord}-*.tfrecord"] if plan.output_tfrecord else []
-    return ", ".join(sinks + ([f"BigQuery {plan.output_bigquery}"] if plan.output_bigquery else []))
+    outputs = plan.outputs
+    sinks = [f"{outputs.tfrecord}-*.tfrecord"] if outputs.tfrecord else []
+    return ", ".join(sinks + ([f"BigQuery {outputs.bigquery}"] if outputs.bigquery else []))
 
 
-def summarize(counters: dict[str, int], plan: Plan) -> str:
+def summarize(counts: dict[str, int], plan: Plan) -> str:
     """One line: what was read, embedded, failed (by reason) and truncated, and where it went."""
-    failed = {name[len("failed_"):]: n for name, n in sorted(counters.items()) if name.startswith("failed_") and n}
+    prefix = records_lib.FAILED_PREFIX
+    failed = {name[len(prefix):]: n for name, n in sorted(counts.items()) if name.startswith(prefix) and n}
     failed_text = ", ".join(f"{reason} {n}" for reason, n in failed.items()) or "none"
     incremental_text = ""
-    if plan.previous_output:
+    if plan.incremental.previous_output:
         incremental_text = (
-            f". Since {plan.previous_output}: new {counters.get('new', 0)}, changed {counters.get('changed', 0)} "
-            f"({counters.get('changed_model', 0)} for another model), unchanged {counters.get('unchanged', 0)} "
-            f"(carried forward), deleted {counters.get('deleted', 0)}")
-    return (f"Read {counters.get('records_read', 0)} records: embedded {counters.get('embedded', 0)} "
-            f"({counters.get('tokens_embedded', 0)} tokens, {counters.get('truncated', 0)} truncated to "
-            f"{plan.seq_length}), failed {sum(failed.values())} ({failed_text}). "
-            f"Embeddings: {_destinations(plan)}; failures: {plan.output_failed}-*.jsonl"
-            + incremental_text)
+            f". Since {plan.incremental.previous_output}: new {counts.get('new', 0)}, changed "
+            f"{counts.get('changed', 0)} ({counts.get('changed_model', 0)} for another model), unchanged "
+            f"{counts.get('unchanged', 0)} (carried forward), deleted {counts.get('deleted', 0)}")
+    return (f"Read {counts.get(records_lib.RECORDS_READ, 0)} records: embedded {counts.get(records_lib.EMBEDDED, 0)} "
+            f"({counts.get(records_lib.TOKENS_EMBEDDED, 0)} tokens, {counts.get(records_lib.TRUNCATED, 0)} truncated "
+            f"to {plan.model.seq_length}), failed {sum(failed.values())} ({failed_text}). "
+            f"Embeddings: {_destinations(plan)}; failures: {plan.outputs.failed}-*.jsonl" + incremental_text)
 
 
-def run(argv=None, strict: bool = True) -> beam.runners.runner.PipelineResult:
-    """Parses, validates, builds and runs; waits for local runners only (a template launch must not block).
+def prepare(argv: list[str], strict: bool = True) -> tuple[PipelineOptions, Plan]:
+    """Parses and validates the command line into Beam's options and a Plan.
 
     With `strict` (the command line), an unknown flag is a UsageError; the Flex Template launcher passes
     strict=False, since Dataflow's launcher adds arguments of its own.
 
     Raises:
         UsageError: for a mistake in the command line or in what it names (exit code 2 from main).
-        transforms.guard.RunRefused: when a local run failed its checks (exit code 1).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
     if strict:
         check_argv(argv)
     options = PipelineOptions(argv)
@@ -441,16 +207,29 @@ def run(argv=None, strict: bool = True) -> beam.runners.runner.PipelineResult:
         raise
     except ValueError as err:
         raise UsageError(str(err)) from err
-    logging.info("%s.", plan.settings_note[:1].upper() + plan.settings_note[1:])
-    remove_partial_files(plan)
+    return options, plan
+
+
+def launch(options: PipelineOptions, plan: Plan) -> beam.runners.runner.PipelineResult:
+    """Builds and runs the plan; waits for local runners only (a template launch must not block).
+
+    Raises:
+        transforms.guard.RunRefused: when a local run failed its checks (exit code 1).
+    """
+    note = plan.model.settings_note
+    logging.info("%s.", note[:1].upper() + note[1:])
+    remove_partial_files([prefix for prefix in (plan.outputs.tfrecord, plan.outputs.failed) if prefix])
     pipeline = beam.Pipeline(options=options)
     build(pipeline, plan)
     result = pipeline.run()
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    if runner in _LOCAL_RUNNERS:
+    if options.view_as(StandardOptions).runner in _LOCAL_RUNNERS:
         result.wait_until_finish()
-        print(summarize(_counters(result), plan))
     return result
+
+
+def run(argv=None, strict: bool = True) -> beam.runners.runner.PipelineResult:
+    """Parses, validates, builds and runs (prepare, then launch); see those for `strict` and what is raised."""
+    return launch(*prepare(list(sys.argv[1:] if argv is None else argv), strict))
 
 
 _EPILOG = """\
@@ -564,7 +343,10 @@ def main(argv=None) -> int:
     if not verbose:
         _import_tensorflow_quietly()
     try:
-        run(argv)
+        options, plan = prepare(argv)
+        result = launch(options, plan)
+        if options.view_as(StandardOptions).runner in _LOCAL_RUNNERS:
+            print(summarize(counters(result), plan))
     except UsageError as err:
         print(f"error: {err} (see python -m pipeline.run --help)", file=sys.stderr)
         return 2

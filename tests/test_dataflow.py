@@ -15,7 +15,7 @@ from apache_beam.runners.dataflow.internal import apiclient
 
 from pipeline import run as run_lib
 from transforms import bigquery, embed
-from transforms.read import content_hash
+from transforms.records import content_hash
 
 GPU_SERVICE_OPTION = "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
 IMAGE = "us-central1-docker.pkg.dev/PROJECT/REPOSITORY/embed-corpus:TAG"
@@ -148,7 +148,7 @@ def test_bigquery_as_the_only_sink_translates_with_streaming_inserts(tmp_path, t
                                  "--output_bigquery=test-project.embeddings.pairs", "--bigquery_method=streaming",
                                  "--output_failed=gs://test-bucket/failed/run={run_id}/part"])
     names = transform_names(result.job)
-    assert "WriteBigQuery/FailedRowToJson" in names and "WriteFailures" in names
+    assert "WriteBigQuery/FailedRowToFailure" in names and "WriteFailures" in names
     assert not any(name.startswith(("WriteTFRecord", "WriteManifest")) for name in names)
     assert "gs://test-bucket/failed/run=2026-11-24T00-00-00/part" in str(result.job.proto_pipeline)
 

@@ -6,7 +6,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms import dedupe
-from transforms.read import Record, content_hash
+from transforms.records import Record, content_hash
 
 
 def _record(record_id, text, source):
@@ -36,14 +36,14 @@ def test_a_run_writes_one_row_per_id_and_counts_the_duplicates(tmp_path, tiny_mo
     import tensorflow as tf
 
     from pipeline import run as run_lib
-    from transforms.write import feature_spec
+    from transforms.records import feature_spec
 
     records = [{"id": f"d{i}", "text": synthetic_text(i)} for i in range(10)] + [{"id": "d3", "text": "other"}]
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in records))
     prefix = str(tmp_path / "out" / "emb")
-    run_lib.run(["--runner=FnApiRunner", f"--input={corpus}", f"--model_dir={tiny_model_dir}",
-                 f"--output_tfrecord={prefix}"])
+    assert run_lib.main(["--runner=FnApiRunner", f"--input={corpus}", f"--model_dir={tiny_model_dir}",
+                         f"--output_tfrecord={prefix}"]) == 0
     ids = [tf.io.parse_single_example(s, feature_spec())["id"].numpy().decode()
            for s in tf.data.TFRecordDataset(tf.io.gfile.glob(prefix + "-*.tfrecord"))]
     assert sorted(ids) == sorted(f"d{i}" for i in range(10))

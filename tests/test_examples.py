@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from transforms.examples import parse_example, serialize_example, value_kind
-from transforms.write import feature_spec
+from transforms.records import feature_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,7 +152,7 @@ corpus, out = sys.argv[1], sys.argv[2]
 
 def fake_embedding(record):
     vector = np.full(4, len(record.texts[0]), np.float32)
-    return (record.id, record.content_hash, record.source), Embedding(vector, 3, False, None)
+    return record.key, Embedding(vector, 3, False, None)
 
 with beam.Pipeline() as p:
     records, failures = p | ReadCorpus([corpus], "tfrecord")

@@ -213,8 +213,7 @@ def test_a_rerun_removes_the_partial_files_an_interrupted_attempt_left(tmp_path)
     (out / "beam-temp-other-1").mkdir()
     (out / "emb.runs-5678").mkdir()
     (out / "emb.runs-5678" / "shard-00000-x.run").write_bytes(b"x" * 100)
-    plan = type("Plan", (), {"output_tfrecord": str(out / "emb"), "output_failed": str(out / "emb-failed")})
-    assert run_lib.remove_partial_files(plan) == 2
+    assert run_lib.remove_partial_files([str(out / "emb"), str(out / "emb-failed")]) == 2
     assert sorted(os.listdir(out)) == ["beam-temp-other-1"]
 
 
@@ -233,7 +232,7 @@ def _read_embeddings(prefix):
 
     import tensorflow as tf
 
-    from transforms.write import feature_spec
+    from transforms.records import feature_spec
 
     rows = {}
     for serialized in tf.data.TFRecordDataset(sorted(glob.glob(prefix + "-*.tfrecord"))):

@@ -14,8 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import run as run_lib
 from transforms import incremental
-from transforms.read import Record, content_hash
-from transforms.write import feature_spec
+from transforms.records import Record, content_hash, feature_spec
 
 
 def _read(prefix: str) -> dict:
@@ -38,7 +37,7 @@ def _run(corpus: str, root, run_id: str, model_dir: str, *extra):
             f"--output_tfrecord={root}/run={{run_id}}/part", f"--previous_output={root}/run={{latest}}/part",
             f"--run_id={run_id}", *extra]
     result = run_lib.run(argv)
-    return f"{root}/run={run_id}/part", run_lib._counters(result)
+    return f"{root}/run={run_id}/part", run_lib.counters(result)
 
 
 def _changes(counters: dict) -> dict:
@@ -132,9 +131,9 @@ def test_select_changed_joins_on_id_and_counts_each_case():
                _record("oldmodel", "same"), _record("seq", "seq"), _record("dup", "dup"), _record("dup", "dup")]
     pipeline = beam.Pipeline(runner="FnApiRunner", options=PipelineOptions([]))
     keyed_previous = (pipeline | "Previous" >> beam.Create([(f"f{i}", s) for i, (_, s) in enumerate(previous)])
-                      | beam.ParDo(incremental._KeyPreviousFn()))
-    to_embed, carried, deleted = ((pipeline | "Records" >> beam.Create(records), keyed_previous)
-                                  | incremental.SelectChanged("m1", with_sequence=False))
+                      | beam.Map(incremental._key_previous))
+    to_embed, carried, deleted = (pipeline | "Records" >> beam.Create(records)
+                                  | incremental.SelectChanged(keyed_previous, "m1", with_sequence=False))
     assert_that(deleted, equal_to(["gone"]), label="Deleted")
     assert_that(to_embed | beam.Map(lambda r: r.id), equal_to(["edit", "fresh", "oldmodel", "seq"]),
                 label="Embedded")

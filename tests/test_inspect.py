@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from pipeline import inspect as inspect_lib
 from pipeline import run as run_lib
-from transforms import read as read_lib
+from transforms import records as records_lib
 from transforms.examples import serialize_example
 
 TEXTS = {
@@ -91,7 +91,7 @@ def test_plain_text_ids_derived_from_the_content_map_back_to_their_lines(text_ru
     code, out, err = _inspect(capsys, prefix, f"--corpus={corpus}")
     assert code == 0, err
     for text in TEXTS.values():
-        record_id = read_lib.derived_id(read_lib.content_hash((text,)))
+        record_id = records_lib.derived_id(records_lib.content_hash((text,)))
         assert f"\n{record_id}: {text}\n" in out
     assert "\r" not in out
 

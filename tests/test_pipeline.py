@@ -12,7 +12,8 @@ import tensorflow_text  # noqa: F401  Registers the preprocessor's ops.
 from pipeline import options as options_lib
 from pipeline import run as run_lib
 from transforms import read as read_lib
-from transforms.write import feature_spec
+from transforms import records as records_lib
+from transforms.records import feature_spec
 
 TEXTS = {
     "a": "the cat sat on the mat .",
@@ -111,7 +112,7 @@ def _write_corpus(tmp_path, input_format, records):
 def _ids(input_format, records):
     """Ids in record order: as given, or derived from the content for plain text."""
     if input_format == "text":
-        return [read_lib.derived_id(read_lib.content_hash(texts)) for texts in records.values()]
+        return [records_lib.derived_id(records_lib.content_hash(texts)) for texts in records.values()]
     return list(records)
 
 
@@ -130,7 +131,7 @@ def test_every_format_embeds_every_record_like_the_models_called_directly(
     expected, _, _ = reference.embed(texts, "pooled", False, seq_length=32)
     for record_id, record_texts, vector in zip(ids, texts, expected, strict=True):
         np.testing.assert_allclose(rows[record_id]["embedding"], vector, atol=1e-5, rtol=0)
-        assert rows[record_id]["content_hash"].decode() == read_lib.content_hash(record_texts)
+        assert rows[record_id]["content_hash"].decode() == records_lib.content_hash(record_texts)
         assert len(rows[record_id]["model"]) == 16
 
 
@@ -204,7 +205,7 @@ def test_counters_add_up_and_summary_names_outputs(tmp_path, tiny_model_dir, cap
     prefix = str(tmp_path / "out" / "emb")
     result = run_lib.run(["--runner=FnApiRunner", f"--input={corpus}", f"--output_tfrecord={prefix}",
                           f"--model_dir={tiny_model_dir}", "--seq_length=16", "--max_failed_fraction=0.5"])
-    counters = run_lib._counters(result)
+    counters = run_lib.counters(result)
     assert counters["records_read"] == 3 and counters["embedded"] == 3
     assert counters["failed_empty_text"] == 1 and counters["truncated"] == 1
     assert counters["tokens_embedded"] == 5 + 4 + 16  # [CLS] x [SEP] per text, the long one cut at 16.

@@ -17,13 +17,11 @@ from transforms.read import (
     FAILURE_REASONS,
     FORMATS,
     RECORDS_TAG,
-    Failure,
     ReadCorpus,
-    Record,
     check_inputs_exist,
-    failure_to_json,
     infer_format,
 )
+from transforms.records import Failure, Record, failure_to_json
 
 # sha256 of b"\x00\x00\x00\x00\x00\x00\x00\x05hello", worked out once: pins the id scheme across releases.
 _HELLO_HASH = "c6402d15196824a049ad87c371a5047a673535c2ac8607e2bfa483f7591cc27a"

@@ -15,19 +15,20 @@ from apache_beam.testing.util import assert_that
 from transforms import write
 from transforms.embed import Embedding
 from transforms.examples import serialize_example
-from transforms.write import WriteTFRecord, feature_spec
+from transforms.records import RecordKey, feature_spec
+from transforms.write import WriteTFRecord
 
 _MODEL = "fingerprint"
 
 
 def _embeddings(count: int, with_sequence: bool = False) -> list:
-    """((id, content_hash, source), Embedding) pairs, ids in no sorted order."""
+    """(RecordKey, Embedding) pairs, ids in no sorted order."""
     rng = np.random.default_rng(7)
     pairs = []
     for i in rng.permutation(count):
         tokens = int(i % 5) + 2
         sequence = rng.standard_normal((tokens, 4)).astype(np.float32) if with_sequence else None
-        pairs.append(((f"doc-{i}", hashlib.sha256(str(i).encode()).hexdigest(), "corpus.jsonl"),
+        pairs.append((RecordKey(f"doc-{i}", hashlib.sha256(str(i).encode()).hexdigest(), "corpus.jsonl"),
                       Embedding(rng.standard_normal(4).astype(np.float32), tokens, False, sequence)))
     return pairs
 
@@ -38,7 +39,7 @@ def _write(prefix: str, embeddings: list, carried: list | None = None, **kwargs)
     with TestPipeline() as p:
         records = p | "Embeddings" >> beam.Create(embeddings)
         if carried is not None:
-            records = (records, p | "Carried" >> beam.Create(carried))
+            kwargs["carried_forward"] = p | "Carried" >> beam.Create(carried)
         written = records | WriteTFRecord(prefix, _MODEL, **kwargs)
         assert_that(written, _matches_glob(prefix))
 

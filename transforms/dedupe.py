@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import apache_beam as beam
 
-from transforms.read import FAILED_TAG, RECORDS_TAG, make_failure
+from transforms.read import FAILED_TAG, RECORDS_TAG
+from transforms.records import FAILED_PREFIX, counter, make_failure, record_text
 
 __all__ = ["DUPLICATE_REASON", "DropDuplicateIds"]
 
 DUPLICATE_REASON = "duplicate_id"
-_NAMESPACE = "embeddings"
 
 
 def _kept_first(record) -> tuple:
@@ -23,7 +21,7 @@ class _KeepOneFn(beam.DoFn):
     """(id, [Record]) -> the first Record by _kept_first, and a tagged Failure for each other copy."""
 
     def __init__(self):
-        self._duplicates = beam.metrics.Metrics.counter(_NAMESPACE, f"failed_{DUPLICATE_REASON}")
+        self._duplicates = counter(FAILED_PREFIX + DUPLICATE_REASON)
 
     def process(self, element):
         record_id, copies = element
@@ -33,11 +31,10 @@ class _KeepOneFn(beam.DoFn):
         for copy in copies[1:]:
             self._duplicates.inc()
             same = "the same texts" if copy.content_hash == kept.content_hash else "other texts"
-            raw = json.dumps({"id": copy.id, "texts": list(copy.texts)}, ensure_ascii=False)
             yield beam.pvalue.TaggedOutput(FAILED_TAG, make_failure(
                 copy.source, DUPLICATE_REASON,
                 f"id {record_id!r} appears {len(copies)} times; kept the copy from {kept.source} "
-                f"(content_hash {kept.content_hash[:16]}); this one has {same}", raw))
+                f"(content_hash {kept.content_hash[:16]}); this one has {same}", record_text(copy.id, copy.texts)))
 
 
 class DropDuplicateIds(beam.PTransform):

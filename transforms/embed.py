@@ -18,6 +18,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
+from transforms import records
+
 __all__ = ["POOLING_MODES", "PRECISIONS", "SENTENCE_CONFIG_PATH", "EmbeddingModelHandler", "Embedding", "Embed",
            "model_fingerprint", "model_defaults", "check_models", "check_seq_length", "plan_sub_batches",
            "resolve_handle", "stage_locally"]
@@ -574,9 +576,27 @@ class Embed(beam.PTransform):
         results, errors = (keyed_texts
                            | "RunInference" >> RunInference(KeyedModelHandler(self._handler))
                            .with_exception_handling())
-        embedded = results | "TakeInference" >> beam.MapTuple(lambda key, prediction: (key, prediction.inference))
+        embedded = results | "TakeInference" >> beam.ParDo(_TakeInference())
         failed = errors.failed_inferences | "SplitFailedBatches" >> beam.FlatMap(_split_failed_batch)
         return embedded, failed
+
+
+class _TakeInference(beam.DoFn):
+    """(key, PredictionResult) -> (key, Embedding); counts what was embedded, once for every sink."""
+
+    def __init__(self):
+        self._embedded = records.counter(records.EMBEDDED)
+        self._tokens = records.counter(records.TOKENS_EMBEDDED)
+        self._truncated = records.counter(records.TRUNCATED)
+
+    def process(self, element):
+        key, prediction = element
+        embedding = prediction.inference
+        self._embedded.inc()
+        self._tokens.inc(embedding.tokens)
+        if embedding.truncated:
+            self._truncated.inc()
+        yield key, embedding
 
 
 def _split_failed_batch(batch_and_error):

@@ -15,7 +15,6 @@ Refused:
 
 from __future__ import annotations
 
-import json
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -85,17 +84,13 @@ def decide(tally: Tally, max_failed_fraction: float, max_deleted_fraction: float
 
 
 class _FailureReasons(beam.CombineFn):
-    """Dead-letter JSON lines -> {reason: (count, the smallest example)}: deterministic on every runner."""
+    """Failures -> {reason: (count, the smallest example)}: deterministic on every runner."""
 
     def create_accumulator(self):
         return {}
 
-    def add_input(self, accumulator, line):
-        try:
-            failure = json.loads(line)
-            reason, example = str(failure.get("reason")), str(failure.get("record"))[:_EXAMPLE_CHARS]
-        except (ValueError, AttributeError):
-            reason, example = "unknown", line[:_EXAMPLE_CHARS]
+    def add_input(self, accumulator, failure):
+        reason, example = failure.reason, failure.record[:_EXAMPLE_CHARS]
         count, best = accumulator.get(reason, (0, example))
         accumulator[reason] = (count + 1, min(best, example))
         return accumulator
@@ -120,7 +115,7 @@ class CheckRun(beam.PTransform):
     """Counts a run's parts and decides (see `decide`): a one-element PCollection of the Tally, or a failed run.
 
     Applied to a dict of PCollections: `parsed` (records read and parsed), `read_failures` and `failures`
-    (dead-letter JSON lines: those of reading, and every other that counts as a failed record), `embedded`,
+    (transforms.records.Failures: those of reading, and every one that counts as a failed record), `embedded`,
     and optionally `carried`, `previous` and `deleted` for incremental runs, and `after`: a step's output to
     wait for (the written dead-letter files, so a refused run still leaves them for the user). Use the result
     as a side input (`beam.pvalue.AsSingleton`) of every step that commits.

@@ -1,27 +1,5 @@
-"""Incremental runs: embed only new and changed records, carry the rest forward from an earlier run's output.
-
-The earlier output is either TFRecord or a BigQuery table.
-
-TFRecord: each run writes its embeddings under its own prefix, for example
-gs://bucket/emb/run=2026-11-24T02-00-00/part, and, once every shard is in place, a manifest PREFIX-manifest.json
-naming the shards, the run id and the model fingerprint. A run that fails leaves no manifest, so it is never taken
-for a complete run, and the earlier runs' files are only ever read. A later run is pointed at an earlier prefix
-(`--previous_output`, or `{latest}` for the newest complete run before it).
-
-BigQuery: `--previous_output PROJECT:DATASET.TABLE` reads the table's rows (ReadPreviousTable), and the run keeps
-its --output_bigquery table current (transforms.bigquery.UpdateTable: a run table, then one MERGE).
-
-Either way the run joins its corpus with the earlier embeddings on the record id:
-
-    new        the id is not in the earlier output: embedded.
-    changed    the content_hash differs, or the earlier embedding was made by another model fingerprint (or
-               with another --output_sequence choice): embedded. `changed_model` counts the latter alone.
-    unchanged  same content_hash and model: the earlier tf.train.Example is written again byte for byte (a table
-               row value for value, its embedded_at and run_id included).
-    deleted    the id is only in the earlier output: dropped.
-
-So every run's output is the complete set for its corpus, equal to a full re-embedding. The four counts are
-Beam counters in the "embeddings" namespace.
+"""Incremental runs, in one place: run ids and placeholders, manifests, change detection, carrying forward, and
+keeping a BigQuery table current. The design is written out once, in docs/incremental.md.
 """
 
 from __future__ import annotations
@@ -29,27 +7,74 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import re
 from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import GoogleCloudOptions
 
-from transforms.examples import parse_example
+from transforms import bigquery
+from transforms.bigquery import Table
+from transforms.records import SCHEMA, counter, example_key, to_row
 
-__all__ = ["RUN_ID_PLACEHOLDER", "LATEST_PLACEHOLDER", "MANIFEST_SUFFIX", "EMBED_TAG", "CARRIED_TAG", "DELETED_TAG",
+__all__ = ["RUN_ID_PLACEHOLDER", "RUN_TABLE_INFIX", "RunPaths", "resolve_run", "Selected", "run_table", "merge_sql",
+           "UpdateTable", "LATEST_PLACEHOLDER", "MANIFEST_SUFFIX", "EMBED_TAG", "CARRIED_TAG", "DELETED_TAG",
            "default_run_id", "manifest_path", "resolve_previous", "previous_files", "ReadPrevious",
            "ReadPreviousTable", "SelectChanged", "WriteManifest"]
 
 RUN_ID_PLACEHOLDER = "{run_id}"
 LATEST_PLACEHOLDER = "{latest}"
 MANIFEST_SUFFIX = "-manifest.json"
+RUN_TABLE_INFIX = "__run_"  # A current table's per-run table: TABLE__run_RUNID.
 EMBED_TAG = "embed"
 CARRIED_TAG = "carried"
 DELETED_TAG = "deleted"
-_NAMESPACE = "embeddings"
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHARD_GLOB = "-*-of-*.tfrecord"  # WriteToTFRecord's -SSSSS-of-NNNNN shard names with write.TFRECORD_SUFFIX.
+
+
+class RunPaths(NamedTuple):
+    """A run's id, its output prefixes with {run_id} filled in, and the earlier TFRecord output it updates."""
+
+    run_id: str
+    output_tfrecord: str | None
+    output_failed: str | None
+    previous_output: str | None  # An earlier run's prefix ({latest} resolved); None: embed everything.
+    previous_files: tuple[str, ...]
+
+
+def resolve_run(run_id: str | None, output_tfrecord: str | None, output_failed: str | None,
+                previous_output: str | None) -> RunPaths:
+    """Fills in {run_id} and {latest}, and lists the earlier run's shards; ValueError naming the flag.
+
+    `previous_output` here is a TFRecord prefix (a BigQuery table is checked by the caller) or None.
+    """
+    run_id = run_id or default_run_id()
+    if not _RUN_ID.fullmatch(run_id):
+        raise ValueError(f"--run_id {run_id!r} goes into paths: use letters, digits, '.', '_' and '-' only.")
+    output_tfrecord, output_failed = (path.replace(RUN_ID_PLACEHOLDER, run_id) if path else None
+                                      for path in (output_tfrecord, output_failed))
+    if not output_failed and output_tfrecord:
+        output_failed = output_tfrecord + "-failed"
+    if not previous_output:
+        return RunPaths(run_id, output_tfrecord, output_failed, None, ())
+    if not output_tfrecord:
+        raise ValueError(f"--previous_output {previous_output} is a TFRecord prefix and needs --output_tfrecord; to "
+                         "update a BigQuery table instead, name it: --previous_output PROJECT:DATASET.TABLE with "
+                         "--output_bigquery.")
+    if RUN_ID_PLACEHOLDER in previous_output:
+        raise ValueError(f"--previous_output {previous_output} names an earlier run: use {LATEST_PLACEHOLDER} or "
+                         f"that run's prefix, not {RUN_ID_PLACEHOLDER}.")
+    resolved = resolve_previous(previous_output, run_id)
+    if resolved is None:
+        logging.info("--previous_output %s: no complete run before %s; embedding everything.", previous_output, run_id)
+        return RunPaths(run_id, output_tfrecord, output_failed, None, ())
+    if resolved == output_tfrecord:
+        raise ValueError(f"--previous_output {resolved} is this run's own --output_tfrecord; write each run to its "
+                         "own prefix, e.g. gs://bucket/emb/run={run_id}/part.")
+    return RunPaths(run_id, output_tfrecord, output_failed, resolved, tuple(previous_files(resolved)))
 
 
 def default_run_id(now: datetime.datetime | None = None) -> str:
@@ -142,19 +167,11 @@ class _Previous(NamedTuple):
     carried: bytes | dict
 
 
-class _KeyPreviousFn(beam.DoFn):
+def _key_previous(element):
     """(file name, serialised Example) -> (id, _Previous)."""
-
-    def process(self, element):
-        source, serialized = element
-        try:
-            features = parse_example(serialized)
-            record_id, content_hash, model = (features[name][0].decode("utf-8")
-                                              for name in ("id", "content_hash", "model"))
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
-            raise ValueError(f"{source} holds a record without id, content_hash or model; is it the output of "
-                             "this pipeline?") from err
-        yield record_id, _Previous(content_hash, model, "sequence_length" in features, serialized)
+    source, serialized = element
+    key = example_key(serialized, source)
+    return key.id, _Previous(key.content_hash, key.model, key.has_sequence, serialized)
 
 
 class ReadPrevious(beam.PTransform):
@@ -168,7 +185,7 @@ class ReadPrevious(beam.PTransform):
         return (pbegin
                 | "PreviousFiles" >> beam.Create(self._files)
                 | "ReadTFRecord" >> beam.io.ReadAllFromTFRecord(with_filename=True)
-                | "KeyById" >> beam.ParDo(_KeyPreviousFn()))
+                | "KeyById" >> beam.Map(_key_previous))
 
 
 def _key_previous_row(row: dict):
@@ -184,8 +201,6 @@ class ReadPreviousTable(beam.PTransform):
         self._table = table
 
     def expand(self, pbegin):
-        from transforms import bigquery
-
         return (pbegin
                 | "ReadTable" >> bigquery.ReadTable(self._table)
                 | "KeyById" >> beam.Map(_key_previous_row))
@@ -196,7 +211,7 @@ class _ClassifyFn(beam.DoFn):
 
     def __init__(self, model_fingerprint: str, with_sequence: bool):
         self._model, self._with_sequence = model_fingerprint, with_sequence
-        self._counters = {name: Metrics.counter(_NAMESPACE, name)
+        self._counters = {name: counter(name)
                           for name in ("new", "changed", "changed_model", "unchanged", "deleted")}
 
     def process(self, element):
@@ -226,29 +241,33 @@ def _key_record(record):
     return record.id, record
 
 
+class Selected(NamedTuple):
+    """SelectChanged's outputs."""
+
+    to_embed: beam.PCollection  # Records, new or changed.
+    carried_forward: beam.PCollection  # Earlier serialised Examples (TFRecord) or rows (BigQuery), unchanged.
+    deleted: beam.PCollection  # Ids only in the earlier output.
+
+
 class SelectChanged(beam.PTransform):
-    """(records, previous) -> (records to embed, earlier Examples or rows to carry forward, deleted ids).
+    """Records of this run's corpus -> Selected: what to embed, what to carry forward, what was deleted.
 
-    Joined on the id.
-
-    `records` are transforms.read.Records of this run's corpus; `previous` comes from ReadPrevious (carried:
-    serialised Examples) or ReadPreviousTable (carried: table rows; pass with_sequence=False). A record
-    keeps its earlier embedding only when the content_hash, the model fingerprint and the presence of token
-    vectors all match; ids only in `previous` are dropped. Counts new, changed, changed_model, unchanged and
-    deleted in the "embeddings" namespace.
+    Joined with `previous` on the id. `previous` comes from ReadPrevious (carried: serialised Examples) or
+    ReadPreviousTable (carried: table rows; pass with_sequence=False). A record keeps its earlier embedding only
+    when the content_hash, the model fingerprint and the presence of token vectors all match; ids only in
+    `previous` are dropped. Counts new, changed, changed_model, unchanged and deleted.
     """
 
-    def __init__(self, model_fingerprint: str, with_sequence: bool = False):
+    def __init__(self, previous: beam.PCollection, model_fingerprint: str, with_sequence: bool = False):
         super().__init__()
-        self._model, self._with_sequence = model_fingerprint, with_sequence
+        self._previous, self._model, self._with_sequence = previous, model_fingerprint, with_sequence
 
-    def expand(self, records_and_previous):
-        records, previous = records_and_previous
+    def expand(self, records):
         keyed_records = records | "KeyRecordsById" >> beam.Map(_key_record)
-        joined = {"records": keyed_records, "previous": previous} | "JoinById" >> beam.CoGroupByKey()
+        joined = {"records": keyed_records, "previous": self._previous} | "JoinById" >> beam.CoGroupByKey()
         selected = joined | "Classify" >> beam.ParDo(_ClassifyFn(self._model, self._with_sequence)).with_outputs(
             CARRIED_TAG, DELETED_TAG, main=EMBED_TAG)
-        return selected[EMBED_TAG], selected[CARRIED_TAG], selected[DELETED_TAG]
+        return Selected(selected[EMBED_TAG], selected[CARRIED_TAG], selected[DELETED_TAG])
 
 
 def _write_manifest(files: list[str], prefix: str, run_id: str, model_fingerprint: str, unused_verdict=None) -> str:
@@ -278,3 +297,123 @@ class WriteManifest(beam.PTransform):
         return (written_files
                 | "CollectFiles" >> beam.combiners.ToList()
                 | "Write" >> beam.Map(_write_manifest, self._prefix, self._run_id, self._model, *gate))
+
+
+def run_table(table: Table, run_id: str) -> Table:
+    """The table a run of an incremental BigQuery run loads its complete set into: TABLE__run_RUNID.
+
+    Table names take no '.', so a run id's dots become underscores.
+    """
+    return Table(table.project, table.dataset, f"{table.table}{RUN_TABLE_INFIX}{run_id.replace('.', '_')}")
+
+
+def merge_sql(table: Table, run: Table) -> str:
+    """The MERGE that makes `table` hold exactly the rows of `run` (one per id), touching only what differs.
+
+    A row is kept when every SCHEMA column but the embedding is equal (a carried-forward row keeps its
+    embedded_at and run_id, a re-embedded one gets new ones), so unchanged rows are left alone, and changed,
+    deleted and duplicated ones are deleted. The run table holds one row per record; an id the corpus holds
+    twice keeps its most recently embedded row.
+    """
+    columns = [name for name, _, _ in SCHEMA]
+    keys = [name for name in columns if name != "embedding"]
+    listed = ", ".join(columns)
+    return (
+        f"MERGE `{table.table_id}` AS current\n"
+        f"USING (\n"
+        f"  SELECT {listed}\n"
+        f"  FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY id ORDER BY embedded_at DESC, content_hash DESC) AS copy\n"
+        f"        FROM `{run.table_id}`)\n"
+        f"  WHERE copy = 1\n"
+        f") AS run\n"
+        f"ON {' AND '.join(f'current.{key} = run.{key}' for key in keys)}\n"
+        f"WHEN NOT MATCHED BY TARGET THEN\n"
+        f"  INSERT ({listed}) VALUES ({', '.join(f'run.{name}' for name in columns)})\n"
+        f"WHEN NOT MATCHED BY SOURCE THEN DELETE")
+
+
+def _to_row(element, model_fingerprint: str, run_id: str) -> dict:
+    """(RecordKey, Embedding) -> its row, embedded now."""
+    key, embedding = element
+    return to_row(key, embedding.vector, model_fingerprint, run_id, datetime.datetime.now(datetime.timezone.utc))
+
+
+class _MergeFn(beam.DoFn):
+    """Once every load job into the run table is done: checks its row count, MERGEs it into the table, drops it."""
+
+    def __init__(self, table: Table, run: Table, billing_project: str | None):
+        self._table, self._run, self._billing_project = table, run, billing_project
+        self._merged = counter("bigquery_rows_changed")
+
+    def setup(self):
+        from google.cloud import bigquery
+
+        self._bigquery = bigquery
+        self._client = bigquery.Client(project=self._billing_project or self._table.project)
+
+    def process(self, expected_rows, unused_load_jobs, unused_copy_jobs, unused_verdict=None):
+        from google.api_core import exceptions
+
+        bigquery, client = self._bigquery, self._client
+        schema = [bigquery.SchemaField(name, type_, mode=mode) for name, type_, mode in SCHEMA]
+        if expected_rows == 0:
+            # No rows means no load job, so nothing replaced what an earlier attempt may have left.
+            client.delete_table(self._run.table_id, not_found_ok=True)
+            client.create_table(bigquery.Table(self._run.table_id, schema=schema))
+        try:
+            found = client.get_table(self._run.table_id).num_rows
+        except exceptions.NotFound:
+            # The loads are done (side inputs), so only a retry of this step after it dropped the table gets here.
+            logging.warning("Run table %s is gone: merged into %s by an earlier attempt of this step.",
+                            self._run.spec, self._table.spec)
+            return
+        if found != expected_rows:
+            raise RuntimeError(f"Run table {self._run.spec} holds {found} rows, not the {expected_rows} this run "
+                               f"wrote; {self._table.spec} is left as it was.")
+        client.create_table(bigquery.Table(self._table.table_id, schema=schema), exists_ok=True)
+        job = client.query(merge_sql(self._table, self._run))
+        job.result()
+        changed = job.num_dml_affected_rows or 0
+        self._merged.inc(changed)
+        logging.info("Merged %d rows of %s into %s (%d rows inserted or deleted).", expected_rows, self._run.spec,
+                     self._table.spec, changed)
+        client.delete_table(self._run.table_id, not_found_ok=True)
+        yield self._table.spec
+
+
+class UpdateTable(beam.PTransform):
+    """Keeps a table equal to a run's complete set: a run table, one MERGE, drop (docs/incremental.md).
+
+    Applied to the (RecordKey, Embedding) pairs this run embedded; `carried_forward` are rows copied unchanged
+    from the earlier table (ReadPreviousTable's, through SelectChanged). Load jobs stage their files under
+    --temp_location (gs://). Returns the table's spec once merged.
+
+    Args:
+      table: PROJECT:DATASET.TABLE, the table kept current; created with SCHEMA when missing.
+      model_fingerprint: the `model` column of embedded rows.
+      run_id: the `run_id` column of embedded rows, and the run table's name.
+      verdict: transforms.guard.CheckRun's output: the MERGE waits for it, and a refused run merges nothing.
+      carried_forward: rows to keep as they are.
+    """
+
+    def __init__(self, table: str, model_fingerprint: str, run_id: str, verdict=None, carried_forward=None):
+        super().__init__()
+        self._table, self._model, self._run_id = bigquery.parse_table(table), model_fingerprint, run_id
+        self._verdict, self._carried_forward = verdict, carried_forward
+
+    def expand(self, embeddings):
+        run = run_table(self._table, self._run_id)
+        rows = embeddings | "ToRow" >> beam.Map(_to_row, self._model, self._run_id)
+        if self._carried_forward is not None:
+            rows = (rows, self._carried_forward) | "WithCarriedForward" >> beam.Flatten()
+        written = rows | "WriteRunTable" >> beam.io.WriteToBigQuery(
+            run.spec, schema=bigquery.beam_schema(), create_disposition="CREATE_IF_NEEDED",
+            write_disposition="WRITE_TRUNCATE", method="FILE_LOADS")
+        row_count = rows | "CountRows" >> beam.combiners.Count.Globally()
+        # The job ids as side inputs: MergeIntoTable starts only when every load (and copy) job has finished.
+        billing_project = embeddings.pipeline.options.view_as(GoogleCloudOptions).project
+        gate = () if self._verdict is None else (beam.pvalue.AsSingleton(self._verdict),)
+        return row_count | "MergeIntoTable" >> beam.ParDo(
+            _MergeFn(self._table, run, billing_project),
+            beam.pvalue.AsList(written.destination_load_jobid_pairs),
+            beam.pvalue.AsList(written.destination_copy_jobid_pairs), *gate)

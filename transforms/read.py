@@ -2,7 +2,6 @@
 
 import base64
 import csv
-import hashlib
 import json
 import os
 import typing
@@ -14,20 +13,24 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms import framing
 from transforms.examples import parse_example, value_kind
+from transforms.records import (
+    FAILED_PREFIX,
+    RECORDS_READ,
+    Failure,
+    Record,
+    content_hash,
+    counter,
+    derived_id,
+    make_failure,
+)
 
 __all__ = [
     "FAILED_TAG",
     "FAILURE_REASONS",
     "FORMATS",
     "RECORDS_TAG",
-    "content_hash",
-    "derived_id",
-    "Failure",
     "ReadCorpus",
-    "Record",
     "check_inputs_exist",
-    "failure_to_json",
-    "make_failure",
     "infer_format",
     "read_file_records",
 ]
@@ -51,10 +54,6 @@ FAILURE_REASONS = (
     "corrupt_file",
 )
 
-_METRICS_NAMESPACE = "embeddings"
-_MAX_RECORD_CHARS = 1000
-_DERIVED_ID_PREFIX = "sha256:"
-_DERIVED_ID_HEX_CHARS = 16
 
 _EXTENSIONS = {
     ".txt": "text",
@@ -76,54 +75,6 @@ _CSV_DIALECTS = {
     "csv": {"delimiter": ",", "strict": True},
     "tsv": {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "strict": True},
 }
-
-
-class Record(typing.NamedTuple):
-    """One corpus record, ready to embed.
-
-    Attributes:
-        id: The record's id: the `id_field` value as a string, or `"sha256:"` followed by the first 16 hex
-            digits of `content_hash` when the record has no id (always so for the `text` format).
-        texts: One text, or two in pair mode, in the order of `pair_fields`.
-        content_hash: Hex SHA-256 over the texts, each UTF-8 encoded and prefixed with its byte length as 8
-            big-endian bytes, so `("ab", "c")` and `("a", "bc")` differ.
-        source: The path of the file the record came from.
-    """
-
-    id: str
-    texts: tuple[str, ...]
-    content_hash: str
-    source: str
-
-
-class Failure(typing.NamedTuple):
-    """A corpus record that could not be read, for the dead-letter output.
-
-    Attributes:
-        source: The path of the file the record came from.
-        reason: One of `FAILURE_REASONS`.
-        detail: A human-readable explanation (the field involved, the parser's message).
-        record: The raw record as text, cut to its first 1000 characters (the detail then says so). Bytes that
-            are not valid UTF-8 appear as backslash escapes (`\\xff`); TFRecord records are base64. For a file
-            that breaks off, the line or record it broke off in, as far as it was read (possibly empty).
-    """
-
-    source: str
-    reason: str
-    detail: str
-    record: str
-
-
-def failure_to_json(failure: Failure) -> str:
-    """Serialises a failure to one line of JSON.
-
-    Args:
-        failure: The failure to serialise.
-
-    Returns:
-        A JSON object with the keys "source", "reason", "detail" and "record", without a trailing newline.
-    """
-    return json.dumps(failure._asdict(), ensure_ascii=False)
 
 
 def infer_format(patterns: list[str]) -> str:
@@ -430,9 +381,9 @@ class _ParseRecordsFn(beam.DoFn):
         self._input_format = input_format
         self._id_field = id_field
         self._text_fields = pair_fields or (text_field,)
-        self._records_read = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, "records_read")
+        self._records_read = counter(RECORDS_READ)
         self._failed = {
-            reason: beam.metrics.Metrics.counter(_METRICS_NAMESPACE, f"failed_{reason}")
+            reason: counter(FAILED_PREFIX + reason)
             for reason in FAILURE_REASONS
         }
 
@@ -621,16 +572,6 @@ def _example_id(features, name: str) -> str | None:
     return record_id if record_id.strip() else None
 
 
-def content_hash(texts: tuple[str, ...]) -> str:
-    """Hex SHA-256 over the texts, each UTF-8 encoded and prefixed with its length as 8 big-endian bytes."""
-    digest = hashlib.sha256()
-    for text in texts:
-        encoded = text.encode("utf-8")
-        digest.update(len(encoded).to_bytes(8, "big"))
-        digest.update(encoded)
-    return digest.hexdigest()
-
-
 def _failure(source: str, rejected: _Rejected, raw: bytes, input_format: str) -> Failure:
     """Builds the dead-letter entry of a raw record (TFRecords as base64)."""
     if input_format == "tfrecord":
@@ -638,14 +579,6 @@ def _failure(source: str, rejected: _Rejected, raw: bytes, input_format: str) ->
     else:
         record = raw.decode("utf-8", errors="backslashreplace")
     return make_failure(source, rejected.reason, rejected.detail, record)
-
-
-def make_failure(source: str, reason: str, detail: str, record: str) -> Failure:
-    """A Failure keeping at most the first 1000 characters of `record`; the detail then says it was cut."""
-    if len(record) > _MAX_RECORD_CHARS:
-        detail += f" (record cut from {len(record)} to {_MAX_RECORD_CHARS} characters)"
-        record = record[:_MAX_RECORD_CHARS]
-    return Failure(source=source, reason=reason, detail=detail, record=record)
 
 
 def _type_name(value) -> str:
@@ -659,8 +592,3 @@ def _type_name(value) -> str:
     if isinstance(value, dict):
         return "an object"
     return f"a {type(value).__name__}"
-
-
-def derived_id(hash_hex: str) -> str:
-    """The id of a record that has none: "sha256:" and the first 16 hex digits of its content hash."""
-    return _DERIVED_ID_PREFIX + hash_hex[:_DERIVED_ID_HEX_CHARS]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import json
 import logging
 import math
 import os
@@ -15,90 +14,33 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
-from apache_beam.metrics import Metrics
 
-from transforms.examples import parse_example, serialize_example
+from transforms.examples import parse_example
+from transforms.records import example_bytes, failure_to_json
 
-__all__ = ["feature_spec", "ToExample", "WriteTFRecord", "WriteFailures", "inference_failure_json", "shard_count",
-           "TFRECORD_SUFFIX", "FAILED_SUFFIX"]
+__all__ = ["WriteTFRecord", "WriteFailures", "shard_count", "TFRECORD_SUFFIX", "FAILED_SUFFIX"]
 
 TFRECORD_SUFFIX = ".tfrecord"
 FAILED_SUFFIX = ".jsonl"
-_NAMESPACE = "embeddings"
 _RECORDS_PER_SHARD = 100_000  # About, when WriteTFRecord picks the shard count from the expected records.
 _SPILL_BYTES = 64 * 2**20  # Examples a bundle holds before it writes them out as sorted runs.
 _TEMP_MARK = ".temp-"  # PREFIX-SSSSS-of-NNNNN.tfrecord.temp-HEX while a shard is being written.
 _RUNS_MARK = ".runs-"  # PREFIX.runs-HEX/: the sorted runs of one write, removed when it is done.
 
 
-def feature_spec(with_sequence: bool = False) -> dict:
-    """The tf.io.parse_example spec of the embedding records.
+class _ToExample(beam.DoFn):
+    """(RecordKey, Embedding) -> (id as UTF-8 bytes, serialised tf.train.Example in records' layout)."""
 
-    Each record has `id` (bytes), `embedding` (float32 [hidden]), `model` (bytes: a fingerprint of encoder,
-    preprocessor, pooling and seq_length) and `content_hash` (bytes: hex sha256 of the input texts). With
-    `--output_sequence` it also has `sequence_length` (int64, real tokens) and `sequence` (float32
-    [sequence_length * hidden], the unpadded token vectors, row-major).
-
-        dataset = tf.data.TFRecordDataset(tf.io.gfile.glob(prefix + "-*.tfrecord"))
-        batch = tf.io.parse_example(next(iter(dataset.batch(32))), feature_spec())
-    """
-    import tensorflow as tf
-
-    spec = {
-        "id": tf.io.FixedLenFeature([], tf.string),
-        "embedding": tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True),
-        "model": tf.io.FixedLenFeature([], tf.string),
-        "content_hash": tf.io.FixedLenFeature([], tf.string),
-    }
-    if with_sequence:
-        spec["sequence_length"] = tf.io.FixedLenFeature([], tf.int64)
-        spec["sequence"] = tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True)
-    return spec
-
-
-class ToExample(beam.DoFn):
-    """((id, content_hash, source), Embedding) -> serialised tf.train.Example; counts what it writes.
-
-    Built without importing TensorFlow (transforms.examples), so a worker that shares the model with
-    `--large_model` stays small. With `with_id`, yields (id as UTF-8 bytes, serialised Example) instead.
-    """
-
-    def __init__(self, model_fingerprint: str, with_id: bool = False):
-        self._model = model_fingerprint.encode()
-        self._with_id = with_id
-        self._embedded = Metrics.counter(_NAMESPACE, "embedded")
-        self._tokens = Metrics.counter(_NAMESPACE, "tokens_embedded")
-        self._truncated = Metrics.counter(_NAMESPACE, "truncated")
+    def __init__(self, model_fingerprint: str):
+        self._model = model_fingerprint
 
     def process(self, element):
-        (record_id, content_hash, _), embedding = element
-        id_bytes = record_id.encode()
-        features = {"id": [id_bytes], "embedding": embedding.vector, "model": [self._model],
-                    "content_hash": [content_hash.encode()]}
-        if embedding.sequence is not None:
-            features["sequence_length"] = [embedding.tokens]
-            features["sequence"] = embedding.sequence
-        self._embedded.inc()
-        self._tokens.inc(embedding.tokens)
-        if embedding.truncated:
-            self._truncated.inc()
-        serialized = serialize_example(features)
-        yield (id_bytes, serialized) if self._with_id else serialized
-
-
-def inference_failure_json(key, texts, error: str) -> str:
-    """A dead-letter line for a record whose batch failed inside the model."""
-    record_id, _, source = key
-    return json.dumps({"source": source, "reason": "inference_error", "detail": error[:1000],
-                       "record": json.dumps({"id": record_id, "texts": list(texts)}, ensure_ascii=False)[:1000]},
-                      ensure_ascii=False)
+        key, embedding = element
+        yield key.id.encode(), example_bytes(key, embedding, self._model)
 
 
 class WriteTFRecord(beam.PTransform):
-    """Writes ((id, content_hash, source), Embedding) pairs to PREFIX-SSSSS-of-NNNNN.tfrecord.
-
-    Applied to a pair (embeddings, carried_forward) instead, it also writes `carried_forward`, serialised
-    Examples copied unchanged from an earlier run (transforms.incremental). Returns the written file names.
+    """Writes (RecordKey, Embedding) pairs to PREFIX-SSSSS-of-NNNNN.tfrecord; returns the written file names.
 
     The same records give the same files byte for byte: the shard count is fixed before the write (given, or
     from the expected record count, which the pipeline estimates from the input's bytes), each record goes to
@@ -116,23 +58,23 @@ class WriteTFRecord(beam.PTransform):
         expected_records: About how many records will be written; only the shard count depends on it.
         verdict: transforms.guard.CheckRun's output: no shard is written, and no earlier shard removed, before
             the run passed its checks, so a refused run leaves the prefix as it was.
+        carried_forward: Serialised Examples copied unchanged from an earlier run (transforms.incremental),
+            written beside the embeddings.
     """
 
     def __init__(self, prefix: str, model_fingerprint: str, num_shards: int = 0,
-                 expected_records: int | None = None, verdict=None):
+                 expected_records: int | None = None, verdict=None, carried_forward=None):
         super().__init__()
         if num_shards < 0:
             raise ValueError(f"num_shards must be 0 (from expected_records) or positive, not {num_shards}.")
         self._prefix, self._model = prefix, model_fingerprint
         self._num_shards = num_shards or shard_count(expected_records)
-        self._verdict = verdict
+        self._verdict, self._carried_forward = verdict, carried_forward
 
-    def expand(self, embeddings_or_pair):
-        embeddings, carried_forward = (embeddings_or_pair if isinstance(embeddings_or_pair, tuple)
-                                       else (embeddings_or_pair, None))
-        examples = embeddings | "ToExample" >> beam.ParDo(ToExample(self._model, with_id=True))
-        if carried_forward is not None:
-            carried = carried_forward | "KeyCarriedById" >> beam.Map(_key_by_id)
+    def expand(self, embeddings):
+        examples = embeddings | "ToExample" >> beam.ParDo(_ToExample(self._model))
+        if self._carried_forward is not None:
+            carried = self._carried_forward | "KeyCarriedById" >> beam.Map(_key_by_id)
             examples = (examples, carried) | "WithCarriedForward" >> beam.Flatten()
         return examples | "Write" >> _WriteShards(self._prefix, self._num_shards, self._verdict)
 
@@ -288,11 +230,14 @@ def _remove_runs(runs_dir: str) -> None:
 
 
 class WriteFailures(beam.PTransform):
-    """Writes dead-letter JSON lines to PREFIX-SSSSS-of-NNNNN.jsonl (an empty file when nothing failed)."""
+    """Writes Failures as dead-letter JSON lines to PREFIX-SSSSS-of-NNNNN.jsonl (an empty file when nothing
+    failed); returns the written file names."""
 
     def __init__(self, prefix: str):
         super().__init__()
         self._prefix = prefix
 
-    def expand(self, failure_lines):
-        return failure_lines | "Write" >> beam.io.WriteToText(self._prefix, file_name_suffix=FAILED_SUFFIX)
+    def expand(self, failures):
+        return (failures
+                | "ToJson" >> beam.Map(failure_to_json)
+                | "Write" >> beam.io.WriteToText(self._prefix, file_name_suffix=FAILED_SUFFIX))

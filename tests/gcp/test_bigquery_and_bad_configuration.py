@@ -11,6 +11,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import options as options_lib
 from pipeline import run as run_lib
 from transforms import bigquery as bigquery_lib
+from transforms import records as records_lib
 
 
 @pytest.mark.parametrize("spec,expected", [
@@ -28,9 +29,9 @@ def test_table_specs_parse_with_a_colon_or_a_dot(spec, expected):
 
 def test_rows_have_exactly_the_declared_columns():
     when = datetime.datetime(2026, 11, 24, 23, 5, 6, 789012, tzinfo=datetime.timezone.utc)
-    row = bigquery_lib.to_row(("doc-1", "ab" * 32, "gs://b/c.jsonl"), np.array([0.5, -1.25], np.float32),
-                              "f" * 16, "run-1", when)
-    assert list(row) == [name for name, _, _ in bigquery_lib.SCHEMA]
+    key = records_lib.RecordKey("doc-1", "ab" * 32, "gs://b/c.jsonl")
+    row = records_lib.to_row(key, np.array([0.5, -1.25], np.float32), "f" * 16, "run-1", when)
+    assert list(row) == [name for name, _, _ in records_lib.SCHEMA]
     assert row == {"id": "doc-1", "embedding": [0.5, -1.25], "model": "f" * 16, "content_hash": "ab" * 32,
                    "embedded_at": "2026-11-24 23:05:06.789012 UTC", "run_id": "run-1"}
     assert all(type(x) is float for x in row["embedding"])
@@ -40,7 +41,7 @@ def test_rows_have_exactly_the_declared_columns():
 def test_schema_problems_allow_nullable_and_extra_nullable_columns_only():
     from google.cloud.bigquery import SchemaField
 
-    ours = [SchemaField(name, type_, mode=mode) for name, type_, mode in bigquery_lib.SCHEMA]
+    ours = [SchemaField(name, type_, mode=mode) for name, type_, mode in records_lib.SCHEMA]
     assert bigquery_lib.schema_problems(ours) == []
     relaxed = [SchemaField(f.name, "FLOAT" if f.field_type == "FLOAT64" else f.field_type,
                            mode="REPEATED" if f.mode == "REPEATED" else "NULLABLE") for f in ours]
@@ -157,7 +158,7 @@ def test_load_jobs_append_to_an_existing_table_with_its_own_compatible_schema(
     bq.create_dataset("own_schema", exists_ok=True)
     # NULLABLE where ours says REQUIRED, plus a column of the user's own: compatible, and kept as it is.
     fields = [bigquery.SchemaField(name, type_, mode="REPEATED" if mode == "REPEATED" else "NULLABLE")
-              for name, type_, mode in bigquery_lib.SCHEMA] + [bigquery.SchemaField("note", "STRING")]
+              for name, type_, mode in records_lib.SCHEMA] + [bigquery.SchemaField("note", "STRING")]
     bq.create_table(bigquery.Table("test-project.own_schema.embeddings", schema=fields), exists_ok=True)
     run_lib.run(["--runner=FnApiRunner", f"--input={corpus}", f"--model_dir={tiny_model_dir}",
                  "--output_bigquery=test-project:own_schema.embeddings", "--temp_location=gs://tests/tmp",

@@ -25,7 +25,9 @@ from google.api_core import exceptions
 
 from pipeline import run as run_lib
 from transforms import bigquery as bigquery_lib
-from transforms.write import feature_spec
+from transforms import incremental as incremental_lib
+from transforms import records as records_lib
+from transforms.records import feature_spec
 
 DATASET = "faults"
 _EARLIER = "2026-10-01 00:00:00 UTC"
@@ -70,7 +72,7 @@ def _seed(bq, table: str, reference: dict) -> dict:
     table_id = bigquery_lib.parse_table(table).table_id
     bq.delete_table(table_id, not_found_ok=True)
     bq.create_table(bigquery.Table(table_id, schema=[bigquery.SchemaField(name, type_, mode=mode)
-                                                     for name, type_, mode in bigquery_lib.SCHEMA]))
+                                                     for name, type_, mode in records_lib.SCHEMA]))
     model = next(iter(reference.values()))["model"].decode()
     rows = []
     for record_id in _IDS:
@@ -90,7 +92,7 @@ def _seed(bq, table: str, reference: dict) -> dict:
 def _run_table_rows(bq, table: str, run_id: str):
     """The run table's row count, or None when there is none."""
     try:
-        return bq.get_table(bigquery_lib.run_table(bigquery_lib.parse_table(table), run_id).table_id).num_rows
+        return bq.get_table(incremental_lib.run_table(bigquery_lib.parse_table(table), run_id).table_id).num_rows
     except exceptions.NotFound:
         return None
 
@@ -100,7 +102,7 @@ def _run(corpus: str, table: str, run_id: str, model_dir: str, tmp_path) -> dict
             "--batch_size=4", f"--output_bigquery={table}", f"--previous_output={table}",
             "--temp_location=gs://tests/tmp", f"--output_failed={tmp_path}/failed/run={{run_id}}/part",
             f"--run_id={run_id}"]
-    return run_lib._counters(run_lib.run(argv))
+    return run_lib.counters(run_lib.run(argv))
 
 
 def _changes(counters: dict) -> dict:

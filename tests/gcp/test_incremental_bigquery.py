@@ -17,7 +17,9 @@ from google.api_core import exceptions
 
 from pipeline import run as run_lib
 from transforms import bigquery as bigquery_lib
-from transforms.write import feature_spec
+from transforms import incremental as incremental_lib
+from transforms import records as records_lib
+from transforms.records import feature_spec
 
 DATASET = "incremental"
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def _run(corpus: str, table: str, run_id: str, model_dir: str, tmp_path, *extra)
             "--batch_size=4", f"--output_bigquery={table}", f"--previous_output={table}",
             "--temp_location=gs://tests/tmp", f"--output_failed={tmp_path}/failed/run={{run_id}}/part",
             f"--run_id={run_id}", *extra]
-    return run_lib._counters(run_lib.run(argv))
+    return run_lib.counters(run_lib.run(argv))
 
 
 def _changes(counters: dict) -> dict:
@@ -41,7 +43,7 @@ def _changes(counters: dict) -> dict:
 
 
 def _assert_no_run_table(bq, table: str, run_id: str) -> None:
-    run = bigquery_lib.run_table(bigquery_lib.parse_table(table), run_id)
+    run = incremental_lib.run_table(bigquery_lib.parse_table(table), run_id)
     with pytest.raises(exceptions.NotFound):
         bq.get_table(run.table_id)
 
@@ -116,11 +118,11 @@ def test_a_failed_run_leaves_the_table_as_it_was_and_repeating_a_run_changes_not
     del corpus["d1"]
     changed_corpus = write_jsonl_corpus(tmp_path / "c2.jsonl", corpus)
     # The run's rows are loaded, then its MERGE fails: the table is left as it was.
-    monkeypatch.setattr(bigquery_lib, "merge_sql", lambda table, run: f"SELECT * FROM `{table.table_id}_missing`")
+    monkeypatch.setattr(incremental_lib, "merge_sql", lambda table, run: f"SELECT * FROM `{table.table_id}_missing`")
     with pytest.raises(Exception, match="missing"):
         _run(changed_corpus, table, "r2", tiny_model_dir, tmp_path)
     assert bq.rows(table) == before
-    run_table = bigquery_lib.run_table(bigquery_lib.parse_table(table), "r2").table_id
+    run_table = incremental_lib.run_table(bigquery_lib.parse_table(table), "r2").table_id
     assert bq.get_table(run_table).num_rows == 6  # Left for the next attempt, which replaces it.
     monkeypatch.undo()
 
@@ -147,16 +149,16 @@ def test_merge_leaves_unchanged_rows_and_own_columns_alone_and_removes_duplicate
     from google.cloud import bigquery
 
     table = bigquery_lib.parse_table(f"test-project:{dataset}.merge")
-    run = bigquery_lib.run_table(table, "r.2")
+    run = incremental_lib.run_table(table, "r.2")
     assert run.table == "merge__run_r_2"
     for name in (table.table_id, run.table_id):
         bq.delete_table(name, not_found_ok=True)
     # The kept table as a user may have made it: NULLABLE columns and one of their own.
     bq.create_table(bigquery.Table(table.table_id, schema=[
         bigquery.SchemaField(name, type_, mode="REPEATED" if mode == "REPEATED" else "NULLABLE")
-        for name, type_, mode in bigquery_lib.SCHEMA] + [bigquery.SchemaField("note", "STRING")]))
+        for name, type_, mode in records_lib.SCHEMA] + [bigquery.SchemaField("note", "STRING")]))
     bq.create_table(bigquery.Table(run.table_id, schema=[
-        bigquery.SchemaField(name, type_, mode=mode) for name, type_, mode in bigquery_lib.SCHEMA]))
+        bigquery.SchemaField(name, type_, mode=mode) for name, type_, mode in records_lib.SCHEMA]))
 
     def row(record_id, text_hash, run_id, when, **extra):
         return {"id": record_id, "embedding": [1.0, 2.0], "model": "m", "content_hash": text_hash,
@@ -170,7 +172,7 @@ def test_merge_leaves_unchanged_rows_and_own_columns_alone_and_removes_duplicate
         row("keep", "h", "r1", t1), row("edit", "new", "r.2", t2), row("twice", "h", "r1", t1),
         row("fresh", "x", "r.2", t2), row("fresh", "x", "r.2", t2)])
     for _ in range(2):  # A second MERGE of the same run table changes nothing.
-        bq.query(bigquery_lib.merge_sql(table, run)).result()
+        bq.query(incremental_lib.merge_sql(table, run)).result()
         rows = sorted((r["id"], r["content_hash"], r["run_id"], r["note"]) for r in bq.list_rows(table.table_id))
         assert rows == [("edit", "new", "r.2", None), ("fresh", "x", "r.2", None), ("keep", "h", "r1", "mine"),
                         ("twice", "h", "r1", None)]

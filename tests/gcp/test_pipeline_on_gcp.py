@@ -17,8 +17,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import run as run_lib
 from transforms import bigquery as bigquery_lib
-from transforms import read as read_lib
-from transforms.write import feature_spec
+from transforms import records as records_lib
+from transforms.records import feature_spec
 
 TEXTS = {
     "a": "the cat sat on the mat .",
@@ -149,13 +149,13 @@ def test_sharded_jsonl_in_gcs_to_gcs_tfrecord_and_bigquery_matches_the_local_run
     table = bq.get_table(bigquery_lib.parse_table(TABLE).table_id)
     legacy = {"FLOAT64": "FLOAT"}  # Real BigQuery answers with legacy type names; the emulator echoes ours.
     assert [(f.name, legacy.get(f.field_type, f.field_type), f.mode) for f in table.schema] == [
-        (name, legacy.get(type_, type_), mode) for name, type_, mode in bigquery_lib.SCHEMA]
+        (name, legacy.get(type_, type_), mode) for name, type_, mode in records_lib.SCHEMA]
     rows = _bigquery_rows(bq, "run-texts")
     assert sorted(rows) == sorted(TEXTS)
     for record_id, row in local.items():
         np.testing.assert_allclose(rows[record_id]["embedding"], row["embedding"], atol=1e-6, rtol=0)
         assert rows[record_id]["model"] == row["model"].decode()
-        assert rows[record_id]["content_hash"] == read_lib.content_hash((TEXTS[record_id],))
+        assert rows[record_id]["content_hash"] == records_lib.content_hash((TEXTS[record_id],))
         assert before <= rows[record_id]["embedded_at"] <= datetime.datetime.now(datetime.timezone.utc)
 
 
@@ -166,7 +166,7 @@ def _create_table_if_missing(bq):
         from google.cloud import bigquery
 
         bq.create_table(bigquery.Table(table.table_id, schema=[
-            bigquery.SchemaField(name, type_, mode=mode) for name, type_, mode in bigquery_lib.SCHEMA]))
+            bigquery.SchemaField(name, type_, mode=mode) for name, type_, mode in records_lib.SCHEMA]))
 
 
 def test_a_refused_run_appends_no_row_and_writes_no_shard(
@@ -207,4 +207,4 @@ def test_pair_csv_in_gcs_streamed_into_the_existing_table_matches_the_local_run(
     for record_id, row in local.items():
         np.testing.assert_allclose(rows[record_id]["embedding"], row["embedding"], atol=1e-6, rtol=0)
         assert rows[record_id]["model"] == row["model"].decode()
-        assert rows[record_id]["content_hash"] == read_lib.content_hash(PAIRS[record_id])
+        assert rows[record_id]["content_hash"] == records_lib.content_hash(PAIRS[record_id])

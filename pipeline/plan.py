@@ -1,0 +1,291 @@
+"""The options checked and resolved into a Plan, before anything runs: what build() needs, nothing left to infer."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+
+from pipeline.options import (
+    DEFAULT_ENCODER,
+    DEFAULT_POOLING,
+    DEFAULT_PREPROCESSOR,
+    DEFAULT_SEQ_LENGTH,
+    MAX_SEQ_LENGTH,
+    EmbeddingOptions,
+    parse_pair_fields,
+    split_patterns,
+)
+
+__all__ = ["InputPlan", "ModelPlan", "OutputPlan", "IncrementalPlan", "Plan", "validate"]
+
+
+@dataclasses.dataclass(frozen=True)
+class InputPlan:
+    """What to read."""
+
+    patterns: tuple[str, ...]
+    input_format: str
+    id_field: str
+    text_field: str
+    pair_fields: tuple[str, str] | None
+    estimated_records: int | None  # For progress and the shard count; None when unknown (compressed input).
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelPlan:
+    """Which models, how they pool, and how they run."""
+
+    encoder: str
+    preprocessor: str
+    fingerprint: str  # Written as each embedding's `model`.
+    seq_length: int
+    pooling: str
+    normalize: bool
+    precision: str
+    batch_size: int
+    token_budget: int
+    large_model: bool
+    model_copies: int | None
+    settings_note: str  # Where pooling, normalisation and seq_length came from, for the user.
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputPlan:
+    """Where embeddings and dead letters go ({run_id} filled in)."""
+
+    tfrecord: str | None  # None: BigQuery is the only sink.
+    sequence: bool
+    failed: str
+    bigquery: str | None  # PROJECT:DATASET.TABLE; None: no BigQuery sink.
+    bigquery_method: str
+    bigquery_table_exists: bool  # Append with the table's own schema; else create it with records.SCHEMA.
+
+
+@dataclasses.dataclass(frozen=True)
+class IncrementalPlan:
+    """This run's id and the earlier output it updates (docs/incremental.md)."""
+
+    run_id: str
+    previous_output: str | None  # An earlier run's prefix ({latest} resolved) or table; None: embed everything.
+    previous_files: tuple[str, ...]  # The earlier TFRecord run's shards.
+    # --previous_output names a table: read it, and keep the --output_bigquery table current (UpdateTable)
+    # instead of appending.
+    bigquery_update: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Options checked and resolved: everything build() needs."""
+
+    inputs: InputPlan
+    model: ModelPlan
+    outputs: OutputPlan
+    incremental: IncrementalPlan
+    max_failed_fraction: float
+    max_deleted_fraction: float
+
+
+def validate(options: PipelineOptions) -> Plan:
+    """Checks the options before anything runs; user mistakes raise ValueError naming the flag."""
+    from transforms import bigquery
+
+    opts = options.view_as(EmbeddingOptions)
+    _check_required(opts)
+    bigquery_table = _resolve_bigquery(options)
+    _check_buckets(options, {
+        "--input": split_patterns(opts.input), "--output_tfrecord": [opts.output_tfrecord],
+        "--output_failed": [opts.output_failed], "--model_dir": [opts.model_dir], "--encoder": [opts.encoder],
+        "--preprocessor": [opts.preprocessor], "--previous_output": [opts.previous_output],
+        "--temp_location": [options.view_as(GoogleCloudOptions).temp_location
+                            if bigquery_table and opts.bigquery_method == "file_loads" else None]})
+    inputs = _plan_inputs(opts)
+    model = _plan_model(opts)
+    incremental, outputs = _plan_run(options, bigquery_table)
+    if bigquery_table and not incremental.bigquery_update:
+        outputs = dataclasses.replace(outputs, bigquery_table_exists=bigquery.check_table(
+            bigquery_table, options.view_as(GoogleCloudOptions).project))
+    return Plan(inputs=inputs, model=model, outputs=outputs, incremental=incremental,
+                max_failed_fraction=opts.max_failed_fraction, max_deleted_fraction=opts.max_deleted_fraction)
+
+
+def _check_required(opts: EmbeddingOptions) -> None:
+    if not opts.input:
+        raise ValueError("--input is required: a corpus file pattern such as corpus/*.jsonl.")
+    if not opts.output_tfrecord and not opts.output_bigquery:
+        raise ValueError("--output_tfrecord or --output_bigquery is required: an output prefix such as "
+                         "out/embeddings, or a table such as my-project:my_dataset.embeddings.")
+    if not opts.output_tfrecord and not opts.output_failed:
+        raise ValueError("--output_failed is required when --output_bigquery is the only output: a prefix for "
+                         "the records that could not be embedded, such as gs://bucket/failed/part.")
+
+
+def _plan_inputs(opts: EmbeddingOptions) -> InputPlan:
+    """The corpus: its files exist, its format, and a sample of it holds the fields asked for."""
+    from transforms import preflight, read
+
+    patterns = split_patterns(opts.input)
+    read.check_inputs_exist(patterns)
+    input_format = opts.input_format or read.infer_format(patterns)
+    pair_fields = parse_pair_fields(opts.pair_fields)
+    if pair_fields and input_format == "text":
+        raise ValueError("--pair_fields needs named fields; --input_format text has none (use jsonl, csv, tsv "
+                         "or tfrecord).")
+    preflight.check_sample(patterns, input_format, pair_fields or (opts.text_field,))
+    return InputPlan(patterns=tuple(patterns), input_format=input_format, id_field=opts.id_field,
+                     text_field=opts.text_field, pair_fields=pair_fields,
+                     estimated_records=preflight.estimate_records(patterns, input_format))
+
+
+def _plan_model(opts: EmbeddingOptions) -> ModelPlan:
+    """The model pair, checked; pooling, normalisation and length from the flags or the model; the fingerprint."""
+    from transforms import embed
+
+    encoder, preprocessor = _resolve_models(opts)
+    embed.check_models(encoder, preprocessor)
+    pooling, normalize, seq_length, settings_note = _resolve_settings(opts, encoder)
+    embed.check_seq_length(preprocessor, seq_length)
+    fingerprint = embed.model_fingerprint(encoder, preprocessor, pooling, normalize, seq_length, opts.precision)
+    return ModelPlan(encoder=encoder, preprocessor=preprocessor, fingerprint=fingerprint, seq_length=seq_length,
+                     pooling=pooling, normalize=normalize, precision=opts.precision, batch_size=opts.batch_size,
+                     token_budget=opts.token_budget, large_model=opts.large_model, model_copies=opts.model_copies,
+                     settings_note=settings_note)
+
+
+def _plan_run(options: PipelineOptions, bigquery_table) -> tuple[IncrementalPlan, OutputPlan]:
+    """The run id, its outputs and the earlier output it updates: a TFRecord prefix or a BigQuery table."""
+    from transforms import bigquery, incremental
+
+    opts = options.view_as(EmbeddingOptions)
+    previous_is_table = bool(opts.previous_output) and bigquery.is_table_spec(opts.previous_output)
+    paths = incremental.resolve_run(opts.run_id, opts.output_tfrecord, opts.output_failed,
+                                    None if previous_is_table else opts.previous_output)
+    _check_writable({"--output_tfrecord": paths.output_tfrecord, "--output_failed": paths.output_failed})
+    previous_output = paths.previous_output
+    if previous_is_table:
+        previous_output = _resolve_previous_table(options, bigquery_table)
+    outputs = OutputPlan(tfrecord=paths.output_tfrecord, sequence=opts.output_sequence, failed=paths.output_failed,
+                         bigquery=bigquery_table.spec if bigquery_table else None,
+                         bigquery_method=opts.bigquery_method, bigquery_table_exists=False)
+    return IncrementalPlan(run_id=paths.run_id, previous_output=previous_output, previous_files=paths.previous_files,
+                           bigquery_update=previous_is_table), outputs
+
+
+def _resolve_settings(opts: EmbeddingOptions, encoder: str) -> tuple[str, bool, int, str]:
+    """--pooling, --normalize and --seq_length, each from its flag, else the model's own, else the default.
+
+    Returns them and one line saying which came from where; warns when a flag overrides the model's own.
+    """
+    from transforms import embed
+
+    recorded = embed.model_defaults(encoder)
+    recorded_seq_length = recorded.get("max_seq_length")
+    if recorded_seq_length is not None:
+        recorded_seq_length = min(recorded_seq_length, MAX_SEQ_LENGTH)
+    chosen = {}
+    for name, given, own, default in (("pooling", opts.pooling, recorded.get("pooling"), DEFAULT_POOLING),
+                                      ("normalize", opts.normalize, recorded.get("normalize"), False),
+                                      ("seq_length", opts.seq_length, recorded_seq_length, DEFAULT_SEQ_LENGTH)):
+        if given is not None:
+            chosen[name] = (given, "flag")
+            if own is not None and given != own and name != "seq_length":
+                logging.warning("--%s %s overrides the model's own setting (%s): its vectors will differ from "
+                                "sentence-transformers'.", name, given, own)
+        else:
+            chosen[name] = (own, "model") if own is not None else (default, "default")
+    note = ", ".join(f"{name} {value} ({source})" for name, (value, source) in chosen.items())
+    return chosen["pooling"][0], chosen["normalize"][0], chosen["seq_length"][0], note
+
+
+def _resolve_models(options: EmbeddingOptions) -> tuple[str, str]:
+    if options.model_dir and (options.encoder or options.preprocessor):
+        raise ValueError("--model_dir replaces --encoder and --preprocessor; pass one or the other.")
+    if options.model_dir:
+        root = options.model_dir.rstrip("/")
+        if not FileSystems.exists(root + "/encoder/saved_model.pb"):
+            what = "does not exist" if not FileSystems.exists(root) else "holds no encoder/saved_model.pb"
+            raise ValueError(f"--model_dir {options.model_dir} {what}: pass a directory written by model.export "
+                             "(it holds encoder/ and preprocessor/).")
+        return root + "/encoder", root + "/preprocessor"
+    return options.encoder or DEFAULT_ENCODER, options.preprocessor or DEFAULT_PREPROCESSOR
+
+
+def _resolve_bigquery(options: PipelineOptions):
+    """The --output_bigquery table, checked without network access; None when not asked for."""
+    from transforms import bigquery
+
+    opts = options.view_as(EmbeddingOptions)
+    if not opts.output_bigquery:
+        return None
+    table = bigquery.parse_table(opts.output_bigquery)
+    temp_location = options.view_as(GoogleCloudOptions).temp_location
+    if opts.bigquery_method == "file_loads" and not (temp_location or "").startswith("gs://"):
+        raise ValueError(f"--output_bigquery with --bigquery_method file_loads stages files for BigQuery load jobs "
+                         f"under --temp_location, which must be gs:// (got {temp_location or 'none'}): pass "
+                         "--temp_location gs://BUCKET/tmp, or --bigquery_method streaming.")
+    return table
+
+
+def _resolve_previous_table(options: PipelineOptions, output_table) -> str | None:
+    """--previous_output naming a BigQuery table, cross-checked: the table to read, or None when there is none yet."""
+    from transforms import bigquery
+
+    opts = options.view_as(EmbeddingOptions)
+    previous = bigquery.parse_table(opts.previous_output, flag="--previous_output")
+    if output_table is None:
+        raise ValueError(f"--previous_output {opts.previous_output} is a BigQuery table: pass --output_bigquery, the "
+                         "table the run keeps current (usually that same table).")
+    if opts.output_tfrecord:
+        raise ValueError(f"--previous_output {opts.previous_output} is a BigQuery table, which updates the "
+                         "--output_bigquery table only: drop --output_tfrecord, or give a TFRecord --previous_output "
+                         "to write TFRecord.")
+    if opts.bigquery_method != "file_loads":
+        raise ValueError(f"--bigquery_method {opts.bigquery_method} cannot keep a table current: with a BigQuery "
+                         "--previous_output the run loads its complete set with load jobs; use --bigquery_method "
+                         "file_loads (the default).")
+    exists = bigquery.check_previous_table(previous, output_table, options.view_as(GoogleCloudOptions).project)
+    if not exists:
+        logging.info("--previous_output %s does not exist yet; embedding everything.", previous.spec)
+    return previous.spec if exists else None
+
+
+def _check_buckets(options: PipelineOptions, paths_by_flag: dict) -> None:
+    """Fails fast on a gs:// path whose bucket does not exist, before Beam fails late or reads nothing."""
+    from apache_beam.io.gcp import gcsio
+    from google.api_core import exceptions
+
+    gcs, checked = None, set()
+    for flag, paths in paths_by_flag.items():
+        for path in paths:
+            bucket = path[len("gs://"):].split("/", 1)[0] if path and path.startswith("gs://") else None
+            if not bucket or bucket in checked:
+                continue
+            gcs = gcs or gcsio.GcsIO(pipeline_options=options)
+            try:
+                found = gcs.get_bucket(bucket)
+            except exceptions.Forbidden:  # Object permissions without storage.buckets.get: let Beam try.
+                found = True
+            if not found:
+                raise ValueError(f"{flag} {path}: bucket gs://{bucket} does not exist (or is not visible to "
+                                 "these credentials).")
+            checked.add(bucket)
+
+
+def _check_writable(paths_by_flag: dict) -> None:
+    """Fails fast on a local output prefix whose directory cannot be created or written (gs:// is checked by
+    _check_buckets), instead of failing after the model has loaded and every record was embedded."""
+    import tempfile
+
+    for flag, path in paths_by_flag.items():
+        if not path or "://" in path:
+            continue
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError as err:
+            raise ValueError(f"{flag} {path}: cannot write to {directory} ({err.strerror or err}).") from err

@@ -1,0 +1,256 @@
+"""The output record, declared once: its key and hashes, its dead-letter form, its TFRecord and BigQuery layouts.
+
+A corpus record is read into a `Record`, travels through inference keyed by its `RecordKey` (id, content hash,
+source) and is written as a tf.train.Example (`example_bytes`, read with `feature_spec`) or a BigQuery row
+(`to_row`, columns `SCHEMA`). A record that cannot be embedded becomes a `Failure`, written as one JSON line
+(`failure_to_json`). Counters live in one Beam metrics namespace, `NAMESPACE`, under the names below.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from typing import NamedTuple
+
+import apache_beam as beam
+
+__all__ = ["NAMESPACE", "RECORDS_READ", "EMBEDDED", "TOKENS_EMBEDDED", "TRUNCATED", "TOKENS_COMPUTED", "FAILED_PREFIX",
+           "counter", "Record", "RecordKey", "content_hash", "derived_id", "Failure", "MAX_RECORD_CHARS",
+           "make_failure", "failure_to_json", "record_text", "inference_failure", "refused_row_failure", "feature_spec",
+           "example_bytes", "ExampleKey", "example_key", "SCHEMA", "to_row", "from_read_row"]
+
+# Beam counters of a run, read back by pipeline.run for its summary and by transforms.guard for its verdict.
+NAMESPACE = "embeddings"
+RECORDS_READ = "records_read"
+EMBEDDED = "embedded"
+TOKENS_EMBEDDED = "tokens_embedded"  # Real tokens, [CLS] and [SEP] included.
+TRUNCATED = "truncated"
+TOKENS_COMPUTED = "tokens_computed"  # Padded tokens the encoder computed.
+FAILED_PREFIX = "failed_"  # failed_REASON, one counter per Failure reason.
+
+MAX_RECORD_CHARS = 1000  # Of a record (and of a detail) in its dead letter.
+_DERIVED_ID_PREFIX = "sha256:"
+_DERIVED_ID_HEX_CHARS = 16
+
+
+def counter(name: str):
+    """The Beam counter `name` in the run's namespace."""
+    return beam.metrics.Metrics.counter(NAMESPACE, name)
+
+
+class RecordKey(NamedTuple):
+    """What travels with a record's texts through inference and names its output.
+
+    Attributes:
+        id: The record's id (see Record).
+        content_hash: See Record.
+        source: The path of the file the record came from.
+    """
+
+    id: str
+    content_hash: str
+    source: str
+
+
+class Record(NamedTuple):
+    """One corpus record, ready to embed.
+
+    Attributes:
+        id: The record's id: the `id_field` value as a string, or `"sha256:"` followed by the first 16 hex
+            digits of `content_hash` when the record has no id (always so for the `text` format).
+        texts: One text, or two in pair mode, in the order of `pair_fields`.
+        content_hash: Hex SHA-256 over the texts, each UTF-8 encoded and prefixed with its byte length as 8
+            big-endian bytes, so `("ab", "c")` and `("a", "bc")` differ.
+        source: The path of the file the record came from.
+    """
+
+    id: str
+    texts: tuple[str, ...]
+    content_hash: str
+    source: str
+
+    @property
+    def key(self) -> RecordKey:
+        return RecordKey(self.id, self.content_hash, self.source)
+
+
+def content_hash(texts: tuple[str, ...]) -> str:
+    """Hex SHA-256 over the texts, each UTF-8 encoded and prefixed with its length as 8 big-endian bytes."""
+    digest = hashlib.sha256()
+    for text in texts:
+        encoded = text.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "big"))
+        digest.update(encoded)
+    return digest.hexdigest()
+
+
+def derived_id(hash_hex: str) -> str:
+    """The id of a record that has none: "sha256:" and the first 16 hex digits of its content hash."""
+    return _DERIVED_ID_PREFIX + hash_hex[:_DERIVED_ID_HEX_CHARS]
+
+
+class Failure(NamedTuple):
+    """A record that could not be embedded, for the dead-letter output.
+
+    Attributes:
+        source: The path of the file the record came from (or the table that refused it).
+        reason: Why, one word: transforms.read.FAILURE_REASONS, duplicate_id, inference_error,
+            bigquery_insert_error.
+        detail: A human-readable explanation (the field involved, the parser's message).
+        record: The raw record as text, cut to its first 1000 characters (the detail then says so). Bytes that
+            are not valid UTF-8 appear as backslash escapes (`\\xff`); TFRecord records are base64. For a file
+            that breaks off, the line or record it broke off in, as far as it was read (possibly empty).
+    """
+
+    source: str
+    reason: str
+    detail: str
+    record: str
+
+
+def make_failure(source: str, reason: str, detail: str, record: str) -> Failure:
+    """A Failure keeping at most the first 1000 characters of `record` (the detail then says it was cut) and of
+    `detail`."""
+    detail = detail[:MAX_RECORD_CHARS]
+    if len(record) > MAX_RECORD_CHARS:
+        detail += f" (record cut from {len(record)} to {MAX_RECORD_CHARS} characters)"
+        record = record[:MAX_RECORD_CHARS]
+    return Failure(source=source, reason=reason, detail=detail, record=record)
+
+
+def failure_to_json(failure: Failure) -> str:
+    """One dead-letter line: a JSON object with the keys "source", "reason", "detail" and "record", no newline."""
+    return json.dumps(failure._asdict(), ensure_ascii=False)
+
+
+def record_text(record_id: str, texts: tuple[str, ...]) -> str:
+    """A read record as its dead letter shows it: {"id", "texts"} as JSON."""
+    return json.dumps({"id": record_id, "texts": list(texts)}, ensure_ascii=False)
+
+
+def inference_failure(key: RecordKey, texts: tuple[str, ...], error: str) -> Failure:
+    """The Failure of a record whose batch failed inside the model."""
+    return make_failure(key.source, "inference_error", error, record_text(key.id, texts))
+
+
+def refused_row_failure(table_spec: str, row: dict, errors) -> Failure:
+    """The Failure of a row BigQuery refused; its record is the row without the embedding, as JSON."""
+    record = json.dumps({name: value for name, value in row.items() if name != "embedding"}, ensure_ascii=False)
+    return make_failure(table_spec, "bigquery_insert_error", json.dumps(errors), record)
+
+
+def feature_spec(with_sequence: bool = False) -> dict:
+    """The tf.io.parse_example spec of the embedding records (example_bytes writes them).
+
+    Each record has `id` (bytes), `embedding` (float32 [hidden]), `model` (bytes: a fingerprint of encoder,
+    preprocessor, pooling and seq_length) and `content_hash` (bytes: hex sha256 of the input texts). With
+    `--output_sequence` it also has `sequence_length` (int64, real tokens) and `sequence` (float32
+    [sequence_length * hidden], the unpadded token vectors, row-major).
+
+        dataset = tf.data.TFRecordDataset(tf.io.gfile.glob(prefix + "-*.tfrecord"))
+        batch = tf.io.parse_example(next(iter(dataset.batch(32))), feature_spec())
+    """
+    import tensorflow as tf
+
+    spec = {
+        "id": tf.io.FixedLenFeature([], tf.string),
+        "embedding": tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True),
+        "model": tf.io.FixedLenFeature([], tf.string),
+        "content_hash": tf.io.FixedLenFeature([], tf.string),
+    }
+    if with_sequence:
+        spec["sequence_length"] = tf.io.FixedLenFeature([], tf.int64)
+        spec["sequence"] = tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True)
+    return spec
+
+
+def example_bytes(key: RecordKey, embedding, model: str) -> bytes:
+    """The serialised tf.train.Example of an embedded record (feature_spec's layout), the same bytes every run.
+
+    `embedding` is a runtime Embedding (vector, tokens, sequence). Built without importing TensorFlow
+    (transforms.examples), so a worker that shares the model with `--large_model` stays small.
+    """
+    from transforms.examples import serialize_example
+
+    features = {"id": [key.id.encode()], "embedding": embedding.vector, "model": [model.encode()],
+                "content_hash": [key.content_hash.encode()]}
+    if embedding.sequence is not None:
+        features["sequence_length"] = [embedding.tokens]
+        features["sequence"] = embedding.sequence
+    return serialize_example(features)
+
+
+class ExampleKey(NamedTuple):
+    """What an incremental run reads of an earlier embedding record."""
+
+    id: str
+    content_hash: str
+    model: str
+    has_sequence: bool
+
+
+def example_key(serialized: bytes, source: str) -> ExampleKey:
+    """The id, content hash, model and presence of token vectors of a serialised embedding record.
+
+    Raises:
+        ValueError: naming `source`, for bytes that are not an embedding record of this pipeline.
+    """
+    from transforms.examples import parse_example
+
+    try:
+        features = parse_example(serialized)
+        record_id, hash_hex, model = (features[name][0].decode("utf-8") for name in ("id", "content_hash", "model"))
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
+        raise ValueError(f"{source} holds a record without id, content_hash or model; is it the output of "
+                         "this pipeline?") from err
+    return ExampleKey(record_id, hash_hex, model, "sequence_length" in features)
+
+
+# The BigQuery table's columns: (name, type, mode). to_row() builds exactly these.
+SCHEMA = (
+    ("id", "STRING", "REQUIRED"),
+    ("embedding", "FLOAT64", "REPEATED"),
+    ("model", "STRING", "REQUIRED"),  # feature_spec's `model`: a fingerprint of models and settings.
+    ("content_hash", "STRING", "REQUIRED"),
+    ("embedded_at", "TIMESTAMP", "REQUIRED"),
+    ("run_id", "STRING", "REQUIRED"),
+)
+
+
+def to_row(key: RecordKey, vector, model: str, run_id: str, embedded_at: datetime.datetime) -> dict:
+    """One table row (SCHEMA's columns) for an embedded record."""
+    return {
+        "id": key.id,
+        "embedding": [float(x) for x in vector],
+        "model": model,
+        "content_hash": key.content_hash,
+        "embedded_at": _timestamp_text(embedded_at),
+        "run_id": run_id,
+    }
+
+
+def from_read_row(row: dict, source: str) -> dict:
+    """A row read back from a table as to_row would have built it, ready to be loaded again.
+
+    Raises:
+        ValueError: naming `source`, when a SCHEMA column other than the embedding is empty.
+    """
+    missing = [name for name, _, _ in SCHEMA if name != "embedding" and row.get(name) in (None, "")]
+    if missing:
+        raise ValueError(f"{source} holds a row without {', '.join(missing)} (id {row.get('id')!r}); is it a table "
+                         "this pipeline wrote?")
+    embedded_at = row["embedded_at"]
+    return {
+        "id": row["id"],
+        "embedding": [float(x) for x in row.get("embedding") or ()],
+        "model": row["model"],
+        "content_hash": row["content_hash"],
+        "embedded_at": _timestamp_text(embedded_at) if isinstance(embedded_at, datetime.datetime) else embedded_at,
+        "run_id": row["run_id"],
+    }
+
+
+def _timestamp_text(when: datetime.datetime) -> str:
+    """BigQuery's canonical text form of a TIMESTAMP, which load jobs and streaming inserts both accept."""
+    return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
