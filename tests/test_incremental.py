@@ -36,8 +36,10 @@ def _run(corpus: str, root, run_id: str, model_dir: str, *extra):
     argv = ["--runner=FnApiRunner", f"--input={corpus}", f"--model_dir={model_dir}", "--batch_size=4",
             f"--output_tfrecord={root}/run={{run_id}}/part", f"--previous_output={root}/run={{latest}}/part",
             f"--run_id={run_id}", *extra]
-    result = run_lib.run(argv)
-    return f"{root}/run={run_id}/part", run_lib.counters(result)
+    options, plan = run_lib.prepare(argv)
+    counters = run_lib.counters(run_lib.launch(options, plan))
+    print(run_lib.summarize(counters, plan))  # As the command line does.
+    return f"{root}/run={run_id}/part", counters
 
 
 def _changes(counters: dict) -> dict:

@@ -203,13 +203,13 @@ def test_counters_add_up_and_summary_names_outputs(tmp_path, tiny_model_dir, cap
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat\n\nHello World\n" + " ".join(["the cat"] * 40) + "\n")
     prefix = str(tmp_path / "out" / "emb")
-    result = run_lib.run(["--runner=FnApiRunner", f"--input={corpus}", f"--output_tfrecord={prefix}",
-                          f"--model_dir={tiny_model_dir}", "--seq_length=16", "--max_failed_fraction=0.5"])
-    counters = run_lib.counters(result)
+    options, plan = run_lib.prepare(["--runner=FnApiRunner", f"--input={corpus}", f"--output_tfrecord={prefix}",
+                                     f"--model_dir={tiny_model_dir}", "--seq_length=16", "--max_failed_fraction=0.5"])
+    counters = run_lib.counters(run_lib.launch(options, plan))
     assert counters["records_read"] == 3 and counters["embedded"] == 3
     assert counters["failed_empty_text"] == 1 and counters["truncated"] == 1
     assert counters["tokens_embedded"] == 5 + 4 + 16  # [CLS] x [SEP] per text, the long one cut at 16.
-    out = capsys.readouterr().out
+    out = run_lib.summarize(counters, plan)
     assert "embedded 3" in out and "empty_text 1" in out and prefix in out
 
 

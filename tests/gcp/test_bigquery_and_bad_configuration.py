@@ -160,9 +160,9 @@ def test_load_jobs_append_to_an_existing_table_with_its_own_compatible_schema(
     fields = [bigquery.SchemaField(name, type_, mode="REPEATED" if mode == "REPEATED" else "NULLABLE")
               for name, type_, mode in records_lib.SCHEMA] + [bigquery.SchemaField("note", "STRING")]
     bq.create_table(bigquery.Table("test-project.own_schema.embeddings", schema=fields), exists_ok=True)
-    run_lib.run(["--runner=FnApiRunner", f"--input={corpus}", f"--model_dir={tiny_model_dir}",
-                 "--output_bigquery=test-project:own_schema.embeddings", "--temp_location=gs://tests/tmp",
-                 "--output_failed=gs://tests/own_schema/failed", "--run_id=own"])
+    assert run_lib.main(["--runner=FnApiRunner", f"--input={corpus}", f"--model_dir={tiny_model_dir}",
+                         "--output_bigquery=test-project:own_schema.embeddings", "--temp_location=gs://tests/tmp",
+                         "--output_failed=gs://tests/own_schema/failed", "--run_id=own"]) == 0
     assert "embedded 1 " in capsys.readouterr().out
     table = bq.get_table("test-project.own_schema.embeddings")
     assert [(f.name, f.mode) for f in table.schema] == [(f.name, f.mode) for f in fields]

@@ -34,7 +34,10 @@ def _run(corpus: str, table: str, run_id: str, model_dir: str, tmp_path, *extra)
             "--batch_size=4", f"--output_bigquery={table}", f"--previous_output={table}",
             "--temp_location=gs://tests/tmp", f"--output_failed={tmp_path}/failed/run={{run_id}}/part",
             f"--run_id={run_id}", *extra]
-    return run_lib.counters(run_lib.run(argv))
+    options, plan = run_lib.prepare(argv)
+    counters = run_lib.counters(run_lib.launch(options, plan))
+    print(run_lib.summarize(counters, plan))  # As the command line does.
+    return counters
 
 
 def _changes(counters: dict) -> dict:

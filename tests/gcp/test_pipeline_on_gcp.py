@@ -119,7 +119,7 @@ def local_model_dir(gcs, gcs_model_dir, tmp_path_factory):
 
 
 def _run(argv, capsys):
-    run_lib.run(["--runner=FnApiRunner", "--project=test-project", *argv])
+    assert run_lib.main(["--runner=FnApiRunner", "--project=test-project", *argv]) == 0
     return capsys.readouterr().out
 
 
