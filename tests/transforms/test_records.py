@@ -1,0 +1,61 @@
+"""The record model (transforms.records): one dead-letter form for every failure, layouts that read back."""
+
+import datetime
+import json
+
+import numpy as np
+import pytest
+
+from transforms import records
+
+
+class _Embedding:
+    def __init__(self, vector, tokens=3, sequence=None):
+        self.vector, self.tokens, self.truncated, self.sequence = vector, tokens, False, sequence
+
+
+@pytest.mark.parametrize("failure", [
+    records.make_failure("c.jsonl", "invalid_json", "Expecting value", "{"),
+    records.inference_failure(records.RecordKey("a", "h", "c.jsonl"), ("x", "y"), "OOM"),
+    records.refused_row_failure("p:d.t", {"id": "a", "embedding": [1.0], "model": "m"}, [{"reason": "invalid"}]),
+])
+def test_every_failure_is_one_json_line_with_the_same_keys(failure):
+    line = records.failure_to_json(failure)
+    assert "\n" not in line
+    assert list(json.loads(line)) == ["source", "reason", "detail", "record"]
+
+
+def test_a_long_record_and_detail_are_cut_and_the_detail_says_so():
+    failure = records.inference_failure(records.RecordKey("a", "h", "c.jsonl"), ("x" * 5000,), "e" * 5000)
+    assert len(failure.record) == records.MAX_RECORD_CHARS
+    assert failure.detail.startswith("e" * records.MAX_RECORD_CHARS)
+    whole = len(records.record_text("a", ("x" * 5000,)))
+    assert failure.detail.endswith(f"(record cut from {whole} to 1000 characters)")
+
+
+def test_refused_rows_leave_their_embedding_out():
+    failure = records.refused_row_failure("p:d.t", {"id": "a", "embedding": [1.0] * 384}, {"e": 1})
+    assert json.loads(failure.record) == {"id": "a"} and failure.source == "p:d.t"
+
+
+@pytest.mark.parametrize("sequence", [None, np.ones((3, 2), np.float32)])
+def test_an_example_reads_back_its_key(sequence):
+    key = records.RecordKey("doc-7", "ab" * 32, "c.jsonl")
+    serialized = records.example_bytes(key, _Embedding(np.array([0.5, -1.0], np.float32), 3, sequence), "fp")
+    assert records.example_key(serialized, "f") == records.ExampleKey("doc-7", "ab" * 32, "fp", sequence is not None)
+
+
+def test_an_example_of_another_layout_is_refused_naming_its_file():
+    from transforms.examples import serialize_example
+
+    with pytest.raises(ValueError, match="other.tfrecord holds a record without id"):
+        records.example_key(serialize_example({"text": [b"x"]}), "other.tfrecord")
+
+
+def test_a_row_read_back_is_the_row_written():
+    when = datetime.datetime(2026, 11, 24, 23, 5, 6, 789012, tzinfo=datetime.timezone.utc)
+    row = records.to_row(records.RecordKey("a", "h", "c.jsonl"), np.array([0.5], np.float32), "m", "r1", when)
+    read_back = dict(row, embedded_at=when)  # The BigQuery client returns TIMESTAMPs as datetimes.
+    assert records.from_read_row(read_back, "t") == row
+    with pytest.raises(ValueError, match="t holds a row without model"):
+        records.from_read_row(dict(row, model=None), "t")
