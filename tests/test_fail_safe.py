@@ -174,7 +174,7 @@ def test_runtime_failures_and_interrupts_are_one_line(tmp_path, monkeypatch, cap
     def interrupted(argv):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_lib, "run", interrupted)
+    monkeypatch.setattr(run_lib, "prepare", interrupted)
     code, lines = _main(capsys, "--input=x")
     assert code == 130 and len(lines) == 1 and lines[0].startswith("interrupted")
 
@@ -186,7 +186,7 @@ def test_runtime_failures_and_interrupts_are_one_line(tmp_path, monkeypatch, cap
         except ConnectionRefusedError as err:
             raise RuntimeError("Pipeline failed in a worker") from urllib.error.URLError(err)
 
-    monkeypatch.setattr(run_lib, "run", unreachable)
+    monkeypatch.setattr(run_lib, "prepare", unreachable)
     code, lines = _main(capsys, "--input=x")
     assert code == 1
     line = _one_error_line(lines, "network error", "--model_dir", "traceback in ")
@@ -200,7 +200,7 @@ def test_missing_credentials_are_one_line_with_what_to_do(monkeypatch, capsys):
     def no_credentials(argv):
         raise DefaultCredentialsError("Your default credentials were not found.")
 
-    monkeypatch.setattr(run_lib, "run", no_credentials)
+    monkeypatch.setattr(run_lib, "prepare", no_credentials)
     code, lines = _main(capsys, "--input=x")
     assert code == 1
     _one_error_line(lines, "no Google Cloud credentials", "gcloud auth application-default login")
