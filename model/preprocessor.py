@@ -72,7 +72,7 @@ _MAX_BYTES_PER_WORD = 4 * _MAX_CHARS_PER_WORD
 # Code point ranges, hex. Format characters that Hugging Face keeps (it deletes the rest of category C):
 _KEPT_FORMAT = "890-891 8E2 110CD 13430-1343F"
 # Punctuation beyond ASCII as `tokenizers` knows it (category P of Unicode 8, and U+166D), listed in full:
-# RE2's \p{P} with exceptions would need a word-matching split, four times slower.
+# RE2's \p{P} with exceptions would need a word-matching split, which is slower.
 _PUNCTUATION = (
     "A1 A7 AB B6-B7 BB BF 37E 387 55A-55F 589-58A 5BE 5C0 5C3 5C6 5F3-5F4 609-60A 60C-60D 61B 61E-61F 66A-66D "
     "6D4 700-70D 7F7-7F9 830-83E 85E 964-965 970 AF0 DF4 E4F E5A-E5B F04-F12 F14 F3A-F3D F85 FD0-FD4 FD9-FDA "
