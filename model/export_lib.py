@@ -4,8 +4,8 @@
 contract is in model/preprocessor.py. The encoder's (the TF Hub BERT text-encoder API, as tensorflow/models
 `official/nlp/tools/export_tfhub_lib.py` writes it) follows.
 
-Inputs. Every function of the encoder takes one dict of int32 tensors, each [batch, seq], any batch size and any
-seq from 1 to max_position_embeddings:
+Inputs. `__call__` and the inference-only functions below take one dict of int32 tensors, each [batch, seq],
+any batch size and any seq from 1 to max_position_embeddings:
   input_word_ids: token ids, [CLS] first.
   input_mask: 1 on real tokens, 0 on padding.
   input_type_ids: optional segment ids. DistilBERT has no token-type embeddings: it accepts and ignores them,
