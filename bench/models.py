@@ -48,13 +48,13 @@ def build_checkpoint(out_dir: str, seed: int = 0) -> str:
 
 
 def export_saved_models(checkpoint_dir: str, out_dir: str) -> str:
-    """Exports the checkpoint with model.export (encoder/ and preprocessor/ under out_dir); returns out_dir."""
+    """Exports the checkpoint with model.export_lib (encoder/ and preprocessor/ under out_dir); returns out_dir."""
     from model import convert
-    from model.export import export_model
+    from model.export_lib import export_model
 
     checkpoint = convert.read_checkpoint(checkpoint_dir)
     encoder = convert.encoder_from_checkpoint(checkpoint)
-    export_model(encoder, checkpoint.vocab_file, checkpoint.do_lower_case, out_dir)
+    export_model(out_dir, encoder=encoder, vocab_file=checkpoint.vocab_file, do_lower_case=checkpoint.do_lower_case)
     return out_dir
 
 

@@ -29,7 +29,7 @@ class _Dense(tf.Module):
 
     def __call__(self, x):
         # x: [rows, in]. A 2-D MatMul + BiasAdd is what oneDNN fuses into one kernel; a 3-D x would become a
-        # broadcasting BatchMatMulV2 + AddV2, about 15% slower end to end on CPU.
+        # broadcasting BatchMatMulV2 + AddV2, slower on CPU (see BENCHMARKS.md).
         return tf.nn.bias_add(tf.matmul(x, tf.cast(self.kernel, x.dtype)), tf.cast(self.bias, x.dtype))
 
 
@@ -60,11 +60,11 @@ class _LayerNorm(tf.Module):
 
         That graph is tf_keras's fused LayerNormalization: every row of x as one channel of a [1, rows, size, 1]
         NCHW FusedBatchNormV3 in training mode, with unit scale and zero offset, then gamma and beta. The kernel
-        reads the activations once instead of about seven times: 2.9x faster per LayerNorm, about 3.5% of the
-        whole encoder on CPU. TensorFlow has no public fused LayerNorm op, hence this detour. The remapper only
-        matches while `rows` is not a constant (constant folding would turn the fills into constants): the
-        pipeline's graphs have unknown batch and sequence sizes. Without oneDNN (GPU, ARM,
-        TF_ENABLE_ONEDNN_OPTS=0) a real batch norm runs instead, about 3x slower than _normalize.
+        reads the activations once instead of once per op of _normalize: faster, see BENCHMARKS.md. TensorFlow
+        has no public fused LayerNorm op, hence this detour. The remapper only matches while `rows` is not a
+        constant (constant folding would turn the fills into constants): the pipeline's graphs have unknown
+        batch and sequence sizes. Without oneDNN (GPU, ARM, TF_ENABLE_ONEDNN_OPTS=0) a real batch norm runs
+        instead, slower than _normalize.
         """
         size = self.gamma.shape[0]
         rows = tf.size(x) // size  # x: float32, or bfloat16 (the kernel's statistics stay float32).
@@ -201,7 +201,7 @@ class Encoder(tf.Module):
         bfloat16 directly, as the softmax does: oneDNN's bfloat16 LayerNorm and softmax keep their statistics
         in float32 inside the kernel, so the casts around them (a pass over every activation each) go. The
         float32 computation is the same; elsewhere (GPU, TF_ENABLE_ONEDNN_OPTS=0) the fused LayerNorm runs as a
-        real batch norm, about 3x slower, so leave it off there.
+        real batch norm, slower (see BENCHMARKS.md), so leave it off there.
         """
         for norm in self._layer_norms():
             norm.fused = enabled
@@ -213,11 +213,11 @@ class Encoder(tf.Module):
 
         oneDNN reorders a constant weight once into the blocked layout its fastest kernels read, and keeps it.
         A weight read from a variable goes through a generic GEMM every call: for bfloat16 on CPUs with AMX
-        (Sapphire Rapids and later) that one is not the AMX kernel, and the encoder runs about 2x slower
-        (BENCHMARKS.md). The constants also save casting the float32 kernels on every call. The price is memory:
-        TensorFlow's function runtime holds constants in several copies (a loaded bfloat16 DistilBERT: about
-        1.7 GiB RSS instead of 1.0). The variables are dropped, so the module can no longer be trained or
-        exported afterwards.
+        (Sapphire Rapids and later) that one is not the AMX kernel, and the encoder runs slower (see
+        BENCHMARKS.md). The constants also save casting the float32 kernels on every call. The price is memory:
+        TensorFlow's function runtime holds constants in several copies, so a loaded model takes more (see
+        BENCHMARKS.md). The variables are dropped, so the module can no longer be trained or exported
+        afterwards.
         """
         # Not the pooler: it runs in float32 on the float32 [CLS] vector. The biases stay variables: with
         # constant biases too, grappler no longer fuses MatMul + BiasAdd (+ GELU) into one oneDNN kernel.
@@ -271,8 +271,9 @@ class Encoder(tf.Module):
         """For inference when only [CLS] vectors are wanted: `pooled_output` and `cls_output` (the last block's
         [CLS] vector, sequence_output[:, 0]), each float32 [batch, hidden], as __call__ computes them.
 
-        The last block computes the [CLS] token alone (attending over every token's keys and values): about
-        5/6 of that block's work, 14% of DistilBERT's, is skipped, and the results are the same.
+        The last block computes the [CLS] token alone (attending over every token's keys and values), so most of
+        that block's work is skipped: faster, see BENCHMARKS.md. The results equal __call__'s up to float
+        rounding.
         """
         x, mask_bias, batch, seq = self._embed(inputs, training=False)
         for block in self.layer[:-1]:

@@ -68,11 +68,11 @@ _MAX_BYTES_PER_WORD = 4 * _MAX_CHARS_PER_WORD
 
 # Hugging Face's `tokenizers` classifies characters with tables frozen at Unicode 8 (the unicode_categories
 # crate), RE2 with recent ones: characters encoded or reclassified since then need exceptions. Found by
-# comparing every code point (tensorflow-text 2.21, tokenizers 0.23); tests/test_preprocessor.py repeats that.
+# comparing every code point (tensorflow-text 2.21, tokenizers 0.23); tests/model/test_preprocessor.py repeats that.
 # Code point ranges, hex. Format characters that Hugging Face keeps (it deletes the rest of category C):
 _KEPT_FORMAT = "890-891 8E2 110CD 13430-1343F"
 # Punctuation beyond ASCII as `tokenizers` knows it (category P of Unicode 8, and U+166D), listed in full:
-# RE2's \p{P} with exceptions would need a word-matching split, four times slower.
+# RE2's \p{P} with exceptions would need a word-matching split, which is slower.
 _PUNCTUATION = (
     "A1 A7 AB B6-B7 BB BF 37E 387 55A-55F 589-58A 5BE 5C0 5C3 5C6 5F3-5F4 609-60A 60C-60D 61B 61E-61F 66A-66D "
     "6D4 700-70D 7F7-7F9 830-83E 85E 964-965 970 AF0 DF4 E4F E5A-E5B F04-F12 F14 F3A-F3D F85 FD0-FD4 FD9-FDA "
@@ -362,7 +362,7 @@ def build_preprocessor(vocab_file: str, do_lower_case: bool, default_seq_length:
     return _Preprocessor(vocab_file, bool(do_lower_case), int(default_seq_length), int(max_seq_length))
 
 
-def export_preprocessor(output_dir: str, vocab_file: str, do_lower_case: bool, default_seq_length: int = 128,
+def export_preprocessor(output_dir: str, *, vocab_file: str, do_lower_case: bool, default_seq_length: int = 128,
                         max_seq_length: int = 512) -> None:
     """Exports the preprocessor as a SavedModel that carries its vocab as the asset `assets/vocab.txt`.
 

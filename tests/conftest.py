@@ -41,11 +41,11 @@ def minilm_dir() -> str:
 def _export_tiny(tmp_path_factory, vocab_file: str, seed: int) -> str:
     from model import config as config_lib
     from model.encoder import Encoder
-    from model.export import export_model
+    from model.export_lib import export_model
 
     out = tmp_path_factory.mktemp(f"tiny_model_seed{seed}")
-    export_model(Encoder(config_lib.preset("distilbert_tiny"), seed=seed), vocab_file, do_lower_case=False,
-                 output_dir=str(out))
+    export_model(str(out), encoder=Encoder(config_lib.preset("distilbert_tiny"), seed=seed), vocab_file=vocab_file,
+                 do_lower_case=False)
     return str(out)
 
 

@@ -246,11 +246,11 @@ def sentence_model_dir(tmp_path_factory, tiny_vocab_file):
     """The tiny DistilBERT exported with a sentence-transformers configuration: mean pooling, normalised."""
     from model import config as config_lib
     from model.encoder import Encoder
-    from model.export import export_model
+    from model.export_lib import export_model
 
     out = tmp_path_factory.mktemp("sentence_model")
-    export_model(Encoder(config_lib.preset("distilbert_tiny"), seed=7), tiny_vocab_file, do_lower_case=False,
-                 output_dir=str(out), sentence_config={"pooling": "mean", "normalize": True, "max_seq_length": 64})
+    export_model(str(out), encoder=Encoder(config_lib.preset("distilbert_tiny"), seed=7), vocab_file=tiny_vocab_file,
+                 do_lower_case=False, sentence_config={"pooling": "mean", "normalize": True, "max_seq_length": 64})
     return str(out)
 
 
@@ -276,11 +276,11 @@ def test_the_models_own_pooling_is_the_default_and_a_flag_overriding_it_warns(
 
 
 def test_export_reads_the_sentence_transformers_configuration_of_a_checkpoint(minilm_dir):
-    from model import convert, export
+    from model import convert, export_lib
     from transforms import embed
 
     assert convert.read_sentence_config(minilm_dir) == {"pooling": "mean", "normalize": True, "max_seq_length": 256}
-    assert embed.SENTENCE_CONFIG_PATH == export.SENTENCE_CONFIG_PATH
+    assert embed.SENTENCE_CONFIG_PATH == export_lib.SENTENCE_CONFIG_PATH
 
 
 def test_a_checkpoint_with_modules_the_export_cannot_reproduce_records_no_pooling(tmp_path, caplog):

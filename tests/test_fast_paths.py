@@ -98,7 +98,8 @@ def test_new_shapes_after_warm_up_do_not_retrace(embedder):
 
 @pytest.fixture(scope="module")
 def foreign_model_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny encoder saved without model.export's bfloat16_call, like any other TF Hub-style encoder."""
+    """The tiny encoder saved without model.export's get_config and extra functions, like any other TF Hub-style
+    encoder."""
     from model import config as config_lib
     from model.encoder import Encoder
 
@@ -114,13 +115,13 @@ def foreign_model_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("which", ["exported", "foreign"])
 def test_bf16_is_close_to_fp32(which, tiny_model_dir, foreign_model_dir):
-    """exported: model.export's bfloat16_call; foreign: grappler's automatic mixed precision."""
+    """exported: model.export's encoder rebuilt in bfloat16; foreign: grappler's automatic mixed precision."""
     model_dir = tiny_model_dir if which == "exported" else foreign_model_dir
-    assert hasattr(tf.saved_model.load(model_dir + "/encoder"), "bfloat16_call") == (which == "exported")
+    assert hasattr(tf.saved_model.load(model_dir + "/encoder"), "get_config") == (which == "exported")
     texts = [(text,) for text in _texts(40, seed=5)]
     fp32 = np.stack([e.vector for e in _handler(model_dir).load_model().embed(texts)])
     bf16_model = _handler(model_dir, precision="bf16").load_model()
-    # model.export's encoders run rebuilt (model.export.load_encoder), others as loaded.
+    # model.export's encoders run rebuilt (model.export_lib.load_encoder), others as loaded.
     owner = getattr(bf16_model._encoder, "owner", bf16_model._encoder)
     assert type(owner).__name__ == ("Encoder" if which == "exported" else "_UserObject")
     bf16 = np.stack([e.vector for e in bf16_model.embed(texts)])

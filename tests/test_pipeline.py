@@ -245,11 +245,12 @@ def test_unknown_format_is_refused_by_the_option_parser(tmp_path, capsys):
 def test_mismatched_vocabularies_are_refused_before_the_pipeline_starts(tmp_path, tiny_model_dir, capsys):
     from model import config as config_lib
     from model.encoder import Encoder
-    from model.export import export_encoder
+    from model.export_lib import export_encoder
 
     other_vocab = tmp_path / "vocab.txt"
     other_vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [f"w{i}" for i in range(95)]) + "\n")
-    export_encoder(Encoder(config_lib.preset("distilbert_tiny"), seed=1), str(tmp_path / "enc"), str(other_vocab))
+    export_encoder(str(tmp_path / "enc"), encoder=Encoder(config_lib.preset("distilbert_tiny"), seed=1),
+                   vocab_file=str(other_vocab))
     corpus = tmp_path / "c.txt"
     corpus.write_text("the cat\n")
     code = run_lib.main([f"--input={corpus}", f"--output_tfrecord={tmp_path / 'o'}", f"--encoder={tmp_path / 'enc'}",

@@ -421,9 +421,9 @@ def _encoder_to_run(tf, path: str, precision: str, cls_only: bool = False):
                 return _BoundCall(encoder, name), False
         return encoder, False
     if hasattr(encoder, "get_config"):
-        from model import export
+        from model import export_lib
 
-        module = export.load_encoder(path, tf.bfloat16, saved_model=encoder)
+        module = export_lib.load_encoder(path, compute_dtype=tf.bfloat16, saved_model=encoder)
         module.use_onednn_kernels(onednn)
         module.freeze_matmul_weights()
         return (_BoundCall(module, "cls_outputs") if cls_only else module), True

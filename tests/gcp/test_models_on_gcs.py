@@ -14,7 +14,7 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  Registers the preprocessor's ops.
 from apache_beam.io.filesystems import FileSystems
 
-from model import export
+from model import export, export_lib
 from model import storage as storage_lib
 from transforms import embed
 
@@ -62,7 +62,7 @@ def test_model_export_writes_to_gcs_and_loads_back_like_a_local_export(
 
 
 def test_model_export_to_a_missing_bucket_fails_before_exporting(gcp_emulators, tiny_vocab_file, monkeypatch, capsys):
-    monkeypatch.setattr(export, "export_model", lambda *a, **k: pytest.fail("exported before checking the bucket"))
+    monkeypatch.setattr(export_lib, "export_model", lambda *a, **k: pytest.fail("exported before checking the bucket"))
     code = export.main(["--preset", "distilbert_tiny", "--vocab", tiny_vocab_file,
                         "--output_dir", "gs://no-such-bucket/models/x"])
     assert code == 2

@@ -95,7 +95,7 @@ def _outputs(result) -> dict[str, list]:
 def real(request, tmp_path_factory):
     """(loaded SavedModel with the real vocab, the Hugging Face tokenizer) for one casing."""
     path = tmp_path_factory.mktemp("real") / "preprocessor"
-    preprocessor.export_preprocessor(str(path), REAL_VOCAB, do_lower_case=request.param)
+    preprocessor.export_preprocessor(str(path), vocab_file=REAL_VOCAB, do_lower_case=request.param)
     return tf.saved_model.load(str(path)), _hf_tokenizer(request.param)
 
 
@@ -109,7 +109,7 @@ def tiny(tmp_path_factory):
         str(vocab_file), True, default_seq_length=TINY_DEFAULT_SEQ_LENGTH, max_seq_length=TINY_MAX_SEQ_LENGTH)
     export_dir = tmp_path_factory.mktemp("tiny") / "preprocessor"
     preprocessor.export_preprocessor(
-        str(export_dir), str(vocab_file), True, default_seq_length=TINY_DEFAULT_SEQ_LENGTH,
+        str(export_dir), vocab_file=str(vocab_file), do_lower_case=True, default_seq_length=TINY_DEFAULT_SEQ_LENGTH,
         max_seq_length=TINY_MAX_SEQ_LENGTH)
     shutil.rmtree(source_dir)
     return {"in_memory": in_memory, "loaded": tf.saved_model.load(str(export_dir)), "path": export_dir,

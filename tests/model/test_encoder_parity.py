@@ -8,7 +8,7 @@ import transformers
 
 from model import config as config_lib
 from model import convert
-from model.export import export_encoder
+from model.export_lib import export_encoder
 
 TINY_DISTILBERT = dict(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=64)
 FULL_SIZE = "distilbert_en_cased_L-6_H-768_A-12"
@@ -37,7 +37,7 @@ def _batch(vocab_size, batch=3, seq=7, seed=0):
 
 def _export_and_load(checkpoint_dir, tmp_path):
     encoder = convert.encoder_from_checkpoint(convert.read_checkpoint(checkpoint_dir))
-    export_encoder(encoder, str(tmp_path / "encoder"))
+    export_encoder(str(tmp_path / "encoder"), encoder=encoder)
     return tf.saved_model.load(str(tmp_path / "encoder"))
 
 
