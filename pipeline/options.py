@@ -195,8 +195,7 @@ class EmbeddingOptions(PipelineOptions):
         group.add_argument("--batch_size", type=_positive_int, default=512,
                            help="Texts handed to the model at once (fewer only at the end of a bundle). A batch "
                            "is sorted by length and cut into sub-batches of similar lengths: the larger the "
-                           "batch, the less padding (about 95 percent of computed tokens are real at 512 on short "
-                           "texts).")
+                           "batch, the less padding (see BENCHMARKS.md).")
         group.add_argument("--token_budget", type=_positive_int, default=4096,
                            help="Most padded tokens encoded at once; a batch is sorted by length and cut "
                            "into sub-batches, each padded only to its own longest text.")
@@ -233,7 +232,7 @@ class EmbeddingOptions(PipelineOptions):
             "when missing. An existing table must have these columns with these types (NULLABLE is fine); "
             "its other columns must not be REQUIRED. Checked before the job starts. With a BigQuery "
             "--previous_output the run keeps this table current instead of appending: one row per id, "
-            "exactly the corpus's complete set.")
+            "exactly the corpus's complete set (see docs/incremental.md).")
         group.add_argument(
             "--bigquery_method", choices=("file_loads", "streaming"), default="file_loads",
             help="How --output_bigquery is written: file_loads (default) stages files under --temp_location, "
@@ -248,15 +247,11 @@ class EmbeddingOptions(PipelineOptions):
                            help="With --previous_output: refuse the run, before it writes a manifest or MERGEs "
                            "anything, when records gone from the corpus are more than this fraction of the "
                            "earlier set (a wrong --input or --text_field looks like a deleted corpus). Pass 1 to "
-                           "allow any deletion.")
+                           "allow any deletion. See docs/incremental.md.")
         group.add_argument("--previous_output", default=None,
-                           help="An earlier run's embeddings, to update incrementally: only records whose id is "
-                           "new or whose content_hash changed are embedded, unchanged embeddings are copied forward "
-                           "and records gone from the corpus are dropped. Everything is re-embedded when the "
-                           "earlier run used another model. Either the --output_tfrecord prefix of an earlier run, "
-                           "where {latest} picks the newest complete run before this one, e.g. "
-                           "gs://bucket/emb/run={latest}/part (none yet: embed everything); or a BigQuery table "
-                           "PROJECT:DATASET.TABLE, usually the --output_bigquery table itself, which the run then "
-                           "keeps current: it loads its complete set into TABLE__run_RUNID and MERGEs that into "
-                           "the --output_bigquery table in one statement (needs --bigquery_method file_loads and "
-                           "no --output_tfrecord; a missing --output_bigquery table: embed everything).")
+                           help="An earlier run's embeddings, to update incrementally: only new and changed records "
+                           "are embedded and the rest is carried forward, so the output is again the complete set. "
+                           "Either an earlier run's --output_tfrecord prefix, where {latest} picks the newest "
+                           "complete run before this one, e.g. gs://bucket/emb/run={latest}/part; or a BigQuery "
+                           "table PROJECT:DATASET.TABLE, usually the --output_bigquery table itself, which the run "
+                           "then keeps current. See docs/incremental.md.")
