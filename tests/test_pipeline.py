@@ -266,11 +266,19 @@ def test_formats_and_pooling_choices_agree_with_the_transforms():
     assert options_lib.POOLING_MODES == embed.POOLING_MODES
 
 
-def test_help_explains_every_option(capsys):
+def test_help_states_each_option_and_its_true_default(capsys):
+    """--help names every option with a sentence of help and states its real default, also where the default is
+    resolved later (the model URLs)."""
     assert run_lib.main(["--help"]) == 0
-    out = capsys.readouterr().out
-    parser = run_lib._help_parser()
-    for action in parser._actions:
-        for flag in action.option_strings:
-            assert flag in out
-        assert action.help, f"{action.option_strings} has no help text"
+    out = " ".join(capsys.readouterr().out.split())
+    for action in options_lib.options_parser(beam_options=False)._actions[1:]:  # [0] is -h.
+        flag = action.option_strings[0]
+        help_text = " ".join((action.help or "").split())
+        assert len(help_text.split()) >= 4, f"{flag} has no real help text"
+        assert " ".join(help_text.split()[:3]) in out, flag  # argparse rewraps (even at hyphens): the start.
+        if action.default not in (None, False):
+            assert f"Default: {action.default}" in help_text or f"{help_text} Default: {action.default}." in out, flag
+        resolved_later = {"--encoder": options_lib.DEFAULT_ENCODER, "--preprocessor": options_lib.DEFAULT_PREPROCESSOR}
+        assert resolved_later.get(flag, "") in help_text, flag
+
+
