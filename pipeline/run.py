@@ -85,9 +85,10 @@ def _resolve_settings(opts: EmbeddingOptions, encoder: str) -> tuple[str, bool, 
 
     Returns them and one line saying which came from where; warns when a flag overrides the model's own.
     """
-    from transforms import embed
+    import runtime
+    from transforms.files import BeamFiles
 
-    recorded = embed.model_defaults(encoder)
+    recorded = runtime.model_defaults(encoder, files=BeamFiles())
     recorded_seq_length = recorded.get("max_seq_length")
     if recorded_seq_length is not None:
         recorded_seq_length = min(recorded_seq_length, MAX_SEQ_LENGTH)
@@ -236,7 +237,9 @@ def _check_writable(paths_by_flag: dict) -> None:
 
 def validate(options: PipelineOptions) -> Plan:
     """Checks the options before anything runs; user mistakes raise ValueError naming the flag."""
-    from transforms import bigquery, embed, preflight, read
+    import runtime
+    from transforms import bigquery, preflight, read
+    from transforms.files import BeamFiles
 
     opts = options.view_as(EmbeddingOptions)
     if not opts.input:
@@ -264,10 +267,11 @@ def validate(options: PipelineOptions) -> Plan:
     preflight.check_sample(patterns, input_format, pair_fields or (opts.text_field,))
     estimated_records = preflight.estimate_records(patterns, input_format)
     encoder, preprocessor = _resolve_models(opts)
-    embed.check_models(encoder, preprocessor)
+    runtime.check_models(encoder, preprocessor, files=BeamFiles())
     pooling, normalize, seq_length, settings_note = _resolve_settings(opts, encoder)
-    embed.check_seq_length(preprocessor, seq_length)
-    fingerprint = embed.model_fingerprint(encoder, preprocessor, pooling, normalize, seq_length, opts.precision)
+    runtime.check_seq_length(preprocessor, seq_length, files=BeamFiles())
+    fingerprint = runtime.model_fingerprint(encoder, preprocessor, pooling, normalize, seq_length, opts.precision,
+                                            files=BeamFiles())
     run_plan = _resolve_run(opts)
     _check_writable({"--output_tfrecord": run_plan["output_tfrecord"], "--output_failed": run_plan["output_failed"]})
     table_exists = bool(bigquery_table) and bigquery.check_table(bigquery_table,

@@ -258,10 +258,10 @@ def test_mismatched_vocabularies_are_refused_before_the_pipeline_starts(tmp_path
 
 
 def test_formats_and_pooling_choices_agree_with_the_transforms():
-    from transforms import embed
+    import runtime
 
     assert options_lib.FORMATS == read_lib.FORMATS
-    assert options_lib.POOLING_MODES == embed.POOLING_MODES
+    assert options_lib.POOLING_MODES == runtime.POOLING_MODES
 
 
 def test_help_explains_every_option(capsys):
