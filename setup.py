@@ -1,4 +1,4 @@
-"""Installs the embedding pipeline: the `model`, `transforms` and `pipeline` packages.
+"""Installs the embedding pipeline: the `model`, `runtime`, `transforms` and `pipeline` packages.
 
 Dataflow workers install this file too (`--setup_file ./setup.py`), so the runtime set stays small.
 """
@@ -37,8 +37,8 @@ setuptools.setup(
     name="distilbert-embeddings",
     version="0.1.0",
     description="Apache Beam pipeline that embeds text corpora with DistilBERT/BERT SavedModels.",
-    packages=setuptools.find_packages(include=["model", "model.*", "transforms", "transforms.*",
-                                               "pipeline", "pipeline.*"]),
+    packages=setuptools.find_packages(include=["model", "model.*", "runtime", "runtime.*", "transforms",
+                                               "transforms.*", "pipeline", "pipeline.*"]),
     package_data={"pipeline": ["sample/*"]},
     python_requires=">=3.10,<3.13",
     install_requires=REQUIRED,

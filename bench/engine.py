@@ -52,9 +52,9 @@ def fp32_engine(encoder_dir: str, batch: int = 32, seq: int = 128, cls_only: boo
     engine's in the same minutes)."""
     import tensorflow as tf
 
-    from transforms import embed
+    import runtime
 
-    encode = _encode_fn(tf, embed._encoder_to_run(tf, encoder_dir, "fp32", cls_only)[0])
+    encode = _encode_fn(tf, runtime.load_encoder_call(encoder_dir, precision="fp32", cls_only=cls_only))
     word_ids = tf.random.Generator.from_seed(0).uniform([batch, seq], 1000, 30000, tf.int32)
     mask = tf.ones([batch, seq], tf.int32)
 
@@ -94,14 +94,15 @@ class EngineBench:
         self._operands["bf16"] = {name: (tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16))
                                   for name, (a, b) in self._operands["fp32"].items()}
 
-        from transforms import embed
+        import runtime
 
         # The whole encoder as the pipeline runs it (fp32: the export's onednn_call on this CPU; bf16: the
         # module rebuilt with bfloat16 weights); the form it runs for --pooling pooled, whose last block
         # computes [CLS] alone (fp32_cls: onednn_cls_call); for comparison, the SavedModel's own __call__.
-        self._encode = {"fp32": _encode_fn(tf, embed._encoder_to_run(tf, encoder_dir, "fp32")[0]),
-                        "fp32_cls": _encode_fn(tf, embed._encoder_to_run(tf, encoder_dir, "fp32", True)[0]),
-                        "bf16": _encode_fn(tf, embed._encoder_to_run(tf, encoder_dir, "bf16")[0]),
+        self._encode = {"fp32": _encode_fn(tf, runtime.load_encoder_call(encoder_dir, precision="fp32")),
+                        "fp32_cls": _encode_fn(tf, runtime.load_encoder_call(encoder_dir, precision="fp32",
+                                                                             cls_only=True)),
+                        "bf16": _encode_fn(tf, runtime.load_encoder_call(encoder_dir, precision="bf16")),
                         "fp32_saved_model": _encode_fn(tf, self._encoder)}
         self.best = {f"{kind}_{precision}{suffix}": 0.0 for kind, precisions in (("ceiling", ("fp32", "bf16")),
                                                                                  ("engine", self._encode))
@@ -120,7 +121,7 @@ class EngineBench:
 
     def engine(self, precision: str, reps: int = 3) -> tuple[float, float]:
         """Tokens/s (wall, CPU-normalised) of the exported encoder at batch x seq: fp32 and bf16 as the
-        pipeline runs them (transforms.embed._encoder_to_run) for all outputs, fp32_cls for [CLS] vectors only,
+        pipeline runs them (runtime.load_encoder_call) for all outputs, fp32_cls for [CLS] vectors only,
         fp32_saved_model the SavedModel's `__call__`."""
         wall, cpu = _best_seconds(lambda: self._encode[precision](self._ids, self._mask), reps)
         return self.tokens / wall, self.tokens / cpu
@@ -142,13 +143,13 @@ class EngineBench:
                          token_budget: int = 4096) -> None:
         """Also time, in every round, the fp32 encoder alone (as the pipeline runs it for --pooling pooled) over
         the sub-batches the pipeline computes for `texts` (batches of `batch_size`, each sorted and cut by
-        transforms.embed.plan_sub_batches): the engine at real lengths, with no Beam, tokenisation or writing
+        runtime.plan_sub_batches): the engine at real lengths, with no Beam, tokenisation or writing
         around it. Against the engine at 32 x 128 it gives the cost of padding and of the short sub-batches;
         against the pipeline end to end, the cost of the rest."""
         import tensorflow as tf
         import tensorflow_text  # noqa: F401  Registers the preprocessor's ops.
 
-        from transforms import embed
+        import runtime
 
         preprocessor = tf.saved_model.load(preprocessor_dir)
         self._sub_batches, self.real_tokens, self.computed_tokens = [], 0, 0
@@ -157,7 +158,7 @@ class EngineBench:
             packed = preprocessor.bert_pack_inputs([tokens], seq_length=tf.constant(self.seq))
             word_ids, mask = packed["input_word_ids"].numpy(), packed["input_mask"].numpy()
             lengths = mask.sum(axis=1)
-            for rows in embed.plan_sub_batches(lengths, token_budget):
+            for rows in runtime.plan_sub_batches(lengths, token_budget):
                 width = int(lengths[rows].max())
                 self._sub_batches.append((tf.constant(word_ids[rows, :width]), tf.constant(mask[rows, :width])))
                 self.real_tokens += int(lengths[rows].sum())
@@ -192,6 +193,7 @@ def cold_start(model_dir: str, texts: list[str], batch_size: int = 512) -> dict:
     import tensorflow as tf
     import tensorflow_text  # noqa: F401
 
+    import runtime
     from transforms import embed
 
     result = {}
@@ -205,9 +207,9 @@ def cold_start(model_dir: str, texts: list[str], batch_size: int = 512) -> dict:
     result["model_rss_bytes"] = _rss_bytes() - rss_before
     for label, model in (("warm", embedder), ("cold", None)):
         if model is None:  # The same models without load_model's warm-up: what the first batch paid before.
-            encoder = embed._encoder_to_run(tf, model_dir + "/encoder", "fp32", cls_only=True)[0]
-            model = embed._Embedder(tf.saved_model.load(model_dir + "/preprocessor"), encoder, 128, "pooled",
-                                    False, False, 4096)
+            encoder = runtime.load_encoder_call(model_dir + "/encoder", precision="fp32", cls_only=True)
+            model = runtime.Embedder(tf.saved_model.load(model_dir + "/preprocessor"), encoder, seq_length=128,
+                                     pooling="pooled", normalize=False, with_sequence=False, token_budget=4096)
         start = time.perf_counter()
         model.embed(batch)
         first = time.perf_counter() - start
@@ -225,11 +227,11 @@ def cold_start(model_dir: str, texts: list[str], batch_size: int = 512) -> dict:
         times = []
         for _ in range(2):
             start = time.perf_counter()
-            embedder._encode(*args)
+            embedder.encode(*args)
             times.append(time.perf_counter() - start)
         extra.append(times[0] - times[1])
     result["new_shape_extra_s"] = float(np.median(extra))
-    result["encode_traces"] = int(embedder._encode.experimental_get_tracing_count())
+    result["encode_traces"] = int(embedder.encode.experimental_get_tracing_count())
     return result
 
 

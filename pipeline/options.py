@@ -7,20 +7,16 @@ import difflib
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ["EmbeddingOptions", "UsageError", "DEFAULT_ENCODER", "DEFAULT_PREPROCESSOR", "DEFAULT_POOLING",
-           "FORMATS", "POOLING_MODES", "PRECISIONS", "MAX_SEQ_LENGTH", "split_patterns", "parse_pair_fields",
+# Neither imports TensorFlow: --help stays quick.
+from runtime import DEFAULT_POOLING, DEFAULT_SEQ_LENGTH, MAX_SEQ_LENGTH, POOLING_MODES, PRECISIONS
+from transforms.read import FORMATS
+
+__all__ = ["EmbeddingOptions", "UsageError", "DEFAULT_ENCODER", "DEFAULT_PREPROCESSOR", "split_patterns",
+           "parse_pair_fields",
            "options_parser", "check_argv"]
 
 DEFAULT_ENCODER = "https://tfhub.dev/jeongukjae/distilbert_en_cased_L-6_H-768_A-12/1"
 DEFAULT_PREPROCESSOR = "https://tfhub.dev/jeongukjae/distilbert_en_cased_preprocess/2"
-# Kept literal here (and checked against transforms/ by a test) so --help needs no TensorFlow import.
-FORMATS = ("text", "jsonl", "csv", "tsv", "tfrecord")
-POOLING_MODES = ("pooled", "cls", "mean")
-PRECISIONS = ("fp32", "bf16")
-# Without --pooling and without a pooling recorded by the model (model.export reads sentence-transformers' own).
-DEFAULT_POOLING = "pooled"
-DEFAULT_SEQ_LENGTH = 128
-MAX_SEQ_LENGTH = 512  # Every BERT-family checkpoint's position table; a model's own limit is checked on load.
 
 
 class UsageError(ValueError):

@@ -11,10 +11,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 
 from pipeline.options import (
     DEFAULT_ENCODER,
-    DEFAULT_POOLING,
     DEFAULT_PREPROCESSOR,
-    DEFAULT_SEQ_LENGTH,
-    MAX_SEQ_LENGTH,
     EmbeddingOptions,
     parse_pair_fields,
     split_patterns,
@@ -142,17 +139,20 @@ def _plan_inputs(opts: EmbeddingOptions) -> InputPlan:
 
 def _plan_model(opts: EmbeddingOptions) -> ModelPlan:
     """The model pair, checked; pooling, normalisation and length from the flags or the model; the fingerprint."""
-    from transforms import embed
+    import runtime
+    from transforms.files import BeamFiles
 
     encoder, preprocessor = _resolve_models(opts)
-    embed.check_models(encoder, preprocessor)
-    pooling, normalize, seq_length, settings_note = _resolve_settings(opts, encoder)
-    embed.check_seq_length(preprocessor, seq_length)
-    fingerprint = embed.model_fingerprint(encoder, preprocessor, pooling, normalize, seq_length, opts.precision)
-    return ModelPlan(encoder=encoder, preprocessor=preprocessor, fingerprint=fingerprint, seq_length=seq_length,
-                     pooling=pooling, normalize=normalize, precision=opts.precision, batch_size=opts.batch_size,
-                     token_budget=opts.token_budget, large_model=opts.large_model, model_copies=opts.model_copies,
-                     settings_note=settings_note)
+    runtime.check_models(encoder, preprocessor, files=BeamFiles())
+    settings = runtime.resolve_settings(encoder, pooling=opts.pooling, normalize=opts.normalize,
+                                        seq_length=opts.seq_length, files=BeamFiles())
+    runtime.check_seq_length(preprocessor, settings.seq_length, files=BeamFiles())
+    fingerprint = runtime.model_fingerprint(encoder, preprocessor, settings.pooling, settings.normalize,
+                                            settings.seq_length, opts.precision, files=BeamFiles())
+    return ModelPlan(encoder=encoder, preprocessor=preprocessor, fingerprint=fingerprint,
+                     seq_length=settings.seq_length, pooling=settings.pooling, normalize=settings.normalize,
+                     precision=opts.precision, batch_size=opts.batch_size, token_budget=opts.token_budget,
+                     large_model=opts.large_model, model_copies=opts.model_copies, settings_note=settings.note)
 
 
 def _plan_run(options: PipelineOptions, bigquery_table) -> tuple[IncrementalPlan, OutputPlan]:
@@ -172,32 +172,6 @@ def _plan_run(options: PipelineOptions, bigquery_table) -> tuple[IncrementalPlan
                          bigquery_method=opts.bigquery_method, bigquery_table_exists=False)
     return IncrementalPlan(run_id=paths.run_id, previous_output=previous_output, previous_files=paths.previous_files,
                            bigquery_update=previous_is_table), outputs
-
-
-def _resolve_settings(opts: EmbeddingOptions, encoder: str) -> tuple[str, bool, int, str]:
-    """--pooling, --normalize and --seq_length, each from its flag, else the model's own, else the default.
-
-    Returns them and one line saying which came from where; warns when a flag overrides the model's own.
-    """
-    from transforms import embed
-
-    recorded = embed.model_defaults(encoder)
-    recorded_seq_length = recorded.get("max_seq_length")
-    if recorded_seq_length is not None:
-        recorded_seq_length = min(recorded_seq_length, MAX_SEQ_LENGTH)
-    chosen = {}
-    for name, given, own, default in (("pooling", opts.pooling, recorded.get("pooling"), DEFAULT_POOLING),
-                                      ("normalize", opts.normalize, recorded.get("normalize"), False),
-                                      ("seq_length", opts.seq_length, recorded_seq_length, DEFAULT_SEQ_LENGTH)):
-        if given is not None:
-            chosen[name] = (given, "flag")
-            if own is not None and given != own and name != "seq_length":
-                logging.warning("--%s %s overrides the model's own setting (%s): its vectors will differ from "
-                                "sentence-transformers'.", name, given, own)
-        else:
-            chosen[name] = (own, "model") if own is not None else (default, "default")
-    note = ", ".join(f"{name} {value} ({source})" for name, (value, source) in chosen.items())
-    return chosen["pooling"][0], chosen["normalize"][0], chosen["seq_length"][0], note
 
 
 def _resolve_models(options: EmbeddingOptions) -> tuple[str, str]:

@@ -13,8 +13,9 @@ import tensorflow as tf
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.dataflow.internal import apiclient
 
+import runtime
 from pipeline import run as run_lib
-from transforms import bigquery, embed
+from transforms import bigquery
 from transforms.records import content_hash
 
 GPU_SERVICE_OPTION = "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
@@ -79,8 +80,8 @@ def test_text_corpus_to_tfrecord_translates_and_stages_the_package(tmp_path, tin
     assert "gs://test-bucket/emb/run=2026-11-24T00-00-00/part" in str(job.proto_pipeline)
     with tarfile.open(staged_files(job)["workflow.tar.gz"]) as sdist:
         modules = {name.split("/", 1)[1] for name in sdist.getnames() if name.endswith(".py")}
-    for module in ("model/export.py", "transforms/embed.py", "transforms/incremental.py", "pipeline/run.py",
-                   "pipeline/options.py", "setup.py"):
+    for module in ("model/export.py", "runtime/engine.py", "transforms/embed.py", "transforms/incremental.py",
+                   "pipeline/run.py", "pipeline/options.py", "setup.py"):
         assert module in modules
     assert environment.sdk_pipeline_options["options"]["setup_file"] == "./setup.py"
 
@@ -170,5 +171,5 @@ def test_gpu_memory_growth_is_set_for_every_visible_gpu(monkeypatch):
                         lambda kind: [_FakeGpu("/physical_device:GPU:0"), _FakeGpu("/physical_device:GPU:1")]
                         if kind == "GPU" else [])
     monkeypatch.setattr(tf.config.experimental, "set_memory_growth", set_memory_growth)
-    embed._allow_gpu_memory_growth(tf)  # An already-initialised GPU is left as it is, not an error.
+    runtime.allow_gpu_memory_growth()  # An already-initialised GPU is left as it is, not an error.
     assert calls == [("/physical_device:GPU:0", True), ("/physical_device:GPU:1", True)]

@@ -43,7 +43,7 @@ def test_one_shared_model_copy_per_machine_gives_the_same_embeddings(tiny_model_
     embedded, _ = pipeline | beam.Create(keyed) | embed.Embed(shared)
     vectors = embedded | beam.Map(lambda kv: (kv[0][0], kv[1].vector))
     reference = embed.EmbeddingModelHandler(tiny_model_dir + "/encoder", tiny_model_dir + "/preprocessor").load_model()
-    expected = {f"id{i}": reference.embed([(text,)])[0].vector for i, text in enumerate(texts)}
+    expected = {f"id{i}": reference.embed([(text,)]).embeddings[0].vector for i, text in enumerate(texts)}
 
     def matches_reference(actual):
         assert sorted(key for key, _ in actual) == sorted(expected)

@@ -143,7 +143,7 @@ _WORKER_SCRIPT = """
 import sys
 import apache_beam as beam
 import numpy as np
-from transforms.embed import Embedding
+from runtime import Embedding
 from transforms.incremental import ReadPrevious
 from transforms.read import ReadCorpus
 from transforms.write import WriteTFRecord

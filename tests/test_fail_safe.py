@@ -276,11 +276,11 @@ def test_the_models_own_pooling_is_the_default_and_a_flag_overriding_it_warns(
 
 
 def test_export_reads_the_sentence_transformers_configuration_of_a_checkpoint(minilm_dir):
+    import runtime
     from model import convert, export_lib
-    from transforms import embed
 
     assert convert.read_sentence_config(minilm_dir) == {"pooling": "mean", "normalize": True, "max_seq_length": 256}
-    assert embed.SENTENCE_CONFIG_PATH == export_lib.SENTENCE_CONFIG_PATH
+    assert runtime.SENTENCE_CONFIG_PATH == export_lib.SENTENCE_CONFIG_PATH
 
 
 def test_a_checkpoint_with_modules_the_export_cannot_reproduce_records_no_pooling(tmp_path, caplog):

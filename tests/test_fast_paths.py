@@ -8,6 +8,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that
 
+import runtime
 from transforms import embed
 
 WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "hello", "world", "good", "bad", "movie", "is",
@@ -35,21 +36,21 @@ def _fp32_afterwards():
 @pytest.mark.parametrize("budget,overhead", [(64, 0), (64, 16), (200, 64), (10_000, 64), (3, 0)])
 def test_plan_covers_every_row_once_within_the_budget(budget, overhead):
     lengths = np.random.RandomState(1).randint(2, 60, size=97)
-    plan = embed.plan_sub_batches(lengths, budget, overhead)
+    plan = runtime.plan_sub_batches(lengths, budget, overhead)
     assert sorted(np.concatenate(plan).tolist()) == list(range(len(lengths)))
     for rows in plan:
         assert len(rows) == 1 or len(rows) * lengths[rows].max() <= budget
     widths = [lengths[rows].max() for rows in plan]
     assert widths == sorted(widths)
-    again = embed.plan_sub_batches(lengths, budget, overhead)
+    again = runtime.plan_sub_batches(lengths, budget, overhead)
     assert all(np.array_equal(a, b) for a, b in zip(plan, again, strict=True))
 
 
 def test_plan_without_call_overhead_pads_nothing_and_with_it_pads_little():
     lengths = np.random.RandomState(2).randint(2, 128, size=512)
-    exact = embed.plan_sub_batches(lengths, 4096, call_overhead=0)
+    exact = runtime.plan_sub_batches(lengths, 4096, call_overhead=0)
     assert sum(len(rows) * lengths[rows].max() for rows in exact) == lengths.sum()
-    plan = embed.plan_sub_batches(lengths, 4096)
+    plan = runtime.plan_sub_batches(lengths, 4096)
     computed = sum(len(rows) * lengths[rows].max() for rows in plan)
     assert lengths.sum() / computed > 0.9
     assert len(plan) < len(exact)
@@ -63,14 +64,19 @@ def embedder(tiny_model_dir):
 @pytest.fixture(scope="module")
 def one_at_a_time(embedder):
     texts = _texts(23) + ["", "the " * 200]  # Empty and truncated rows too.
-    return texts, [embedder.embed([(text,)])[0] for text in texts]
+    return texts, [embedder.embed([(text,)]).embeddings[0] for text in texts]
 
 
 def test_sub_batched_embeddings_equal_one_at_a_time(embedder, one_at_a_time):
     texts, singles = one_at_a_time
     order = np.random.RandomState(3).permutation(len(texts))
-    batched = embedder.embed([(texts[i],) for i in order])
-    assert len(embed.plan_sub_batches([e.tokens for e in batched], 40)) > 3  # Really cut into sub-batches.
+    embedded = embedder.embed([(texts[i],) for i in order])
+    batched = embedded.embeddings
+    assert len(runtime.plan_sub_batches([e.tokens for e in batched], 40)) > 3  # Really cut into sub-batches.
+    # What the encoder computed: each row padded to its sub-batch's longest (the budget is at least seq_length).
+    lengths = np.array([e.tokens for e in batched])
+    assert embedded.tokens_computed == sum(len(rows) * lengths[rows].max()
+                                           for rows in runtime.plan_sub_batches(lengths, 128))
     for got, i in zip(batched, order, strict=True):
         want = singles[i]
         np.testing.assert_allclose(got.vector, want.vector, atol=1e-5, rtol=0)
@@ -80,20 +86,20 @@ def test_sub_batched_embeddings_equal_one_at_a_time(embedder, one_at_a_time):
 
 def test_wider_padding_does_not_change_embeddings(embedder):
     """What per-sub-batch padding (or padding to any bucketed width) relies on: padding columns change nothing."""
-    word_ids, mask, type_ids, _ = (t.numpy() for t in embedder._pack_fns[1](tf.constant(_texts(6, seed=4))))
+    word_ids, mask, type_ids, _ = (t.numpy() for t in embedder.pack(tf.constant(_texts(6, seed=4))))
     width = int(mask.sum(axis=1).max())
-    narrow, _ = embedder._encode(word_ids[:, :width], mask[:, :width], type_ids[:, :width])
+    narrow, _ = embedder.encode(word_ids[:, :width], mask[:, :width], type_ids[:, :width])
     for wider in (width + 1, width + 8, 128):
-        padded, _ = embedder._encode(word_ids[:, :wider], mask[:, :wider], type_ids[:, :wider])
+        padded, _ = embedder.encode(word_ids[:, :wider], mask[:, :wider], type_ids[:, :wider])
         np.testing.assert_allclose(padded.numpy(), narrow.numpy(), atol=1e-5, rtol=0)
 
 
 def test_new_shapes_after_warm_up_do_not_retrace(embedder):
-    traces = embedder._encode.experimental_get_tracing_count()
+    traces = embedder.encode.experimental_get_tracing_count()
     assert traces == 1  # load_model's warm-up traced it once.
     for n in (1, 5, 17):
         embedder.embed([(text,) for text in _texts(n, seed=n)])
-    assert embedder._encode.experimental_get_tracing_count() == traces
+    assert embedder.encode.experimental_get_tracing_count() == traces
 
 
 @pytest.fixture(scope="module")
@@ -119,23 +125,17 @@ def test_bf16_is_close_to_fp32(which, tiny_model_dir, foreign_model_dir):
     model_dir = tiny_model_dir if which == "exported" else foreign_model_dir
     assert hasattr(tf.saved_model.load(model_dir + "/encoder"), "get_config") == (which == "exported")
     texts = [(text,) for text in _texts(40, seed=5)]
-    fp32 = np.stack([e.vector for e in _handler(model_dir).load_model().embed(texts)])
+    fp32 = np.stack([e.vector for e in _handler(model_dir).load_model().embed(texts).embeddings])
     bf16_model = _handler(model_dir, precision="bf16").load_model()
     # model.export's encoders run rebuilt (model.export_lib.load_encoder), others as loaded.
-    owner = getattr(bf16_model._encoder, "owner", bf16_model._encoder)
-    assert type(owner).__name__ == ("Encoder" if which == "exported" else "_UserObject")
-    bf16 = np.stack([e.vector for e in bf16_model.embed(texts)])
+    assert type(bf16_model.encoder.owner).__name__ == ("Encoder" if which == "exported" else "_UserObject")
+    bf16 = np.stack([e.vector for e in bf16_model.embed(texts).embeddings])
     cosine = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
     assert cosine.min() >= 0.999, cosine.min()
     assert not np.array_equal(fp32, bf16)  # The bf16 path really ran.
     # Loading an fp32 model switches the process back.
-    again = np.stack([e.vector for e in _handler(model_dir).load_model().embed(texts)])
+    again = np.stack([e.vector for e in _handler(model_dir).load_model().embed(texts).embeddings])
     np.testing.assert_allclose(again, fp32, atol=1e-6, rtol=0)
-
-
-def _called(encoder) -> str:
-    """The name of the function a loaded encoder runs (a SavedModel's or a module's)."""
-    return encoder.name if isinstance(encoder, embed._BoundCall) else "__call__"
 
 
 @pytest.mark.parametrize("options,cls_only", [({}, True), ({"pooling": "cls", "normalize": True}, True),
@@ -144,15 +144,16 @@ def test_the_encoder_runs_the_fastest_form_for_the_outputs_wanted(options, cls_o
                                                                   foreign_model_dir):
     """fp32: onednn_call where oneDNN runs, and the [CLS]-only form when only [CLS] vectors are wanted; bf16:
     the rebuilt module (its cls_outputs likewise); a SavedModel without those functions: its __call__."""
-    onednn = embed._onednn_runs_on_cpu(tf)
-    exported = _handler(tiny_model_dir, **options).load_model()._encoder
+    onednn = runtime.onednn_runs_on_cpu()
+    exported = _handler(tiny_model_dir, **options).load_model().encoder
     expected = {(True, True): "onednn_cls_call", (False, True): "cls_call", (True, False): "onednn_call",
                 (False, False): "__call__"}[onednn, cls_only]
-    assert _called(exported) == expected
-    assert type(_handler(foreign_model_dir, **options).load_model()._encoder).__name__ == "_UserObject"
-    bf16 = _handler(tiny_model_dir, precision="bf16", **options).load_model()._encoder
-    assert _called(bf16) == ("cls_outputs" if cls_only else "__call__")
-    module = getattr(bf16, "owner", bf16)
+    assert exported.form == expected
+    foreign = _handler(foreign_model_dir, **options).load_model().encoder
+    assert (foreign.form, type(foreign.owner).__name__) == ("__call__", "_UserObject")
+    bf16 = _handler(tiny_model_dir, precision="bf16", **options).load_model().encoder
+    assert bf16.form == ("cls_outputs" if cls_only else "__call__")
+    module = bf16.owner
     assert {norm.fused for norm in module._layer_norms()} == {onednn}
     assert {block.attention.softmax_in_compute_dtype for block in module.layer} == {onednn}
 
@@ -164,12 +165,12 @@ def test_cls_only_form_gives_the_vectors_of_the_whole_encoder(pooling, precision
     texts = [(text,) for text in _texts(40, seed=9)]
     fast = _handler(tiny_model_dir, pooling=pooling, precision=precision).load_model()
     whole = _handler(tiny_model_dir, pooling=pooling, precision=precision, with_sequence=True).load_model()
-    assert "cls" in _called(fast._encoder) and "cls" not in _called(whole._encoder)
-    got, expected = (np.stack([e.vector for e in model.embed(texts)]) for model in (fast, whole))
+    assert "cls" in fast.encoder.form and "cls" not in whole.encoder.form
+    got, expected = (np.stack([e.vector for e in model.embed(texts).embeddings]) for model in (fast, whole))
     np.testing.assert_allclose(got, expected, atol=1e-6 if precision == "fp32" else 1e-3, rtol=0)
 
 
-@pytest.mark.skipif(not embed._onednn_runs_on_cpu(tf), reason="oneDNN fuses LayerNorm on CPU only")
+@pytest.mark.skipif(not runtime.onednn_runs_on_cpu(), reason="oneDNN fuses LayerNorm on CPU only")
 @pytest.mark.parametrize("dtype,atol", [(tf.float32, 1e-5), (tf.bfloat16, 0.04)])
 def test_fused_layer_norm_runs_as_one_onednn_kernel(dtype, atol):
     """What makes the fused form pay: grappler's remapper must turn it into _MklLayerNorm, for float32 and for
@@ -204,8 +205,8 @@ def test_precision_is_checked_and_changes_the_fingerprint(tiny_model_dir):
     with pytest.raises(ValueError, match="precision"):
         _handler(tiny_model_dir, precision="fp16")
     args = (tiny_model_dir + "/encoder", tiny_model_dir + "/preprocessor", "pooled", False, 128)
-    assert embed.model_fingerprint(*args) == embed.model_fingerprint(*args, "fp32")
-    assert embed.model_fingerprint(*args) != embed.model_fingerprint(*args, "bf16")
+    assert runtime.model_fingerprint(*args) == runtime.model_fingerprint(*args, precision="fp32")
+    assert runtime.model_fingerprint(*args) != runtime.model_fingerprint(*args, precision="bf16")
 
 
 def test_embed_transform_gives_one_at_a_time_results_per_key_and_counts_computed_tokens(tiny_model_dir,

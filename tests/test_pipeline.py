@@ -11,7 +11,6 @@ import tensorflow_text  # noqa: F401  Registers the preprocessor's ops.
 
 from pipeline import options as options_lib
 from pipeline import run as run_lib
-from transforms import read as read_lib
 from transforms import records as records_lib
 from transforms.records import feature_spec
 
@@ -257,13 +256,6 @@ def test_mismatched_vocabularies_are_refused_before_the_pipeline_starts(tmp_path
                          f"--preprocessor={tiny_model_dir}/preprocessor", "--runner=FnApiRunner"])
     assert code == 2
     assert "different vocabularies" in capsys.readouterr().err
-
-
-def test_formats_and_pooling_choices_agree_with_the_transforms():
-    from transforms import embed
-
-    assert options_lib.FORMATS == read_lib.FORMATS
-    assert options_lib.POOLING_MODES == embed.POOLING_MODES
 
 
 def test_help_states_each_option_and_its_true_default(capsys):

@@ -12,8 +12,8 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
+from runtime import Embedding
 from transforms import write
-from transforms.embed import Embedding
 from transforms.examples import serialize_example
 from transforms.records import RecordKey, feature_spec
 from transforms.write import WriteTFRecord

@@ -1,4 +1,4 @@
-"""Models in GCS: model.export writes to gs://, and transforms.embed.stage_locally copies them back, once."""
+"""Models in GCS: model.export writes to gs://, and runtime.stage_locally (through Beam) copies them back, once."""
 
 import filecmp
 import os
@@ -16,7 +16,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from model import export, export_lib
 from model import storage as storage_lib
-from transforms import embed
+from runtime import stage_locally
+from transforms.files import BeamFiles
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TEXTS = ["the cat sat on the mat .", "Hello World !", "unbelievable"]
@@ -53,7 +54,7 @@ def test_model_export_writes_to_gcs_and_loads_back_like_a_local_export(
     local_dir = tmp_path / "staged"
     local_dir.mkdir()
     for part in ("encoder", "preprocessor"):
-        os.symlink(embed.stage_locally(f"{gcs_model_dir}/{part}"), local_dir / part)
+        os.symlink(stage_locally(f"{gcs_model_dir}/{part}", files=BeamFiles()), local_dir / part)
     inputs, pooled = _outputs(str(local_dir))
     expected_inputs, expected_pooled = _outputs(tiny_model_dir)
     for key, value in expected_inputs.items():
@@ -90,17 +91,17 @@ def _count_opens(monkeypatch):
 def test_a_staged_model_is_reused_until_the_model_changes(gcp_emulators, bucket, tiny_model_dir, monkeypatch):
     uri = _upload_tiny(tiny_model_dir, "gs://tests/stage/reuse/encoder")
     opened = _count_opens(monkeypatch)
-    first = embed.stage_locally(uri)
+    first = stage_locally(uri, files=BeamFiles())
     assert len(opened) == len(_tree(os.path.join(tiny_model_dir, "encoder")))
     _same_tree(os.path.join(tiny_model_dir, "encoder"), first)
 
     opened.clear()
-    assert embed.stage_locally(uri + "/") == first
+    assert stage_locally(uri + "/", files=BeamFiles()) == first
     assert opened == []  # Reused: listed, not copied.
 
     time.sleep(1.1)  # GCS modification times have a one-second grain in Beam's listing.
     bucket.blob("stage/reuse/encoder/assets/vocab.txt").upload_from_string(b"changed\n")
-    changed = embed.stage_locally(uri)
+    changed = stage_locally(uri, files=BeamFiles())
     assert changed != first and not os.path.exists(first)  # A fresh copy; the stale one is removed.
     with open(os.path.join(changed, "assets", "vocab.txt"), "rb") as f:
         assert f.read() == b"changed\n"
@@ -119,9 +120,9 @@ def test_a_failed_copy_leaves_nothing_behind_and_the_next_one_succeeds(
 
     monkeypatch.setattr(FileSystems, "open", failing_open)
     with pytest.raises(OSError, match="connection reset"):
-        embed.stage_locally(uri)
+        stage_locally(uri, files=BeamFiles())
     monkeypatch.setattr(FileSystems, "open", real_open)
-    staged = embed.stage_locally(uri)
+    staged = stage_locally(uri, files=BeamFiles())
     assert sorted(os.listdir(os.path.dirname(staged))) == [".lock", os.path.basename(staged)]
     _same_tree(os.path.join(tiny_model_dir, "encoder"), staged)
 
@@ -129,18 +130,19 @@ def test_a_failed_copy_leaves_nothing_behind_and_the_next_one_succeeds(
 def test_a_directory_without_saved_model_is_refused(gcp_emulators, bucket):
     bucket.blob("stage/empty/notes.txt").upload_from_string(b"no model here")
     with pytest.raises(ValueError, match="saved_model.pb"):
-        embed.stage_locally("gs://tests/stage/empty")
+        stage_locally("gs://tests/stage/empty", files=BeamFiles())
 
 
 _STAGER = """
 import logging, os, sys, time
 logging.basicConfig(level=logging.INFO, format="%(message)s")
-from transforms.embed import stage_locally
+from runtime import stage_locally
+from transforms.files import BeamFiles
 go = sys.argv[2]
 print("ready", flush=True)
 while not os.path.exists(go):
     time.sleep(0.01)
-print(stage_locally(sys.argv[1]), flush=True)
+print(stage_locally(sys.argv[1], files=BeamFiles()), flush=True)
 """
 
 

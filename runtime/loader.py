@@ -1,0 +1,69 @@
+"""Loading an exported preprocessor + encoder pair into a warmed-up Embedder, and checking its settings."""
+
+from __future__ import annotations
+
+from runtime import devices
+from runtime.engine import POOLING_MODES, Embedder
+from runtime.files import LOCAL, Files
+from runtime.handles import resolve_handle
+from runtime.precision import PRECISIONS, load_encoder_call, use_precision
+
+__all__ = ["check_settings", "load"]
+
+
+def check_settings(*, pooling: str = "pooled", precision: str = "fp32") -> None:
+    """Refuses a pooling or precision the engine does not know, before anything loads.
+
+    Raises:
+      ValueError: naming the setting, its choices and the value given.
+    """
+    if pooling not in POOLING_MODES:
+        raise ValueError(f"pooling must be one of {POOLING_MODES}, not {pooling!r}.")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}.")
+
+
+def load(encoder: str, preprocessor: str, *, seq_length: int = 128, pooling: str = "pooled",
+         normalize: bool = False, precision: str = "fp32", with_sequence: bool = False, token_budget: int = 4096,
+         files: Files = LOCAL) -> Embedder:
+    """Loads a preprocessor + encoder SavedModel pair, picks the encoder call to run, and warms it up.
+
+    Imports tensorflow_text first (its ops must be registered before the preprocessor loads) and lets GPU memory
+    grow. The encoder runs the fastest call that gives the outputs wanted (see load_encoder_call): for pooling
+    "pooled" or "cls" without token vectors, the [CLS]-only form where the export has one.
+
+    Args:
+      encoder: encoder SavedModel handle: local path, a URI `files` reads (gs://...), or TF Hub URL.
+      preprocessor: preprocessor SavedModel handle (tokenize and bert_pack_inputs signatures), likewise.
+      seq_length: the longest packed input; longer inputs are truncated round-robin.
+      pooling: one of POOLING_MODES.
+      normalize: L2-normalise each vector.
+      precision: one of PRECISIONS. "bf16" also sets a process-wide TensorFlow switch for encoders without a
+        bfloat16 call of their own (see use_precision): one precision per process.
+      with_sequence: also return the unpadded token vectors.
+      token_budget: the most padded tokens encoded at once (at least seq_length).
+      files: reads handles that are not local paths or URLs; they are staged to local disk once per machine.
+
+    Returns:
+      The Embedder, its graph functions traced.
+
+    Raises:
+      ValueError: for an unknown pooling or precision, or an encoder that takes no BERT-style inputs.
+    """
+    check_settings(pooling=pooling, precision=precision)
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  Registers the ops the preprocessor's graph uses.
+
+    devices.allow_gpu_memory_growth()
+    loaded_preprocessor = tf.saved_model.load(resolve_handle(preprocessor, files=files))
+    cls_only = pooling in ("pooled", "cls") and not with_sequence
+    encoder_call = load_encoder_call(resolve_handle(encoder, files=files), precision=precision, cls_only=cls_only)
+    use_precision(precision, native_bf16=encoder_call.native_bf16)
+    embedder = Embedder(loaded_preprocessor, encoder_call, seq_length=seq_length, pooling=pooling,
+                        normalize=normalize, with_sequence=with_sequence, token_budget=token_budget,
+                        precision=precision)
+    # The first call of each graph function traces and optimises it (about a second): pay that here, not in the
+    # first batch. Later shapes need no retracing (every signature has unknown dimensions).
+    embedder.embed([("warm up",)])
+    embedder.embed([("warm", "up")])
+    return embedder

@@ -1,0 +1,99 @@
+"""Which encoder call runs, at which precision: fp32 or bf16, whole or [CLS]-only, oneDNN's fused form or not."""
+
+from __future__ import annotations
+
+import logging
+
+from runtime import devices
+
+__all__ = ["PRECISIONS", "EncoderCall", "load_encoder_call", "use_precision"]
+
+PRECISIONS = ("fp32", "bf16")
+
+
+class EncoderCall:
+    """One function of a loaded encoder (a SavedModel or a rebuilt Encoder module), kept with its owner.
+
+    The owner holds the variables the function reads, and they are deleted with it: keeping the function alone
+    would leave it reading freed variables.
+
+    Attributes:
+      owner: the loaded SavedModel, or the Encoder module rebuilt from it.
+      form: the name of the function run: "__call__", "onednn_call", "cls_call", "onednn_cls_call",
+        "bfloat16_call" or (a rebuilt module's) "cls_outputs".
+      native_bf16: whether the function computes in bfloat16 by itself (else grappler must, see use_precision).
+    """
+
+    def __init__(self, owner, form: str = "__call__", *, native_bf16: bool = False):
+        self.owner, self.form, self.native_bf16 = owner, form, native_bf16
+        self._function = owner if form == "__call__" else getattr(owner, form)
+
+    def __call__(self, inputs):
+        return self._function(inputs)
+
+
+def load_encoder_call(path: str, *, precision: str = "fp32", cls_only: bool = False) -> EncoderCall:
+    """Loads the encoder SavedModel at local `path` and picks the fastest call that gives the outputs wanted.
+
+    fp32: the SavedModel's `onednn_call` (model.export writes one: each LayerNorm fused into one kernel, faster)
+    where oneDNN runs the graph on CPU, else its `__call__`. bf16, for an encoder model.export wrote: its module
+    rebuilt from the SavedModel (model.export.load_encoder), the computation of its `bfloat16_call` with the
+    matmul weights frozen as bfloat16 constants (oneDNN's AMX kernels only take those) and, where oneDNN runs,
+    LayerNorm and softmax as oneDNN's bfloat16 kernels (no casts). bf16 for another SavedModel with a
+    `bfloat16_call`: that; without one: the float32 graph, which use_precision then hands to grappler. How much
+    faster each is: see BENCHMARKS.md.
+
+    Args:
+      path: a local encoder SavedModel directory (runtime.resolve_handle makes one of any handle).
+      precision: one of PRECISIONS.
+      cls_only: only [CLS] vectors are wanted (pooling "pooled" or "cls", no token vectors). An encoder that
+        model.export wrote then runs the form whose last block computes the [CLS] token alone (`onednn_cls_call`
+        or `cls_call`; bf16: the module's `cls_outputs`): the same vectors, faster. That form returns
+        pooled_output and cls_output only.
+
+    Returns:
+      The call, with its owner, form and whether it computes bf16 by itself.
+    """
+    import tensorflow as tf
+
+    encoder = tf.saved_model.load(path)
+    onednn = devices.onednn_runs_on_cpu()
+    if precision != "bf16":
+        for form, wanted in (("onednn_cls_call", cls_only and onednn), ("cls_call", cls_only),
+                             ("onednn_call", onednn)):
+            if wanted and hasattr(encoder, form):
+                return EncoderCall(encoder, form)
+        return EncoderCall(encoder)
+    if hasattr(encoder, "get_config"):
+        from model import export
+
+        module = export.load_encoder(path, tf.bfloat16, saved_model=encoder)
+        module.use_onednn_kernels(onednn)
+        module.freeze_matmul_weights()
+        return EncoderCall(module, "cls_outputs" if cls_only else "__call__", native_bf16=True)
+    if hasattr(encoder, "bfloat16_call"):
+        return EncoderCall(encoder, "bfloat16_call", native_bf16=True)
+    return EncoderCall(encoder)
+
+
+def use_precision(precision: str, *, native_bf16: bool) -> None:
+    """Sets grappler's oneDNN auto mixed precision for bf16 with an encoder that has no bfloat16 call of its own.
+
+    It rewrites MatMul/BatchMatMul (and the ops between them) of the float32 graph to bfloat16: faster, though
+    less than the bfloat16 call model.export writes (see BENCHMARKS.md). TensorFlow holds this switch per
+    process, not per function, and applies it to every graph run afterwards, so it is set either way on each
+    load: one precision per process.
+
+    Args:
+      precision: one of PRECISIONS.
+      native_bf16: whether the encoder call computes bf16 by itself (EncoderCall.native_bf16).
+    """
+    import tensorflow as tf
+
+    wanted = precision == "bf16" and not native_bf16
+    option = "auto_mixed_precision_onednn_bfloat16"
+    if tf.config.optimizer.get_experimental_options().get(option, False) != wanted:
+        tf.config.optimizer.set_experimental_options({option: wanted})
+    if precision == "bf16" and not devices.cpu_has_bf16():
+        logging.warning("precision bf16 without AVX512_BF16 or AMX on this CPU (or no /proc/cpuinfo): oneDNN "
+                        "emulates bfloat16 and may be slower than fp32. GPU kernels are not affected.")
