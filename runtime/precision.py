@@ -20,7 +20,7 @@ class EncoderCall:
     Attributes:
       owner: the loaded SavedModel, or the Encoder module rebuilt from it.
       form: the name of the function run: "__call__", "onednn_call", "cls_call", "onednn_cls_call",
-        "bfloat16_call" or (a rebuilt module's) "cls_outputs".
+        or (a rebuilt module's) "cls_outputs".
       native_bf16: whether the function computes in bfloat16 by itself (else grappler must, see use_precision).
     """
 
@@ -37,11 +37,10 @@ def load_encoder_call(path: str, *, precision: str = "fp32", cls_only: bool = Fa
 
     fp32: the SavedModel's `onednn_call` (model.export writes one: each LayerNorm fused into one kernel, faster)
     where oneDNN runs the graph on CPU, else its `__call__`. bf16, for an encoder model.export wrote: its module
-    rebuilt from the SavedModel (model.export.load_encoder), the computation of its `bfloat16_call` with the
-    matmul weights frozen as bfloat16 constants (oneDNN's AMX kernels only take those) and, where oneDNN runs,
-    LayerNorm and softmax as oneDNN's bfloat16 kernels (no casts). bf16 for another SavedModel with a
-    `bfloat16_call`: that; without one: the float32 graph, which use_precision then hands to grappler. How much
-    faster each is: see BENCHMARKS.md.
+    rebuilt from the SavedModel (model.export_lib.load_encoder) in bfloat16, with the matmul weights frozen as
+    bfloat16 constants (oneDNN's AMX kernels only take those) and, where oneDNN runs, LayerNorm and softmax as
+    oneDNN's bfloat16 kernels (no casts). bf16 for another SavedModel: the float32 graph, which use_precision
+    then hands to grappler. How much faster each is: see BENCHMARKS.md.
 
     Args:
       path: a local encoder SavedModel directory (runtime.resolve_handle makes one of any handle).
@@ -65,14 +64,12 @@ def load_encoder_call(path: str, *, precision: str = "fp32", cls_only: bool = Fa
                 return EncoderCall(encoder, form)
         return EncoderCall(encoder)
     if hasattr(encoder, "get_config"):
-        from model import export
+        from model import export_lib
 
-        module = export.load_encoder(path, tf.bfloat16, saved_model=encoder)
+        module = export_lib.load_encoder(path, compute_dtype=tf.bfloat16, saved_model=encoder)
         module.use_onednn_kernels(onednn)
         module.freeze_matmul_weights()
         return EncoderCall(module, "cls_outputs" if cls_only else "__call__", native_bf16=True)
-    if hasattr(encoder, "bfloat16_call"):
-        return EncoderCall(encoder, "bfloat16_call", native_bf16=True)
     return EncoderCall(encoder)
 
 
@@ -80,9 +77,9 @@ def use_precision(precision: str, *, native_bf16: bool) -> None:
     """Sets grappler's oneDNN auto mixed precision for bf16 with an encoder that has no bfloat16 call of its own.
 
     It rewrites MatMul/BatchMatMul (and the ops between them) of the float32 graph to bfloat16: faster, though
-    less than the bfloat16 call model.export writes (see BENCHMARKS.md). TensorFlow holds this switch per
-    process, not per function, and applies it to every graph run afterwards, so it is set either way on each
-    load: one precision per process.
+    less than the rebuilt bfloat16 encoder of model.export's models (see BENCHMARKS.md). TensorFlow holds this
+    switch per process, not per function, and applies it to every graph run afterwards, so it is set either way
+    on each load: one precision per process.
 
     Args:
       precision: one of PRECISIONS.

@@ -39,9 +39,8 @@ class EmbeddingModelHandler(ModelHandler[tuple, runtime.Embedding, Any]):
       model_copies: hold exactly this many copies per machine.
       precision: "fp32", or "bf16" to run the encoder's matrix multiplications in bfloat16 on CPUs with
         AVX512_BF16 or AMX (close to fp32 and faster, see BENCHMARKS.md). Encoders exported by model.export
-        run rebuilt with frozen bfloat16 weights; any other SavedModel runs its bfloat16_call if it has one,
-        else TensorFlow's automatic mixed precision, which applies to every graph of the loading process: one
-        precision per process.
+        run rebuilt with frozen bfloat16 weights; any other SavedModel runs with TensorFlow's automatic mixed
+        precision, which applies to every graph of the loading process: one precision per process.
 
     Raises:
       ValueError: for an unknown pooling or precision.
