@@ -181,7 +181,7 @@ def _paired(run: dict) -> dict:
 
 
 # Beam 2.77's RunInference module (apache_beam.ml.inference.base) imports its model manager, which imports torch
-# and scipy whenever torch is installed: about 0.2 GiB in every worker. The runtime install (setup.py, the
+# and scipy whenever torch is installed: memory in every worker (see BENCHMARKS.md). The runtime install (setup.py, the
 # Dataflow image) has no torch; the test environment the benchmark runs in has it for sentence-transformers.
 _NOT_IN_RUNTIME_INSTALL = ("torch",)
 

@@ -71,7 +71,7 @@ def load_embeddings(prefix: str) -> tuple[list[str], np.ndarray, set[str]]:
         raise ValueError(f"No files match {pattern}; pass the --output_tfrecord prefix of a run.")
     ids, vectors, models = [], [], set()
     for path in sorted(paths):
-        # The pipeline's own TFRecord reader, not TensorFlow's: no 0.4 GiB import and its start-up chatter,
+        # The pipeline's own TFRecord reader, not TensorFlow's: no TensorFlow import and its start-up chatter,
         # gs:// through Beam, and a damaged file is one line instead of a DataLossError traceback.
         with framing.open_file(path) as handle:
             for item in framing.read_tfrecords(handle, path):

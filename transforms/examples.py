@@ -1,7 +1,8 @@
 """tf.train.Example records without importing TensorFlow: written as protobuf wire format, read with tfx_bsl.
 
-A Beam worker that only reads and writes records has no use for TensorFlow's 0.4 GiB of libraries: the model
-runs in one shared process per machine (`--large_model`), or the worker loads TensorFlow for it anyway. Building
+A Beam worker that only reads and writes records has no use for TensorFlow's libraries (their memory: see
+BENCHMARKS.md): the model runs in one shared process per machine (`--large_model`), or the worker loads TensorFlow
+for it anyway. Building
 or parsing an Example with `tensorflow.core.example.example_pb2` would import all of TensorFlow into every worker,
 so the writer encodes the few message types of an Example itself and the reader goes through tfx_bsl's C++ coder
 (a pipeline dependency already).
