@@ -24,7 +24,7 @@ from pipeline.options import UsageError, check_argv, options_parser
 from pipeline.plan import Plan, validate
 from transforms import records as records_lib
 
-__all__ = ["build", "remove_partial_files", "counters", "summarize", "prepare", "launch", "run", "main"]
+__all__ = ["build", "remove_partial_files", "counters", "summarize", "prepare", "launch", "run", "help_parser", "main"]
 
 _LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PrismRunner")
 _NOISY_LOGGERS = ("apache_beam", "absl", "tensorflow", "google", "urllib3", "h5py")
@@ -243,7 +243,8 @@ model error); 2 a usage error (a flag, its value, or what it names); 130 interru
 Example: python -m pipeline.run --input corpus/*.jsonl --model_dir models/minilm --output_tfrecord out/emb"""
 
 
-def _help_parser():
+def help_parser():
+    """The parser behind --help: the pipeline's own options, described, without Beam's."""
     return options_parser(description=__doc__.split("\n\n")[1], beam_options=False, epilog=_EPILOG)
 
 
@@ -338,7 +339,7 @@ def main(argv=None) -> int:
     argv = [arg for arg in argv if arg != "--verbose"]
     _quiet(verbose)
     if not argv or "-h" in argv or "--help" in argv:
-        _help_parser().print_help()
+        help_parser().print_help()
         return 0
     if not verbose:
         _import_tensorflow_quietly()

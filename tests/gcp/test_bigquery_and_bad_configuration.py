@@ -55,7 +55,7 @@ def test_schema_problems_allow_nullable_and_extra_nullable_columns_only():
 
 
 def test_bigquery_method_choices_agree_with_the_sink():
-    parser = run_lib._help_parser()
+    parser = run_lib.help_parser()
     action = next(a for a in parser._actions if "--bigquery_method" in a.option_strings)
     assert tuple(action.choices) == tuple(bigquery_lib.METHODS)
     assert "--output_bigquery" in parser.format_help()
