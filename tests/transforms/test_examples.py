@@ -13,7 +13,7 @@ import pytest
 from transforms.examples import parse_example, serialize_example, value_kind
 from transforms.records import feature_spec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_serialized_examples_parse_with_tensorflow_and_the_feature_spec():
