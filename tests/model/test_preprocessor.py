@@ -152,6 +152,7 @@ def test_english_sentences_match_the_python_tokenizer(real):
     _assert_same_ids(sentences, expected, _wordpiece_ids(loaded, sentences), tokenizer)
 
 
+@pytest.mark.slow
 def test_every_code_point_matches_hugging_face(real):
     """Each code point of planes 0-3 (all assigned ones), the tags block and some private use, in and out of a
     word: covers deletion, whitespace, punctuation, CJK, accent stripping and lowercasing of every character."""
