@@ -3,7 +3,7 @@
 Every option of EmbeddingOptions becomes a Flex Template parameter: its flag name, a label made from that name,
 its help text (plus its default), whether it may be left out, and a regex where the format is known: from the
 option itself (choices, flags, positive integers) or, for paths and names, from the table below. Run it after
-changing an option; tests/test_templates.py fails while the checked-in file differs. `--check` only compares.
+changing an option; tests/templates/test_templates.py fails while the checked-in file differs. `--check` only compares.
 """
 
 from __future__ import annotations

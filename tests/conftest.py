@@ -1,4 +1,5 @@
-"""Shared fixtures: small vocabularies, tiny exported models, and the real all-MiniLM-L6-v2 checkpoint."""
+"""Shared fixtures: small vocabularies, tiny exported models, the real all-MiniLM-L6-v2 checkpoint, and the
+helpers many test files use (read_embeddings, one_error_line), as fixtures that return a function."""
 
 import os
 
@@ -110,6 +111,52 @@ def corpus_edit() -> CorpusEdit:
 def write_jsonl_corpus():
     """write(path, {id: text}) -> path: a JSONL corpus with fields id and text."""
     return _write_jsonl_corpus
+
+
+def _read_embeddings(source, with_sequence: bool = False) -> dict[str, dict]:
+    """{id: features} of the embedding records under SOURCE: a prefix (PREFIX-*.tfrecord) or a list of files.
+
+    An independent reader: tf.data and transforms.records.feature_spec, nothing of the pipeline's writer. `id`,
+    `model` and `content_hash` are str, `embedding` (and `sequence`) numpy arrays, `sequence_length` an int;
+    `serialized` is the record's bytes. Fails when there is no file or an id is read twice.
+    """
+    import tensorflow as tf
+
+    from transforms.records import feature_spec
+
+    files = sorted(tf.io.gfile.glob(source + "-*.tfrecord")) if isinstance(source, str) else list(source)
+    assert files, f"no TFRecord files at {source}"
+    rows = {}
+    for serialized in tf.data.TFRecordDataset(files):
+        parsed = {key: value.numpy() for key, value in tf.io.parse_single_example(serialized,
+                                                                                 feature_spec(with_sequence)).items()}
+        row = {key: value.decode() if isinstance(value, bytes) else value for key, value in parsed.items()}
+        assert row["id"] not in rows, f"{row['id']} written twice"
+        rows[row["id"]] = {**row, "serialized": serialized.numpy()}
+    return rows
+
+
+@pytest.fixture(scope="session")
+def read_embeddings():
+    """read(prefix_or_files, with_sequence=False) -> {id: {"embedding", "model", "content_hash", ...}}."""
+    return _read_embeddings
+
+
+def _one_error_line(lines, *fragments) -> str:
+    """The one line of LINES that starts with "error:", containing every fragment; no traceback anywhere."""
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, lines
+    assert "Traceback" not in "\n".join(lines)
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="session")
+def one_error_line():
+    """check(stderr_lines, *fragments) -> the line: exactly one "error:" line, holding each fragment, and no
+    traceback."""
+    return _one_error_line
 
 
 @pytest.fixture

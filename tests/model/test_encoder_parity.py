@@ -73,6 +73,7 @@ def test_tiny_checkpoint_matches_transformers(family, tmp_path):
     _compare(hf_model, loaded, *_batch(99), tolerance=1e-5, with_pooler=family == "bert")
 
 
+@pytest.mark.slow
 def test_full_size_distilbert_matches_transformers(tmp_path):
     torch.manual_seed(2)
     # distilbert-base-cased: transformers' defaults (dim 768, 6 layers, 12 heads) with the cased vocab.
@@ -83,6 +84,7 @@ def test_full_size_distilbert_matches_transformers(tmp_path):
     _compare(hf_model, loaded, *_batch(28996, batch=4, seq=40), tolerance=1e-4, with_pooler=False)
 
 
+@pytest.mark.slow
 def test_real_bert_checkpoint_matches_transformers(minilm_dir, tmp_path):
     hf_model = transformers.BertModel.from_pretrained(minilm_dir).eval()
     loaded = _export_and_load(minilm_dir, tmp_path)

@@ -170,6 +170,7 @@ def full_size_export(tmp_path_factory, minilm_dir):
     return root / "out"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("example,batch", [(CARD_SINGLE, 2), (CARD_PAIRS, 2)], ids=["single", "pairs"])
 def test_model_card_examples_run_unchanged(example, batch, full_size_export, tmp_path):
     code = example.replace("PREPROCESSOR", str(full_size_export / "preprocessor")).replace(
@@ -182,6 +183,7 @@ def test_model_card_examples_run_unchanged(example, batch, full_size_export, tmp
     assert f"SHAPE ({batch}, 768)" in result.stdout
 
 
+@pytest.mark.slow
 def test_minilm_real_weights_reproduce_sentence_transformers(minilm_dir, tmp_path):
     from sentence_transformers import SentenceTransformer
 

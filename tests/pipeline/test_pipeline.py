@@ -12,7 +12,6 @@ import tensorflow_text  # noqa: F401  Registers the preprocessor's ops.
 from pipeline import options as options_lib
 from pipeline import run as run_lib
 from transforms import records as records_lib
-from transforms.records import feature_spec
 
 TEXTS = {
     "a": "the cat sat on the mat .",
@@ -27,18 +26,6 @@ PAIRS = {
     "p2": ("Hello World", "the book was very good and the movie was bad"),
     "p3": ("yes", "no"),
 }
-
-
-def _read_embeddings(prefix, with_sequence=False):
-    files = sorted(glob.glob(prefix + "-*.tfrecord"))
-    assert files, f"no TFRecord files at {prefix}"
-    rows = {}
-    for serialized in tf.data.TFRecordDataset(files):
-        parsed = tf.io.parse_single_example(serialized, feature_spec(with_sequence))
-        record_id = parsed["id"].numpy().decode()
-        assert record_id not in rows, f"{record_id} written twice"
-        rows[record_id] = {key: value.numpy() for key, value in parsed.items()}
-    return rows
 
 
 def _read_failures(prefix):
@@ -117,12 +104,12 @@ def _ids(input_format, records):
 
 @pytest.mark.parametrize("input_format", ["text", "jsonl", "csv", "tsv", "tfrecord"])
 def test_every_format_embeds_every_record_like_the_models_called_directly(
-        input_format, tmp_path, tiny_model_dir, reference):
+        input_format, tmp_path, tiny_model_dir, reference, read_embeddings):
     records = {i: (t,) for i, t in TEXTS.items()}
     corpus = _write_corpus(tmp_path, input_format, records)
     prefix = _run(tmp_path, corpus, f"--model_dir={tiny_model_dir}", "--seq_length=32", "--batch_size=3",
                   "--token_budget=40")
-    rows = _read_embeddings(prefix)
+    rows = read_embeddings(prefix)
     ids = _ids(input_format, records)
     assert sorted(rows) == sorted(ids)
     assert _read_failures(prefix + "-failed") == []
@@ -130,17 +117,18 @@ def test_every_format_embeds_every_record_like_the_models_called_directly(
     expected, _, _ = reference.embed(texts, "pooled", False, seq_length=32)
     for record_id, record_texts, vector in zip(ids, texts, expected, strict=True):
         np.testing.assert_allclose(rows[record_id]["embedding"], vector, atol=1e-5, rtol=0)
-        assert rows[record_id]["content_hash"].decode() == records_lib.content_hash(record_texts)
+        assert rows[record_id]["content_hash"] == records_lib.content_hash(record_texts)
         assert len(rows[record_id]["model"]) == 16
 
 
 @pytest.mark.parametrize("pooling,normalize", [("pooled", False), ("cls", False), ("mean", False), ("mean", True)])
-def test_pooling_modes_match_direct_model_calls(pooling, normalize, tmp_path, tiny_model_dir, reference):
+def test_pooling_modes_match_direct_model_calls(pooling, normalize, tmp_path, tiny_model_dir, reference,
+                                                read_embeddings):
     records = {i: (t,) for i, t in TEXTS.items()}
     corpus = _write_corpus(tmp_path, "jsonl", records)
     extra = [f"--pooling={pooling}"] + (["--normalize"] if normalize else [])
     prefix = _run(tmp_path, corpus, f"--model_dir={tiny_model_dir}", "--batch_size=2", *extra)
-    rows = _read_embeddings(prefix)
+    rows = read_embeddings(prefix)
     expected, _, _ = reference.embed(list(records.values()), pooling, normalize)
     for record_id, vector in zip(records, expected, strict=True):
         np.testing.assert_allclose(rows[record_id]["embedding"], vector, atol=1e-5, rtol=0)
@@ -150,11 +138,11 @@ def test_pooling_modes_match_direct_model_calls(pooling, normalize, tmp_path, ti
 
 
 @pytest.mark.parametrize("input_format", ["jsonl", "csv", "tfrecord"])
-def test_pairs_are_packed_as_one_input(input_format, tmp_path, tiny_model_dir, reference):
+def test_pairs_are_packed_as_one_input(input_format, tmp_path, tiny_model_dir, reference, read_embeddings):
     corpus = _write_corpus(tmp_path, input_format, PAIRS)
     prefix = _run(tmp_path, corpus, f"--model_dir={tiny_model_dir}", "--pair_fields=a,b", "--seq_length=12",
                   "--output_sequence")
-    rows = _read_embeddings(prefix, with_sequence=True)
+    rows = read_embeddings(prefix, with_sequence=True)
     expected, lengths, sequences = reference.embed(list(PAIRS.values()), "pooled", False, seq_length=12)
     for i, record_id in enumerate(PAIRS):
         np.testing.assert_allclose(rows[record_id]["embedding"], expected[i], atol=1e-5, rtol=0)
@@ -164,20 +152,21 @@ def test_pairs_are_packed_as_one_input(input_format, tmp_path, tiny_model_dir, r
                                    atol=1e-5, rtol=0)
 
 
-def test_multiprocess_direct_runner_gives_the_same_embeddings(tmp_path, tiny_model_dir):
+def test_multiprocess_direct_runner_gives_the_same_embeddings(tmp_path, tiny_model_dir, read_embeddings):
     records = {i: (t,) for i, t in TEXTS.items()}
     corpus = _write_corpus(tmp_path, "jsonl", records)
-    single = _read_embeddings(_run(tmp_path / "one", corpus, f"--model_dir={tiny_model_dir}"))
+    single = read_embeddings(_run(tmp_path / "one", corpus, f"--model_dir={tiny_model_dir}"))
     prefix = str(tmp_path / "multi" / "emb")
     run_lib.run(["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing",
                  f"--input={corpus}", f"--output_tfrecord={prefix}", f"--model_dir={tiny_model_dir}"])
-    multi = _read_embeddings(prefix)
+    multi = read_embeddings(prefix)
     assert set(multi) == set(single)
     for record_id in single:
         np.testing.assert_allclose(multi[record_id]["embedding"], single[record_id]["embedding"], atol=1e-6)
 
 
-def test_malformed_records_go_to_the_dead_letter_output_and_good_ones_still_come_out(tmp_path, tiny_model_dir):
+def test_malformed_records_go_to_the_dead_letter_output_and_good_ones_still_come_out(tmp_path, tiny_model_dir,
+                                                                                      read_embeddings):
     corpus = tmp_path / "corpus.jsonl"
     lines = [
         json.dumps({"id": "good1", "text": "the cat sat"}),
@@ -190,7 +179,7 @@ def test_malformed_records_go_to_the_dead_letter_output_and_good_ones_still_come
     ]
     corpus.write_bytes(("\n".join(lines) + "\n").encode() + b'{"id": "bad-utf8", "text": "\xff\xfe"}\n')
     prefix = _run(tmp_path, str(corpus), f"--model_dir={tiny_model_dir}", "--max_failed_fraction=1")
-    assert set(_read_embeddings(prefix)) == {"good1", "good2"}
+    assert set(read_embeddings(prefix)) == {"good1", "good2"}
     failures = _read_failures(prefix + "-failed")
     reasons = sorted(failure["reason"] for failure in failures)
     assert reasons == sorted(["invalid_json", "missing_field", "empty_text", "not_a_string", "invalid_json",
@@ -220,7 +209,7 @@ def test_counters_add_up_and_summary_names_outputs(tmp_path, tiny_model_dir, cap
     (["--seq_length=1000"], "--seq_length"),
     (["--seq_length=200"], "--seq_length 200 exceeds the longest input the model takes (128 tokens"),
 ])
-def test_user_mistakes_get_one_clear_line(argv, message, tmp_path, tiny_model_dir, capsys):
+def test_user_mistakes_get_one_clear_line(argv, message, tmp_path, tiny_model_dir, capsys, one_error_line):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(json.dumps({"id": "x", "text": "the cat"}) + "\n")
     base = {"--input": str(corpus), "--model_dir": tiny_model_dir, "--output_tfrecord": str(tmp_path / "o")}
@@ -230,9 +219,7 @@ def test_user_mistakes_get_one_clear_line(argv, message, tmp_path, tiny_model_di
             base.pop("--model_dir", None)
     full = [f"{k}={v}" for k, v in base.items()] + argv + ["--runner=FnApiRunner"]
     assert run_lib.main(full) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error:") and message in err[-1]
-    assert "Traceback" not in "\n".join(err)
+    one_error_line(capsys.readouterr().err.strip().splitlines(), message)
 
 
 def test_unknown_format_is_refused_by_the_option_parser(tmp_path, capsys):

@@ -14,22 +14,13 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import run as run_lib
 from transforms import incremental
-from transforms.records import Record, content_hash, feature_spec
+from transforms.records import Record, content_hash
 
 
-def _read(prefix: str) -> dict:
-    """{id: {"serialized": bytes, "embedding", "model", "content_hash"}} read with tf.data, ids once each."""
+def _manifest_files(prefix: str) -> list[str]:
+    """The TFRecord files that PREFIX's manifest lists: what a later run or a reader takes as the output."""
     manifest = json.loads(open(prefix + incremental.MANIFEST_SUFFIX).read())
-    files = [os.path.join(os.path.dirname(prefix), name) for name in manifest["files"]]
-    rows = {}
-    for serialized in tf.data.TFRecordDataset(files):
-        parsed = tf.io.parse_single_example(serialized, feature_spec())
-        record_id = parsed["id"].numpy().decode()
-        assert record_id not in rows, f"{record_id} written twice"
-        rows[record_id] = {"serialized": serialized.numpy(), "embedding": parsed["embedding"].numpy(),
-                           "model": parsed["model"].numpy().decode(),
-                           "content_hash": parsed["content_hash"].numpy().decode()}
-    return rows
+    return [os.path.join(os.path.dirname(prefix), name) for name in manifest["files"]]
 
 
 def _run(corpus: str, root, run_id: str, model_dir: str, *extra):
@@ -48,20 +39,20 @@ def _changes(counters: dict) -> dict:
 
 
 def test_runs_embed_only_new_and_changed_records_and_write_the_complete_set(
-        tmp_path, tiny_model_dir, other_model_dir, capsys, corpus_edit, write_jsonl_corpus):
+        tmp_path, tiny_model_dir, other_model_dir, capsys, corpus_edit, write_jsonl_corpus, read_embeddings):
     root = tmp_path / "emb"
     old, new, changed, _, added = corpus_edit
     first_prefix, first = _run(write_jsonl_corpus(tmp_path / "old.jsonl", old), root, "2026-11-01T00-00-00",
                                tiny_model_dir)
     assert _changes(first)["embedded"] == 30 and _changes(first)["new"] == 0  # Nothing earlier: a full run.
-    first_rows = _read(first_prefix)
+    first_rows = read_embeddings(_manifest_files(first_prefix))
 
     new_corpus = write_jsonl_corpus(tmp_path / "new.jsonl", new)
     second_prefix, second = _run(new_corpus, root, "2026-11-02T00-00-00", tiny_model_dir)
     assert _changes(second) == {"new": 4, "changed": 3, "changed_model": 0, "unchanged": 25, "deleted": 2,
                                 "embedded": 7}
     assert f"Since {first_prefix}: new 4, changed 3 (0 for another model), unchanged 25" in capsys.readouterr().out
-    second_rows = _read(second_prefix)
+    second_rows = read_embeddings(_manifest_files(second_prefix))
     assert sorted(second_rows) == sorted(new)
     # Unchanged records are the earlier Examples byte for byte; exactly the new and changed ones were embedded.
     rewritten = {i for i, row in second_rows.items() if first_rows.get(i, {}).get("serialized") != row["serialized"]}
@@ -70,7 +61,7 @@ def test_runs_embed_only_new_and_changed_records_and_write_the_complete_set(
     full_prefix = str(tmp_path / "full" / "part")
     run_lib.run(["--runner=FnApiRunner", f"--input={new_corpus}", f"--model_dir={tiny_model_dir}",
                  f"--output_tfrecord={full_prefix}"])
-    full_rows = _read(full_prefix)
+    full_rows = read_embeddings(_manifest_files(full_prefix))
     assert sorted(full_rows) == sorted(second_rows)
     for record_id, row in full_rows.items():
         assert second_rows[record_id]["content_hash"] == row["content_hash"]
@@ -80,28 +71,28 @@ def test_runs_embed_only_new_and_changed_records_and_write_the_complete_set(
     third_prefix, third = _run(new_corpus, root, "2026-11-03T00-00-00", tiny_model_dir)
     assert _changes(third) == {"new": 0, "changed": 0, "changed_model": 0, "unchanged": 32, "deleted": 0,
                                "embedded": 0}
-    assert {i: r["serialized"] for i, r in _read(third_prefix).items()} == {
+    assert {i: r["serialized"] for i, r in read_embeddings(_manifest_files(third_prefix)).items()} == {
         i: r["serialized"] for i, r in second_rows.items()}
 
     fourth_prefix, fourth = _run(new_corpus, root, "2026-11-04T00-00-00", other_model_dir)
     assert _changes(fourth) == {"new": 0, "changed": 32, "changed_model": 32, "unchanged": 0, "deleted": 0,
                                 "embedded": 32}
-    fourth_rows = _read(fourth_prefix)
+    fourth_rows = read_embeddings(_manifest_files(fourth_prefix))
     assert sorted(fourth_rows) == sorted(new)
     assert len({row["model"] for row in fourth_rows.values()} | {row["model"] for row in second_rows.values()}) == 2
 
 
 def test_a_repeated_run_reads_the_same_earlier_output_and_overwrites_its_own(
-        tmp_path, tiny_model_dir, synthetic_text, write_jsonl_corpus):
+        tmp_path, tiny_model_dir, synthetic_text, write_jsonl_corpus, read_embeddings):
     root = tmp_path / "emb"
     corpus = write_jsonl_corpus(tmp_path / "c.jsonl", {f"d{i}": synthetic_text(i) for i in range(5)})
     _run(corpus, root, "2026-11-01T00-00-00", tiny_model_dir)
     prefix, once = _run(corpus, root, "2026-11-02T00-00-00", tiny_model_dir)
-    first_bytes = {i: r["serialized"] for i, r in _read(prefix).items()}
+    first_bytes = {i: r["serialized"] for i, r in read_embeddings(_manifest_files(prefix)).items()}
     # Run 2 again: {latest} still means run 1 (the newest before it), not run 2 itself.
     prefix_again, again = _run(corpus, root, "2026-11-02T00-00-00", tiny_model_dir)
     assert prefix_again == prefix and _changes(again) == _changes(once)
-    assert {i: r["serialized"] for i, r in _read(prefix).items()} == first_bytes
+    assert {i: r["serialized"] for i, r in read_embeddings(_manifest_files(prefix)).items()} == first_bytes
 
 
 def _example(record_id, text_hash, model, sequence=False, value=1.0):
@@ -205,7 +196,8 @@ def test_a_manifest_is_trusted_only_for_its_own_shards(name, tmp_path):
     (["--previous_output={root}/missing/part"], "--previous_output"),
     (["--run_id=a/b"], "--run_id"),
 ])
-def test_incremental_mistakes_get_one_clear_line(extra, message, tmp_path, tiny_model_dir, capsys, write_jsonl_corpus):
+def test_incremental_mistakes_get_one_clear_line(extra, message, tmp_path, tiny_model_dir, capsys, write_jsonl_corpus,
+                                                 one_error_line):
     corpus = write_jsonl_corpus(tmp_path / "c.jsonl", {"x": "the cat"})
     out = f"{tmp_path}/run=r1/part"
     _touch_run(tmp_path, "r1")
@@ -213,5 +205,4 @@ def test_incremental_mistakes_get_one_clear_line(extra, message, tmp_path, tiny_
             f"--output_tfrecord={tmp_path}/run={{run_id}}/part"]
     argv = argv + [arg.format(out=out, root=tmp_path) for arg in extra]
     assert run_lib.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error:") and message in err[-1]
+    one_error_line(capsys.readouterr().err.strip().splitlines(), message)

@@ -15,7 +15,7 @@ from apache_beam.testing.util import assert_that
 from runtime import Embedding
 from transforms import write
 from transforms.examples import serialize_example
-from transforms.records import RecordKey, feature_spec
+from transforms.records import RecordKey
 from transforms.write import WriteTFRecord
 
 _MODEL = "fingerprint"
@@ -58,22 +58,6 @@ def _files(prefix: str) -> dict[str, bytes]:
     return {os.path.basename(path): open(path, "rb").read() for path in sorted(glob.glob(prefix + "-*"))}
 
 
-def _read_back(prefix: str, with_sequence: bool = False) -> dict[str, dict]:
-    """{id: parsed features} of every record under PREFIX-*.tfrecord, read with tf.data and feature_spec();
-    fails on an id read twice."""
-    import tensorflow as tf
-
-    spec = feature_spec(with_sequence=with_sequence)
-    records = {}
-    for path in sorted(tf.io.gfile.glob(prefix + "-*.tfrecord")):
-        for serialized in tf.data.TFRecordDataset(path):
-            parsed = {name: value.numpy() for name, value in tf.io.parse_single_example(serialized, spec).items()}
-            record_id = parsed["id"].decode()
-            assert record_id not in records, f"{record_id} read twice"
-            records[record_id] = parsed
-    return records
-
-
 def _ids_per_file(prefix: str) -> list[list[bytes]]:
     import tensorflow as tf
 
@@ -83,7 +67,7 @@ def _ids_per_file(prefix: str) -> list[list[bytes]]:
 
 
 @pytest.mark.parametrize("num_shards, expected_shards", [(0, 1), (4, 4)])
-def test_the_same_records_give_identical_files(tmp_path, num_shards, expected_shards):
+def test_the_same_records_give_identical_files(tmp_path, num_shards, expected_shards, read_embeddings):
     """Shards by a hash of the id, records sorted by id, features in sorted order: no run-to-run variation,
     whatever order the records arrive in."""
     embeddings = _embeddings(600, with_sequence=True)
@@ -98,22 +82,22 @@ def test_the_same_records_give_identical_files(tmp_path, num_shards, expected_sh
     for ids in _ids_per_file(first):
         assert ids and ids == sorted(ids)
 
-    records = _read_back(first, with_sequence=True)
+    records = read_embeddings(first, with_sequence=True)
     assert len(records) == len(embeddings)
     for (record_id, content_hash, _), embedding in embeddings:
         parsed = records[record_id]
         np.testing.assert_array_equal(parsed["embedding"], embedding.vector)
         np.testing.assert_array_equal(parsed["sequence"], embedding.sequence.reshape(-1))
         assert parsed["sequence_length"] == embedding.tokens
-        assert parsed["model"] == _MODEL.encode() and parsed["content_hash"] == content_hash.encode()
+        assert parsed["model"] == _MODEL and parsed["content_hash"] == content_hash
 
 
-def test_the_shard_count_follows_from_the_expected_records(tmp_path, monkeypatch):
+def test_the_shard_count_follows_from_the_expected_records(tmp_path, monkeypatch, read_embeddings):
     monkeypatch.setattr(write, "_RECORDS_PER_SHARD", 100)
     prefix = str(tmp_path / "emb")
     _write(prefix, _embeddings(250), expected_records=250)
     assert sorted(_files(prefix)) == [f"emb-{i:05d}-of-00003.tfrecord" for i in range(3)]
-    assert len(_read_back(prefix)) == 250
+    assert len(read_embeddings(prefix)) == 250
     assert write.shard_count(None) == 1 and write.shard_count(100) == 1 and write.shard_count(101) == 2
 
 
@@ -153,7 +137,7 @@ def _tfrecords(path: str) -> list[bytes]:
     return [serialized.numpy() for serialized in tf.data.TFRecordDataset(path)]
 
 
-def test_a_rerun_removes_the_shards_and_temporary_files_of_an_earlier_write(tmp_path):
+def test_a_rerun_removes_the_shards_and_temporary_files_of_an_earlier_write(tmp_path, read_embeddings):
     """An earlier attempt wrote three shards: the documented glob must not read its ids a second time."""
     import tensorflow as tf
 
@@ -178,9 +162,9 @@ def test_a_rerun_removes_the_shards_and_temporary_files_of_an_earlier_write(tmp_
     assert not os.path.exists(temp)
     assert all(open(path, "rb").read() == b"not ours to delete" for path in kept)
     os.remove(kept[0])  # Another prefix's shard, which the README's PREFIX-*.tfrecord glob also matches.
-    records = _read_back(prefix)
+    records = read_embeddings(prefix)
     assert sorted(records) == sorted(key[0] for key, _ in embeddings)
-    assert {parsed["model"] for parsed in records.values()} == {_MODEL.encode()}
+    assert {parsed["model"] for parsed in records.values()} == {_MODEL}
 
 
 def test_a_shard_that_fails_midway_leaves_no_file_under_its_final_name(tmp_path, monkeypatch):

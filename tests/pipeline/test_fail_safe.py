@@ -28,15 +28,6 @@ def _main(capsys, *argv):
     return code, capsys.readouterr().err.strip().splitlines()
 
 
-def _one_error_line(lines, *fragments):
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1, lines
-    assert "Traceback" not in "\n".join(lines)
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
-
-
 @pytest.mark.parametrize("write,argv,fragments", [
     (lambda p: p.write_text(json.dumps({"id": 1, "text": "the cat"}) + "\n"), ["--text_field=body"],
      ["--text_field body", "id, text"]),
@@ -46,28 +37,28 @@ def _one_error_line(lines, *fragments):
     (lambda p: p.write_bytes(bytes(range(256)) * 8), [], ["JSON object", "--input_format"]),
 ])
 def test_input_that_cannot_work_is_refused_before_the_pipeline_starts(write, argv, fragments, tmp_path,
-                                                                     tiny_model_dir, capsys):
+                                                                     tiny_model_dir, capsys, one_error_line):
     corpus = tmp_path / "corpus.jsonl"
     write(corpus)
     out = tmp_path / "out" / "emb"
     code, lines = _main(capsys, f"--input={corpus}", f"--model_dir={tiny_model_dir}", f"--output_tfrecord={out}",
                         *argv)
     assert code == 2
-    _one_error_line(lines, *fragments)
+    one_error_line(lines, *fragments)
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
 
 
-def test_a_csv_without_a_header_names_the_columns_it_found(tmp_path, tiny_model_dir, capsys):
+def test_a_csv_without_a_header_names_the_columns_it_found(tmp_path, tiny_model_dir, capsys, one_error_line):
     corpus = tmp_path / "corpus.csv"
     corpus.write_text("1,the cat sat\n2,a dog ran\n")
     code, lines = _main(capsys, f"--input={corpus}", f"--model_dir={tiny_model_dir}",
                         f"--output_tfrecord={tmp_path / 'o'}")
     assert code == 2
-    _one_error_line(lines, "--text_field text", "1, the cat sat", "header")
+    one_error_line(lines, "--text_field text", "1, the cat sat", "header")
 
 
-def test_too_many_failures_fail_the_run_with_reasons_and_leave_the_earlier_output(tmp_path, tiny_model_dir,
-                                                                                  synthetic_text, capsys):
+def test_too_many_failures_fail_the_run_with_reasons_and_leave_the_earlier_output(
+        tmp_path, tiny_model_dir, synthetic_text, capsys, one_error_line):
     records = _texts(6, synthetic_text) + [{"id": f"bad{i}", "text": ""} for i in range(3)]
     corpus = _corpus(tmp_path, records)
     prefix = str(tmp_path / "out" / "emb")
@@ -81,7 +72,7 @@ def test_too_many_failures_fail_the_run_with_reasons_and_leave_the_earlier_outpu
 
     code, lines = _main(capsys, f"--input={corpus}", f"--model_dir={tiny_model_dir}", f"--output_tfrecord={prefix}")
     assert code == 1
-    _one_error_line(lines, "3 of 9 records failed", "--max_failed_fraction 0.1", "empty_text 3", '"id": "bad0"',
+    one_error_line(lines, "3 of 9 records failed", "--max_failed_fraction 0.1", "empty_text 3", '"id": "bad0"',
                     prefix + "-failed-*.jsonl")
     now = {name: (tmp_path / "out" / name).read_bytes() for name in os.listdir(tmp_path / "out")
            if name.endswith((".tfrecord", "manifest.json"))}
@@ -91,19 +82,20 @@ def test_too_many_failures_fail_the_run_with_reasons_and_leave_the_earlier_outpu
     assert sorted(d["reason"] for d in dead_letters) == ["empty_text"] * 3  # Written all the same.
 
 
-def test_a_run_that_embeds_nothing_fails_even_when_the_sample_looks_right(tmp_path, tiny_model_dir, capsys):
+def test_a_run_that_embeds_nothing_fails_even_when_the_sample_looks_right(tmp_path, tiny_model_dir, capsys,
+                                                                          one_error_line):
     # The text field exists, so the pre-flight sample passes; every text is blank, so nothing is embedded.
     corpus = _corpus(tmp_path, [{"id": f"d{i}", "text": " "} for i in range(4)])
     prefix = str(tmp_path / "out" / "emb")
     code, lines = _main(capsys, f"--input={corpus}", f"--model_dir={tiny_model_dir}", f"--output_tfrecord={prefix}",
                         "--max_failed_fraction=1")
     assert code == 1
-    _one_error_line(lines, "no record was embedded")
+    one_error_line(lines, "no record was embedded")
     assert not os.path.exists(prefix + "-manifest.json")
 
 
 def test_an_incremental_run_that_would_delete_most_of_the_corpus_is_refused(tmp_path, tiny_model_dir,
-                                                                            synthetic_text, capsys):
+                                                                            synthetic_text, capsys, one_error_line):
     root = tmp_path / "emb"
     common = [f"--model_dir={tiny_model_dir}", f"--output_tfrecord={root}/run={{run_id}}/part",
               f"--previous_output={root}/run={{latest}}/part"]
@@ -112,7 +104,7 @@ def test_an_incremental_run_that_would_delete_most_of_the_corpus_is_refused(tmp_
     shrunk = _corpus(tmp_path, _texts(3, synthetic_text), name="shrunk.jsonl")
     code, lines = _main(capsys, f"--input={shrunk}", "--run_id=r2", *common)
     assert code == 1
-    _one_error_line(lines, "delete 7 of the 10", "--max_deleted_fraction 1")
+    one_error_line(lines, "delete 7 of the 10", "--max_deleted_fraction 1")
     assert not (root / "run=r2" / "part-manifest.json").exists()
     from transforms import incremental
 
@@ -142,12 +134,12 @@ def test_decide_counts_carried_records_as_done_and_guards_deletions():
     (["--pooling=max"], ["--pooling", "invalid choice"]),
     (["stray"], ["Unexpected argument 'stray'"]),
 ])
-def test_usage_errors_are_one_line_with_exit_code_2(argv, fragments, tmp_path, tiny_model_dir, capsys):
+def test_usage_errors_are_one_line_with_exit_code_2(argv, fragments, tmp_path, tiny_model_dir, capsys, one_error_line):
     corpus = _corpus(tmp_path, [{"id": 1, "text": "the cat"}])
     code, lines = _main(capsys, f"--input={corpus}", f"--model_dir={tiny_model_dir}",
                         f"--output_tfrecord={tmp_path / 'o'}", *argv)
     assert code == 2
-    line = _one_error_line(lines, *fragments)
+    line = one_error_line(lines, *fragments)
     assert "--help" in line and "usage:" not in "\n".join(lines)
 
 
@@ -157,20 +149,20 @@ def test_beam_options_still_pass_the_unknown_flag_check():
                         "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1"])
 
 
-def test_a_missing_model_dir_and_an_unwritable_output_are_named(tmp_path, tiny_model_dir, capsys):
+def test_a_missing_model_dir_and_an_unwritable_output_are_named(tmp_path, tiny_model_dir, capsys, one_error_line):
     corpus = _corpus(tmp_path, [{"id": 1, "text": "the cat"}])
     code, lines = _main(capsys, f"--input={corpus}", f"--model_dir={tmp_path / 'nope'}",
                         f"--output_tfrecord={tmp_path / 'o'}")
     assert code == 2
-    _one_error_line(lines, f"--model_dir {tmp_path / 'nope'} does not exist")
+    one_error_line(lines, f"--model_dir {tmp_path / 'nope'} does not exist")
     (tmp_path / "a_file").write_text("")
     code, lines = _main(capsys, f"--input={corpus}", f"--model_dir={tiny_model_dir}",
                         f"--output_tfrecord={tmp_path / 'a_file' / 'emb'}")
     assert code == 2
-    _one_error_line(lines, "--output_tfrecord", "cannot write")
+    one_error_line(lines, "--output_tfrecord", "cannot write")
 
 
-def test_runtime_failures_and_interrupts_are_one_line(tmp_path, monkeypatch, capsys):
+def test_runtime_failures_and_interrupts_are_one_line(tmp_path, monkeypatch, capsys, one_error_line):
     def interrupted(argv):
         raise KeyboardInterrupt
 
@@ -189,12 +181,12 @@ def test_runtime_failures_and_interrupts_are_one_line(tmp_path, monkeypatch, cap
     monkeypatch.setattr(run_lib, "prepare", unreachable)
     code, lines = _main(capsys, "--input=x")
     assert code == 1
-    line = _one_error_line(lines, "network error", "--model_dir", "traceback in ")
+    line = one_error_line(lines, "network error", "--model_dir", "traceback in ")
     log = line.rsplit("traceback in ", 1)[1].rstrip(")")
     assert "Traceback" in open(log).read()
 
 
-def test_missing_credentials_are_one_line_with_what_to_do(monkeypatch, capsys):
+def test_missing_credentials_are_one_line_with_what_to_do(monkeypatch, capsys, one_error_line):
     from google.auth.exceptions import DefaultCredentialsError
 
     def no_credentials(argv):
@@ -203,7 +195,7 @@ def test_missing_credentials_are_one_line_with_what_to_do(monkeypatch, capsys):
     monkeypatch.setattr(run_lib, "prepare", no_credentials)
     code, lines = _main(capsys, "--input=x")
     assert code == 1
-    _one_error_line(lines, "no Google Cloud credentials", "gcloud auth application-default login")
+    one_error_line(lines, "no Google Cloud credentials", "gcloud auth application-default login")
 
 
 def test_a_rerun_removes_the_partial_files_an_interrupted_attempt_left(tmp_path):
@@ -227,20 +219,6 @@ def test_help_shows_defaults_and_what_is_required(capsys):
     assert "A SavedModel is a program: load only models you trust." in out  # --model_dir's help.
 
 
-def _read_embeddings(prefix):
-    import glob
-
-    import tensorflow as tf
-
-    from transforms.records import feature_spec
-
-    rows = {}
-    for serialized in tf.data.TFRecordDataset(sorted(glob.glob(prefix + "-*.tfrecord"))):
-        parsed = tf.io.parse_single_example(serialized, feature_spec())
-        rows[parsed["id"].numpy().decode()] = {key: value.numpy() for key, value in parsed.items()}
-    return rows
-
-
 @pytest.fixture(scope="module")
 def sentence_model_dir(tmp_path_factory, tiny_vocab_file):
     """The tiny DistilBERT exported with a sentence-transformers configuration: mean pooling, normalised."""
@@ -255,7 +233,7 @@ def sentence_model_dir(tmp_path_factory, tiny_vocab_file):
 
 
 def test_the_models_own_pooling_is_the_default_and_a_flag_overriding_it_warns(
-        sentence_model_dir, tmp_path, synthetic_text, caplog):
+        sentence_model_dir, tmp_path, synthetic_text, caplog, read_embeddings):
     caplog.set_level(logging.INFO)
     corpus = _corpus(tmp_path, _texts(5, synthetic_text))
     plain = str(tmp_path / "plain")
@@ -265,7 +243,7 @@ def test_the_models_own_pooling_is_the_default_and_a_flag_overriding_it_warns(
     explicit = str(tmp_path / "explicit")
     run_lib.run(["--runner=FnApiRunner", f"--input={corpus}", f"--model_dir={sentence_model_dir}",
                  f"--output_tfrecord={explicit}", "--pooling=mean", "--normalize", "--seq_length=64"])
-    a, b = _read_embeddings(plain), _read_embeddings(explicit)
+    a, b = read_embeddings(plain), read_embeddings(explicit)
     for record_id in a:
         np.testing.assert_array_equal(a[record_id]["embedding"], b[record_id]["embedding"])
         assert abs(np.linalg.norm(a[record_id]["embedding"]) - 1) < 1e-5

@@ -15,7 +15,7 @@ from pipeline import run as run_lib
 from pipeline.options import options_parser
 from transforms import bigquery, incremental
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates"
 
 
