@@ -137,7 +137,7 @@ def test_entry_point_builds_the_same_graph_as_the_command_line_and_does_not_wait
               "--output_tfrecord=gs://test-bucket/emb/run={run_id}/part"]
     template_main.launch(common + ["--normalize=true", "--large_model=false"] + launcher)
     run_lib.run(common + ["--normalize", "--runner=DataflowRunner"] + launcher)
-    assert plans[0] == plans[1] and plans[0].normalize and not plans[0].large_model
+    assert plans[0] == plans[1] and plans[0].model.normalize and not plans[0].model.large_model
     assert jobs[0].options.view_as(apache_beam.options.pipeline_options.StandardOptions).runner == "DataflowRunner"
     transforms = [sorted(t.unique_name for t in job.proto_pipeline.components.transforms.values()) for job in jobs]
     assert transforms[0] == transforms[1]
