@@ -13,7 +13,6 @@ import socket
 import sys
 import urllib.error
 import warnings
-from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -48,7 +47,7 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
         list(inputs.patterns), inputs.input_format, id_field=inputs.id_field, text_field=inputs.text_field,
         pair_fields=inputs.pair_fields)
     records, duplicates = parsed | "DropDuplicateIds" >> dedupe.DropDuplicateIds()
-    selected = _select_changed(pipeline, plan, records) if incremental.previous_output else None
+    selected, previous = _select_changed(pipeline, plan, records) if incremental.previous_output else (None, None)
     to_embed = selected.to_embed if selected else records
     keyed_texts = to_embed | "KeyByRecord" >> beam.Map(_key_by_record)
     embeddings, inference_failures = keyed_texts | "Embed" >> embed.Embed(handler)
@@ -62,22 +61,16 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
     parts = {"parsed": parsed, "read_failures": read_failures, "failures": failures, "embedded": embeddings,
              "after": failure_files}
     if selected:
-        parts.update(carried=selected.carried_forward, previous=selected.previous, deleted=selected.deleted)
+        parts.update(carried=selected.carried_forward, previous=previous, deleted=selected.deleted)
     verdict = parts | "CheckRun" >> guard.CheckRun(plan.max_failed_fraction, plan.max_deleted_fraction,
                                                    f"{outputs.failed}-*.jsonl")
     carried_forward = selected.carried_forward if selected else None
     _write(embeddings, plan, verdict, carried_forward)
 
 
-class _Selected(NamedTuple):
-    to_embed: beam.PCollection
-    carried_forward: beam.PCollection
-    deleted: beam.PCollection
-    previous: beam.PCollection
-
-
-def _select_changed(pipeline: beam.Pipeline, plan: Plan, records) -> _Selected:
-    """Reads the earlier output and splits the records into those to embed and those to carry forward."""
+def _select_changed(pipeline: beam.Pipeline, plan: Plan, records):
+    """Reads the earlier output and splits the records into those to embed and those to carry forward; returns
+    (incremental.Selected, the earlier output's records)."""
     from transforms import incremental
 
     run = plan.incremental
@@ -85,7 +78,7 @@ def _select_changed(pipeline: beam.Pipeline, plan: Plan, records) -> _Selected:
                                              if run.bigquery_update else incremental.ReadPrevious(run.previous_files))
     selected = records | "SelectChanged" >> incremental.SelectChanged(
         previous, plan.model.fingerprint, with_sequence=plan.outputs.sequence and not run.bigquery_update)
-    return _Selected(selected.to_embed, selected.carried_forward, selected.deleted, previous)
+    return selected, previous
 
 
 def _write(embeddings, plan: Plan, verdict, carried_forward) -> None:

@@ -16,7 +16,7 @@ from apache_beam.io.gcp.bigquery_tools import RetryStrategy
 from transforms.records import SCHEMA, from_read_row, refused_row_failure, to_row
 
 __all__ = ["METHODS", "Table", "is_table_spec", "parse_table", "schema_problems", "beam_schema", "check_table",
-           "check_previous_table", "WriteBigQuery", "ReadTable"]
+           "check_previous_table", "embedded_row", "WriteBigQuery", "ReadTable"]
 
 # --bigquery_method values -> Beam's WriteToBigQuery methods.
 METHODS = {"file_loads": "FILE_LOADS", "streaming": "STREAMING_INSERTS"}
@@ -167,8 +167,8 @@ def check_previous_table(table: Table, output_table: Table, billing_project: str
     return True
 
 
-def _to_row(element, model_fingerprint: str, run_id: str) -> dict:
-    """(RecordKey, Embedding) -> its row, embedded now."""
+def embedded_row(element, model_fingerprint: str, run_id: str) -> dict:
+    """(RecordKey, Embedding) -> its row (records.SCHEMA), embedded now."""
     key, embedding = element
     return to_row(key, embedding.vector, model_fingerprint, run_id, datetime.datetime.now(datetime.timezone.utc))
 
@@ -204,7 +204,7 @@ class WriteBigQuery(beam.PTransform):
         self._verdict = verdict
 
     def expand(self, embeddings):
-        rows = embeddings | "ToRow" >> beam.Map(_to_row, self._model, self._run_id)
+        rows = embeddings | "ToRow" >> beam.Map(embedded_row, self._model, self._run_id)
         if self._verdict is not None:
             rows = rows | "AfterCheck" >> beam.Map(_passed, beam.pvalue.AsSingleton(self._verdict))
         result = rows | "Write" >> beam.io.WriteToBigQuery(

@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from transforms import bigquery
 from transforms.bigquery import Table
-from transforms.records import SCHEMA, counter, example_key, to_row
+from transforms.records import SCHEMA, counter, example_key
 
 __all__ = ["RUN_ID_PLACEHOLDER", "RUN_TABLE_INFIX", "RunPaths", "resolve_run", "Selected", "run_table", "merge_sql",
            "UpdateTable", "LATEST_PLACEHOLDER", "MANIFEST_SUFFIX", "EMBED_TAG", "CARRIED_TAG", "DELETED_TAG",
@@ -332,12 +332,6 @@ def merge_sql(table: Table, run: Table) -> str:
         f"WHEN NOT MATCHED BY SOURCE THEN DELETE")
 
 
-def _to_row(element, model_fingerprint: str, run_id: str) -> dict:
-    """(RecordKey, Embedding) -> its row, embedded now."""
-    key, embedding = element
-    return to_row(key, embedding.vector, model_fingerprint, run_id, datetime.datetime.now(datetime.timezone.utc))
-
-
 class _MergeFn(beam.DoFn):
     """Once every load job into the run table is done: checks its row count, MERGEs it into the table, drops it."""
 
@@ -403,7 +397,7 @@ class UpdateTable(beam.PTransform):
 
     def expand(self, embeddings):
         run = run_table(self._table, self._run_id)
-        rows = embeddings | "ToRow" >> beam.Map(_to_row, self._model, self._run_id)
+        rows = embeddings | "ToRow" >> beam.Map(bigquery.embedded_row, self._model, self._run_id)
         if self._carried_forward is not None:
             rows = (rows, self._carried_forward) | "WithCarriedForward" >> beam.Flatten()
         written = rows | "WriteRunTable" >> beam.io.WriteToBigQuery(
