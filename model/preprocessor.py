@@ -56,7 +56,7 @@ import tempfile
 import tensorflow as tf
 import tensorflow_text as text
 
-__all__ = ["build_preprocessor", "export_preprocessor", "read_vocab"]
+__all__ = ["RAW_WORD_KEPT_REGEX", "RAW_WORD_SPLIT_REGEX", "build_preprocessor", "export_preprocessor", "read_vocab"]
 
 _VOCAB_ASSET = "vocab.txt"
 _CLS, _SEP, _PAD, _MASK, _UNK = "[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]"
@@ -118,6 +118,12 @@ _NONSPACING_REGEX = rf"([{_char_class(_NOT_NONSPACING)}])|[\p{{Mn}}{_char_class(
 # (ASCII symbols and _PUNCTUATION) and each CJK ideograph is a word of its own.
 _SPLIT_KEPT_REGEX = rf"[!-/:-@\[-`{{-~{_char_class(_PUNCTUATION)}{_char_class(_CJK)}]"
 _SPLIT_REGEX = rf" +|{_SPLIT_KEPT_REGEX}"
+# Step 4's word boundaries as they fall in the raw text, for callers that cut texts between words
+# (runtime.chunking): runs of whitespace separate words; each special token, punctuation character and CJK
+# ideograph is a word of its own. Cleaning and lowercasing never move a boundary, so the words of a text are
+# those of its tokenization.
+RAW_WORD_KEPT_REGEX = "|".join(re.escape(token) for token in (_CLS, _SEP, _PAD, _MASK, _UNK)) + "|" + _SPLIT_KEPT_REGEX
+RAW_WORD_SPLIT_REGEX = rf"{_WHITESPACE_REGEX}+|{RAW_WORD_KEPT_REGEX}"
 # Stands in for a special token through normalization and splitting: one character that is punctuation,
 # hence always exactly one word of one wordpiece, whose id is then overwritten.
 _PLACEHOLDER = "!"

@@ -9,6 +9,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 # Neither imports TensorFlow: --help stays quick.
 from runtime import DEFAULT_POOLING, DEFAULT_SEQ_LENGTH, MAX_SEQ_LENGTH, POOLING_MODES, PRECISIONS
+from runtime.chunking import CHUNKING_MODES, DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS
 from transforms.read import FORMATS
 
 __all__ = ["EmbeddingOptions", "UsageError", "DEFAULT_ENCODER", "DEFAULT_PREPROCESSOR", "split_patterns",
@@ -176,7 +177,8 @@ class EmbeddingOptions(PipelineOptions):
                            help="Longest input in tokens, [CLS] and [SEP] included; longer inputs are "
                            f"truncated (and counted). Between 2 and {MAX_SEQ_LENGTH}, and at most the model's "
                            "maximum. Default: the max_seq_length the model was exported with from a "
-                           f"sentence-transformers checkpoint, else {DEFAULT_SEQ_LENGTH}.")
+                           f"sentence-transformers checkpoint, else {DEFAULT_SEQ_LENGTH}; with --chunking windows, "
+                           f"--chunk_tokens + 2; with --chunking late, {MAX_SEQ_LENGTH}.")
         group.add_argument("--pooling", choices=POOLING_MODES, default=None,
                            help="pooled: the encoder's pooled_output (DistilBERT: the [CLS] vector); cls: the "
                            "[CLS] token of sequence_output; mean: average over real tokens. pooled and cls "
@@ -201,6 +203,24 @@ class EmbeddingOptions(PipelineOptions):
                            "cosine to fp32 above 0.999 (measured on a random-weight DistilBERT; check your "
                            "model). Fastest for encoders exported by model.export; works with any SavedModel. "
                            "Changes the model fingerprint.")
+        group.add_argument(
+            "--chunking", choices=CHUNKING_MODES, default="none",
+            help="none: one embedding per record, cut to --seq_length (default). windows: cut each text into "
+            "chunks of whole words (--chunk_tokens, --chunk_overlap) covering all of it, each embedded alone as "
+            "[CLS] chunk [SEP]; a chunk's vector is what the model gives for its text. late: late chunking, each "
+            "chunk's vector the mean of its own token vectors encoded in windows of up to --seq_length tokens "
+            "of the whole document, so every chunk sees its context (needs --pooling mean). One output record "
+            "per chunk, id DOC_ID#K, with doc_id, chunk_index, chunk_count, char_start and char_end. Single texts "
+            "only (not --pair_fields). See the README's \"Long documents\".")
+        group.add_argument("--chunk_tokens", type=_positive_int, default=None,
+                           help=f"With --chunking: wordpieces per chunk, [CLS] and [SEP] not counted. Default: "
+                           f"{DEFAULT_CHUNK_TOKENS}, or for windows the model's own longest input less 2 when "
+                           "that is shorter (256 - 2 for all-MiniLM-L6-v2).")
+        group.add_argument("--chunk_overlap", type=_bounded(int, 0), default=DEFAULT_CHUNK_OVERLAP,
+                           help="With --chunking: wordpieces consecutive chunks share, as whole words (the "
+                           "longest tail of words within it); less than --chunk_tokens.")
+        group.add_argument("--output_chunk_text", action="store_true", default=False,
+                           help="With --chunking: also write each chunk's text (chunk_text).")
         group.add_argument("--large_model", action="store_true", default=False,
                            help="Hold one copy of the models per machine, shared by all worker processes.")
         group.add_argument("--model_copies", type=_positive_int, default=None,

@@ -16,6 +16,7 @@ from pipeline.options import (
     parse_pair_fields,
     split_patterns,
 )
+from runtime.chunking import ChunkSettings
 
 __all__ = ["InputPlan", "ModelPlan", "OutputPlan", "IncrementalPlan", "Plan", "validate"]
 
@@ -48,6 +49,7 @@ class ModelPlan:
     large_model: bool
     model_copies: int | None
     settings_note: str  # Where pooling, normalisation and seq_length came from, for the user.
+    chunking: ChunkSettings | None = None  # None: one embedding per record (--chunking none).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,7 @@ class OutputPlan:
     bigquery: str | None  # PROJECT:DATASET.TABLE; None: no BigQuery sink.
     bigquery_method: str
     bigquery_table_exists: bool  # Append with the table's own schema; else create it with records.SCHEMA.
+    chunk_text: bool = False  # Write each chunk's text (--output_chunk_text).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,11 +103,11 @@ def validate(options: PipelineOptions) -> Plan:
         "--temp_location": [options.view_as(GoogleCloudOptions).temp_location
                             if bigquery_table and opts.bigquery_method == "file_loads" else None]})
     inputs = _plan_inputs(opts)
-    model = _plan_model(opts)
-    incremental, outputs = _plan_run(options, bigquery_table)
+    model = _plan_model(opts, pairs=inputs.pair_fields is not None)
+    incremental, outputs = _plan_run(options, bigquery_table, chunks=model.chunking is not None)
     if bigquery_table and not incremental.bigquery_update:
         outputs = dataclasses.replace(outputs, bigquery_table_exists=bigquery.check_table(
-            bigquery_table, options.view_as(GoogleCloudOptions).project))
+            bigquery_table, options.view_as(GoogleCloudOptions).project, chunks=model.chunking is not None))
     return Plan(inputs=inputs, model=model, outputs=outputs, incremental=incremental,
                 max_failed_fraction=opts.max_failed_fraction, max_deleted_fraction=opts.max_deleted_fraction)
 
@@ -137,25 +140,74 @@ def _plan_inputs(opts: EmbeddingOptions) -> InputPlan:
                      estimated_records=preflight.estimate_records(patterns, input_format))
 
 
-def _plan_model(opts: EmbeddingOptions) -> ModelPlan:
-    """The model pair, checked; pooling, normalisation and length from the flags or the model; the fingerprint."""
+def _plan_model(opts: EmbeddingOptions, pairs: bool) -> ModelPlan:
+    """The model pair, checked; pooling, normalisation and length from the flags or the model; the chunking;
+    the fingerprint."""
     import runtime
+    from runtime import chunking as chunking_lib
     from transforms.files import BeamFiles
 
     encoder, preprocessor = _resolve_models(opts)
     runtime.check_models(encoder, preprocessor, files=BeamFiles())
+    chunking = _plan_chunking(opts, encoder, pairs)
     settings = runtime.resolve_settings(encoder, pooling=opts.pooling, normalize=opts.normalize,
-                                        seq_length=opts.seq_length, files=BeamFiles())
+                                        seq_length=opts.seq_length, chunking_seq_length=_chunking_seq_length(chunking),
+                                        files=BeamFiles())
     runtime.check_seq_length(preprocessor, settings.seq_length, files=BeamFiles())
+    described = None
+    if chunking:
+        if chunking.mode == "late" and settings.pooling != "mean":
+            raise ValueError(f"--chunking late pools each chunk's token vectors by their mean: it needs --pooling "
+                             f"mean (pooling here is {settings.pooling}); or use --chunking windows.")
+        chunking_lib.check_chunking(chunking, settings.seq_length)
+        described = chunking.describe() + (";chunk_text" if opts.output_chunk_text else "")
     fingerprint = runtime.model_fingerprint(encoder, preprocessor, settings.pooling, settings.normalize,
-                                            settings.seq_length, opts.precision, files=BeamFiles())
+                                            settings.seq_length, opts.precision, chunking=described,
+                                            files=BeamFiles())
     return ModelPlan(encoder=encoder, preprocessor=preprocessor, fingerprint=fingerprint,
                      seq_length=settings.seq_length, pooling=settings.pooling, normalize=settings.normalize,
                      precision=opts.precision, batch_size=opts.batch_size, token_budget=opts.token_budget,
-                     large_model=opts.large_model, model_copies=opts.model_copies, settings_note=settings.note)
+                     large_model=opts.large_model, model_copies=opts.model_copies, settings_note=settings.note,
+                     chunking=chunking)
 
 
-def _plan_run(options: PipelineOptions, bigquery_table) -> tuple[IncrementalPlan, OutputPlan]:
+def _plan_chunking(opts: EmbeddingOptions, encoder: str, pairs: bool) -> ChunkSettings | None:
+    """--chunking, --chunk_tokens and --chunk_overlap as ChunkSettings (sizes checked later against the length),
+    None for --chunking none; ValueError naming the flags that do not go together."""
+    from runtime import chunking, model_defaults
+    from transforms.files import BeamFiles
+
+    if opts.chunking == "none":
+        given = [flag for flag, value in (("--chunk_tokens", opts.chunk_tokens is not None),
+                                          ("--output_chunk_text", opts.output_chunk_text)) if value]
+        if given:
+            raise ValueError(f"{given[0]} needs --chunking windows or late (--chunking is none).")
+        return None
+    if pairs:
+        raise ValueError(f"--chunking {opts.chunking} cuts single texts and --pair_fields embeds pairs, which are "
+                         "never chunked: drop one of the two.")
+    if opts.output_sequence:
+        raise ValueError(f"--output_sequence writes each record's token vectors and --chunking {opts.chunking} "
+                         "writes chunks: drop one of the two.")
+    tokens = opts.chunk_tokens
+    if tokens is None:
+        own_length = model_defaults(encoder, files=BeamFiles()).get("max_seq_length")
+        tokens = (chunking.default_chunk_tokens(own_length) if opts.chunking == "windows"
+                  else chunking.DEFAULT_CHUNK_TOKENS)
+    return ChunkSettings(opts.chunking, tokens, opts.chunk_overlap)
+
+
+def _chunking_seq_length(chunking: ChunkSettings | None) -> int | None:
+    """The longest input when chunking and --seq_length is not given: a chunk and its [CLS] and [SEP] for
+    windows, the model's whole length for late chunking (the most context per window)."""
+    import runtime
+
+    if chunking is None:
+        return None
+    return chunking.tokens + 2 if chunking.mode == "windows" else runtime.MAX_SEQ_LENGTH
+
+
+def _plan_run(options: PipelineOptions, bigquery_table, chunks: bool) -> tuple[IncrementalPlan, OutputPlan]:
     """The run id, its outputs and the earlier output it updates: a TFRecord prefix or a BigQuery table."""
     from transforms import bigquery, incremental
 
@@ -166,10 +218,11 @@ def _plan_run(options: PipelineOptions, bigquery_table) -> tuple[IncrementalPlan
     _check_writable({"--output_tfrecord": paths.output_tfrecord, "--output_failed": paths.output_failed})
     previous_output = paths.previous_output
     if previous_is_table:
-        previous_output = _resolve_previous_table(options, bigquery_table)
+        previous_output = _resolve_previous_table(options, bigquery_table, chunks)
     outputs = OutputPlan(tfrecord=paths.output_tfrecord, sequence=opts.output_sequence, failed=paths.output_failed,
                          bigquery=bigquery_table.spec if bigquery_table else None,
-                         bigquery_method=opts.bigquery_method, bigquery_table_exists=False)
+                         bigquery_method=opts.bigquery_method, bigquery_table_exists=False,
+                         chunk_text=opts.output_chunk_text)
     return IncrementalPlan(run_id=paths.run_id, previous_output=previous_output, previous_files=paths.previous_files,
                            bigquery_update=previous_is_table), outputs
 
@@ -203,7 +256,7 @@ def _resolve_bigquery(options: PipelineOptions):
     return table
 
 
-def _resolve_previous_table(options: PipelineOptions, output_table) -> str | None:
+def _resolve_previous_table(options: PipelineOptions, output_table, chunks: bool) -> str | None:
     """--previous_output naming a BigQuery table, cross-checked: the table to read, or None when there is none yet."""
     from transforms import bigquery
 
@@ -220,7 +273,8 @@ def _resolve_previous_table(options: PipelineOptions, output_table) -> str | Non
         raise ValueError(f"--bigquery_method {opts.bigquery_method} cannot keep a table current: with a BigQuery "
                          "--previous_output the run loads its complete set with load jobs; use --bigquery_method "
                          "file_loads (the default).")
-    exists = bigquery.check_previous_table(previous, output_table, options.view_as(GoogleCloudOptions).project)
+    exists = bigquery.check_previous_table(previous, output_table, options.view_as(GoogleCloudOptions).project,
+                                           chunks=chunks)
     if not exists:
         logging.info("--previous_output %s does not exist yet; embedding everything.", previous.spec)
     return previous.spec if exists else None

@@ -42,7 +42,7 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
         model.encoder, model.preprocessor, seq_length=model.seq_length, pooling=model.pooling,
         normalize=model.normalize, with_sequence=outputs.sequence, max_batch_size=model.batch_size,
         token_budget=model.token_budget, large_model=model.large_model, model_copies=model.model_copies,
-        precision=model.precision)
+        precision=model.precision, chunking=model.chunking)
     parsed, read_failures = pipeline | "ReadCorpus" >> read.ReadCorpus(
         list(inputs.patterns), inputs.input_format, id_field=inputs.id_field, text_field=inputs.text_field,
         pair_fields=inputs.pair_fields)
@@ -50,10 +50,12 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
     selected, previous = _select_changed(pipeline, plan, records) if incremental.previous_output else (None, None)
     to_embed = selected.to_embed if selected else records
     keyed_texts = to_embed | "KeyByRecord" >> beam.Map(_key_by_record)
-    embeddings, inference_failures = keyed_texts | "Embed" >> embed.Embed(handler)
+    embeddings, inference_failures = keyed_texts | "Embed" >> embed.Embed(handler, chunk_text=outputs.chunk_text)
     # An incremental run embeds only what changed: its total is not known up front.
     total = None if incremental.previous_output else inputs.estimated_records
     _ = embeddings | "ReportProgress" >> beam.ParDo(progress.ReportProgress(total))
+    if model.chunking:
+        embeddings = embed.chunk_records(embeddings)
     failures = ((read_failures, duplicates, inference_failures | "InferenceFailure" >> beam.MapTuple(
                  records_lib.inference_failure))
                 | "RecordFailures" >> beam.Flatten())
@@ -61,6 +63,8 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
     parts = {"parsed": parsed, "read_failures": read_failures, "failures": failures, "embedded": embeddings,
              "after": failure_files}
     if selected:
+        if model.chunking:  # Deletions are of documents: the guard weighs them against the earlier documents.
+            previous = previous | "PreviousDocuments" >> beam.Keys() | "OnePerDocument" >> beam.Distinct()
         parts.update(carried=selected.carried_forward, previous=previous, deleted=selected.deleted)
     verdict = parts | "CheckRun" >> guard.CheckRun(plan.max_failed_fraction, plan.max_deleted_fraction,
                                                    f"{outputs.failed}-*.jsonl")
@@ -74,7 +78,8 @@ def _select_changed(pipeline: beam.Pipeline, plan: Plan, records):
     from transforms import incremental
 
     run = plan.incremental
-    previous = pipeline | "ReadPrevious" >> (incremental.ReadPreviousTable(run.previous_output)
+    chunks = plan.model.chunking is not None
+    previous = pipeline | "ReadPrevious" >> (incremental.ReadPreviousTable(run.previous_output, chunks=chunks)
                                              if run.bigquery_update else incremental.ReadPrevious(run.previous_files))
     selected = records | "SelectChanged" >> incremental.SelectChanged(
         previous, plan.model.fingerprint, with_sequence=plan.outputs.sequence and not run.bigquery_update)
@@ -86,11 +91,12 @@ def _write(embeddings, plan: Plan, verdict, carried_forward) -> None:
     from transforms import bigquery, incremental, write
 
     outputs, run, fingerprint = plan.outputs, plan.incremental, plan.model.fingerprint
+    chunks = plan.model.chunking is not None
     if outputs.bigquery and not run.bigquery_update:
         # Rows embedded by this run only (their embedded_at stays true).
         refused_rows = embeddings | "WriteBigQuery" >> bigquery.WriteBigQuery(
             outputs.bigquery, fingerprint, run.run_id, method=outputs.bigquery_method,
-            table_exists=outputs.bigquery_table_exists, verdict=verdict)
+            table_exists=outputs.bigquery_table_exists, verdict=verdict, chunks=chunks)
         # Written apart from the others, which the check waits for; the name still matches PREFIX-*.jsonl.
         _ = refused_rows | "WriteBigQueryFailures" >> write.WriteFailures(outputs.failed + "-bigquery")
     if outputs.tfrecord:
@@ -102,7 +108,8 @@ def _write(embeddings, plan: Plan, verdict, carried_forward) -> None:
     if run.bigquery_update:
         # The run's complete set (embedded and carried forward) replaces the table's rows in one MERGE.
         _ = embeddings | "UpdateBigQuery" >> incremental.UpdateTable(
-            outputs.bigquery, fingerprint, run.run_id, verdict=verdict, carried_forward=carried_forward)
+            outputs.bigquery, fingerprint, run.run_id, verdict=verdict, carried_forward=carried_forward,
+            chunks=chunks)
 
 
 def _key_by_record(record: records_lib.Record) -> tuple[records_lib.RecordKey, tuple[str, ...]]:
@@ -174,10 +181,21 @@ def summarize(counts: dict[str, int], plan: Plan) -> str:
             f". Since {plan.incremental.previous_output}: new {counts.get('new', 0)}, changed "
             f"{counts.get('changed', 0)} ({counts.get('changed_model', 0)} for another model), unchanged "
             f"{counts.get('unchanged', 0)} (carried forward), deleted {counts.get('deleted', 0)}")
-    return (f"Read {counts.get(records_lib.RECORDS_READ, 0)} records: embedded {counts.get(records_lib.EMBEDDED, 0)} "
-            f"({counts.get(records_lib.TOKENS_EMBEDDED, 0)} tokens, {counts.get(records_lib.TRUNCATED, 0)} truncated "
-            f"to {plan.model.seq_length}), failed {sum(failed.values())} ({failed_text}). "
+    return (f"Read {counts.get(records_lib.RECORDS_READ, 0)} records: embedded {_embedded_text(counts, plan)}, "
+            f"failed {sum(failed.values())} ({failed_text}). "
             f"Embeddings: {_destinations(plan)}; failures: {plan.outputs.failed}-*.jsonl" + incremental_text)
+
+
+def _embedded_text(counts: dict[str, int], plan: Plan) -> str:
+    """ "120 (5000 tokens, 3 truncated to 128)", or with chunking "120 documents as 410 chunks (...)"."""
+    embedded, tokens = counts.get(records_lib.EMBEDDED, 0), counts.get(records_lib.TOKENS_EMBEDDED, 0)
+    chunking = plan.model.chunking
+    if chunking is None:
+        truncated = counts.get(records_lib.TRUNCATED, 0)
+        return f"{embedded} ({tokens} tokens, {truncated} truncated to {plan.model.seq_length})"
+    return (f"{embedded} documents as {counts.get(records_lib.CHUNKS, 0)} chunks ({tokens} tokens; "
+            f"{counts.get(records_lib.DOCUMENTS_CHUNKED, 0)} documents needed more than one chunk; --chunking "
+            f"{chunking.mode} of {chunking.tokens} wordpieces, overlap {chunking.overlap}: nothing truncated)")
 
 
 def prepare(argv: list[str], strict: bool = True) -> tuple[PipelineOptions, Plan]:

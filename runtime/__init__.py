@@ -1,7 +1,8 @@
 """Runs an exported preprocessor + encoder pair on this machine: staging, checks, engine, precision; no Beam."""
 
+from runtime.chunking import CHUNKING_MODES, ChunkSettings
 from runtime.devices import allow_gpu_memory_growth, cpu_has_bf16, onednn_runs_on_cpu
-from runtime.embedding import EmbeddedBatch, Embedding
+from runtime.embedding import ChunkEmbedding, EmbeddedBatch, EmbeddedDocuments, Embedding
 from runtime.engine import POOLING_MODES, SUB_BATCH_OVERHEAD_TOKENS, Embedder, plan_sub_batches
 from runtime.files import LOCAL, FileInfo, Files, LocalFiles
 from runtime.handles import (
@@ -21,7 +22,8 @@ from runtime.handles import (
 from runtime.loader import check_settings, load
 from runtime.precision import PRECISIONS, EncoderCall, load_encoder_call, use_precision
 
-__all__ = ["load", "check_settings", "Embedder", "Embedding", "EmbeddedBatch", "EncoderCall", "load_encoder_call",
+__all__ = ["load", "check_settings", "Embedder", "Embedding", "EmbeddedBatch", "ChunkEmbedding", "EmbeddedDocuments",
+           "ChunkSettings", "CHUNKING_MODES", "EncoderCall", "load_encoder_call",
            "use_precision", "plan_sub_batches", "POOLING_MODES", "PRECISIONS", "SUB_BATCH_OVERHEAD_TOKENS",
            "SENTENCE_CONFIG_PATH", "DEFAULT_POOLING", "DEFAULT_SEQ_LENGTH", "MAX_SEQ_LENGTH", "Settings",
            "resolve_settings", "resolve_handle", "stage_locally", "model_defaults", "check_models",

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Embedding", "EmbeddedBatch"]
+__all__ = ["Embedding", "EmbeddedBatch", "ChunkEmbedding", "EmbeddedDocuments"]
 
 
 class Embedding(NamedTuple):
@@ -34,4 +34,29 @@ class EmbeddedBatch(NamedTuple):
     """
 
     embeddings: list[Embedding]
+    tokens_computed: int
+
+
+class ChunkEmbedding(NamedTuple):
+    """The embedding of one chunk of a document (runtime.chunking).
+
+    Attributes:
+      vector: float32 [hidden].
+      tokens: the chunk's wordpieces, plus [CLS] and [SEP] when it was encoded alone ("windows").
+      index, count: the chunk's place among its document's chunks, from 0.
+      char_start, char_end: the chunk's text is text[char_start:char_end] (code points).
+    """
+
+    vector: np.ndarray
+    tokens: int
+    index: int
+    count: int
+    char_start: int
+    char_end: int
+
+
+class EmbeddedDocuments(NamedTuple):
+    """What Embedder.embed_documents returns: each document's chunk embeddings, and the padded tokens computed."""
+
+    documents: list[list[ChunkEmbedding]]
     tokens_computed: int

@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from runtime.embedding import EmbeddedBatch, Embedding
+from runtime import chunking
+from runtime.chunking import Chunk, ChunkSettings
+from runtime.embedding import ChunkEmbedding, EmbeddedBatch, EmbeddedDocuments, Embedding
 
 __all__ = ["POOLING_MODES", "SUB_BATCH_OVERHEAD_TOKENS", "Embedder", "plan_sub_batches"]
 
@@ -78,8 +80,18 @@ class Embedder:
                 vectors = tf.math.l2_normalize(vectors, axis=-1)
             return (vectors, outputs["sequence_output"]) if with_sequence else (vectors,)
 
+        @tf.function(input_signature=[id_spec, id_spec, id_spec])
+        def encode_tokens(word_ids, mask, type_ids):
+            inputs = {"input_word_ids": word_ids, "input_mask": mask, "input_type_ids": type_ids}
+            return tf.cast(self._encoder({key: inputs[key] for key in self._encoder_keys})["sequence_output"],
+                           tf.float32)
+
         self._pack_fns = {1: pack_one, 2: pack_two}
         self._encode = encode
+        self._encode_tokens = encode_tokens
+        self._normalize = normalize
+        self._special_ids = None
+        self._split_words = None
 
     @property
     def encoder(self):
@@ -155,6 +167,115 @@ class Embedder:
         embeddings = [Embedding(vectors[i], int(lengths[i]), bool(needed[i] > self._seq_length), sequences[i])
                       for i in range(len(texts))]
         return EmbeddedBatch(embeddings, tokens_computed)
+
+    def embed_documents(self, texts: Sequence[str], settings: ChunkSettings) -> EmbeddedDocuments:
+        """Cuts each text into chunks of whole words (runtime.chunking) and embeds every chunk.
+
+        "windows" encodes each chunk alone, [CLS] chunk [SEP], pooled as this Embedder pools. "late" encodes
+        windows of up to seq_length tokens and gives each chunk the mean of its own wordpieces' token vectors
+        (L2-normalised when this Embedder normalises). Chunks of every text share length-sorted sub-batches.
+
+        Returns:
+          Each text's chunk embeddings, in order, and the padded tokens the encoder computed.
+        """
+        documents = [self._plan_document(words, settings) for words in self._tokenize_words(texts)]
+        rows = []  # (document, piece start, piece end, [(chunk, start, end) within the row's pieces])
+        for number, (pieces, chunks) in enumerate(documents):
+            if settings.mode == "late":
+                for window in chunking.plan_windows(chunks, len(pieces), self._seq_length - 2):
+                    rows.append((number, window.piece_start, window.piece_end,
+                                 [(chunks[i], chunks[i].piece_start - window.piece_start,
+                                   chunks[i].piece_end - window.piece_start) for i in window.chunks]))
+            else:
+                rows += [(number, chunk.piece_start, chunk.piece_end, [(chunk, None, None)]) for chunk in chunks]
+        results: list[list[ChunkEmbedding | None]] = [[None] * len(chunks) for _, chunks in documents]
+        lengths = np.array([end - start + 2 for _, start, end, _ in rows], np.int64)
+        tokens_computed = 0
+        for sub_batch in plan_sub_batches(lengths, self._token_budget, self._call_overhead):
+            width = int(lengths[sub_batch].max())
+            tokens_computed += len(sub_batch) * width
+            batch_rows = [rows[i] for i in sub_batch]
+            word_ids, mask = self._pack_pieces([documents[number][0][start:end]
+                                                for number, start, end, _ in batch_rows], width)
+            if settings.mode == "late":
+                self._pool_late(batch_rows, self._encode_tokens(word_ids, mask, np.zeros_like(word_ids)).numpy(),
+                                results)
+            else:
+                vectors = self._encode(word_ids, mask, np.zeros_like(word_ids))[0].numpy()
+                for (number, start, end, [(chunk, _, _)]), vector in zip(batch_rows, vectors, strict=True):
+                    results[number][chunk.index] = _chunk_embedding(vector, end - start + 2, chunk)
+        return EmbeddedDocuments(results, tokens_computed)
+
+    def _pool_late(self, batch_rows, sequences: np.ndarray, results) -> None:
+        """Each chunk's vector: the mean of its wordpieces' token vectors within its window (row)."""
+        for (number, _, _, chunks), sequence in zip(batch_rows, sequences, strict=True):
+            for chunk, start, end in chunks:
+                # Position 0 is [CLS]. A chunk of no wordpieces (a text without any) takes [CLS] and [SEP].
+                tokens = sequence[1 + start:1 + end] if end > start else sequence[:2]
+                vector = tokens.mean(axis=0)
+                if self._normalize:
+                    vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+                results[number][chunk.index] = _chunk_embedding(vector, end - start, chunk)
+
+    def _pack_pieces(self, rows: list[np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
+        """[CLS] pieces [SEP] per row, padded to `width`: (word_ids, mask), int32 [rows, width]."""
+        cls_id, sep_id, pad_id = self._special_token_ids()
+        word_ids = np.full((len(rows), width), pad_id, np.int32)
+        mask = np.zeros((len(rows), width), np.int32)
+        for row, pieces in enumerate(rows):
+            word_ids[row, 0] = cls_id
+            word_ids[row, 1:1 + len(pieces)] = pieces
+            word_ids[row, 1 + len(pieces)] = sep_id
+            mask[row, :len(pieces) + 2] = 1
+        return word_ids, mask
+
+    def _special_token_ids(self) -> tuple[int, int, int]:
+        if self._special_ids is None:
+            special = self._preprocessor.tokenize.get_special_tokens_dict()
+            self._special_ids = tuple(int(special[name].numpy())
+                                      for name in ("start_of_sequence_id", "end_of_segment_id", "padding_id"))
+        return self._special_ids
+
+    def _tokenize_words(self, texts: Sequence[str]):
+        """Per text: (wordpiece ids, wordpieces per word, word starts, word ends), spans in code points."""
+        import tensorflow as tf
+
+        if self._split_words is None:
+            self._split_words = self._split_words_function()
+        splits, starts, ends, lengths, ids = (t.numpy() for t in self._split_words(tf.constant(list(texts))))
+        piece_splits = np.concatenate([[0], np.cumsum(lengths)])
+        for number, text in enumerate(texts):
+            first, last = splits[number], splits[number + 1]
+            yield (ids[piece_splits[first]:piece_splits[last]], lengths[first:last],
+                   chunking.char_offsets(text, starts[first:last]), chunking.char_offsets(text, ends[first:last]))
+
+    def _split_words_function(self):
+        """The graph that splits texts into words with byte offsets and tokenizes each word alone."""
+        import tensorflow as tf
+        import tensorflow_text as text
+
+        from model.preprocessor import RAW_WORD_KEPT_REGEX, RAW_WORD_SPLIT_REGEX
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def split_words(texts):
+            # regex_split ends a string at NUL; \x01 is deleted by the tokenizer's cleaning just the same and
+            # keeps every byte offset.
+            texts = tf.strings.regex_replace(texts, r"\x00", "\x01")
+            words, starts, ends = text.regex_split_with_offsets(texts, RAW_WORD_SPLIT_REGEX, RAW_WORD_KEPT_REGEX)
+            pieces = self._preprocessor.tokenize(words.flat_values).merge_dims(1, 2)  # [words, (wordpieces)]
+            return words.row_splits, starts.flat_values, ends.flat_values, pieces.row_lengths(), pieces.flat_values
+
+        return split_words
+
+    @staticmethod
+    def _plan_document(words, settings: ChunkSettings) -> tuple[np.ndarray, list[Chunk]]:
+        ids, lengths, starts, ends = words
+        return ids, chunking.plan_chunks(lengths, starts, ends, settings.tokens, settings.overlap)
+
+
+def _chunk_embedding(vector: np.ndarray, tokens: int, chunk: Chunk) -> ChunkEmbedding:
+    return ChunkEmbedding(np.asarray(vector, np.float32), int(tokens), chunk.index, chunk.count, chunk.char_start,
+                          chunk.char_end)
 
 
 def plan_sub_batches(lengths: np.ndarray, token_budget: int,

@@ -189,20 +189,27 @@ class Settings(NamedTuple):
 
 
 def resolve_settings(encoder: str, *, pooling: str | None = None, normalize: bool | None = None,
-                     seq_length: int | None = None, files: Files = LOCAL) -> Settings:
+                     seq_length: int | None = None, chunking_seq_length: int | None = None,
+                     files: Files = LOCAL) -> Settings:
     """Pooling, normalisation and the longest input: each as given, else the model's own (model_defaults),
     else the default. Warns when a given setting overrides the model's own (its vectors then differ from
-    sentence-transformers')."""
+    sentence-transformers'). `chunking_seq_length`, when chunking picks the longest input, replaces the model's
+    own and the default (source "chunking")."""
     recorded = model_defaults(encoder, files=files)
     recorded_seq_length = recorded.get("max_seq_length")
     if recorded_seq_length is not None:
         recorded_seq_length = min(recorded_seq_length, MAX_SEQ_LENGTH)
     chosen = {}
+    if seq_length is None and chunking_seq_length is not None:
+        seq_length_source = "chunking"
+        seq_length = chunking_seq_length
+    else:
+        seq_length_source = "flag"
     for name, given, own, default in (("pooling", pooling, recorded.get("pooling"), DEFAULT_POOLING),
                                       ("normalize", normalize, recorded.get("normalize"), False),
                                       ("seq_length", seq_length, recorded_seq_length, DEFAULT_SEQ_LENGTH)):
         if given is not None:
-            chosen[name] = (given, "flag")
+            chosen[name] = (given, seq_length_source if name == "seq_length" else "flag")
             if own is not None and given != own and name != "seq_length":
                 logging.warning("--%s %s overrides the model's own setting (%s): its vectors will differ from "
                                 "sentence-transformers'.", name, given, own)
@@ -268,7 +275,7 @@ def check_seq_length(preprocessor: str, seq_length: int, *, files: Files = LOCAL
 
 
 def model_fingerprint(encoder: str, preprocessor: str, pooling: str, normalize: bool, seq_length: int,
-                      precision: str = "fp32", *, files: Files = LOCAL) -> str:
+                      precision: str = "fp32", *, chunking: str | None = None, files: Files = LOCAL) -> str:
     """A short hash naming what made an embedding: both models' graphs and weights index, pooling, length.
 
     For local and gs:// handles it hashes saved_model.pb and variables/variables.index (whose entries carry
@@ -282,6 +289,8 @@ def model_fingerprint(encoder: str, preprocessor: str, pooling: str, normalize: 
       normalize: whether vectors are L2-normalised.
       seq_length: the longest packed input.
       precision: one of runtime.PRECISIONS.
+      chunking: how documents are cut into chunks (ChunkSettings.describe()), or None for whole records
+        (which adds nothing, as fp32 does).
       files: reads both handles.
 
     Returns:
@@ -296,4 +305,6 @@ def model_fingerprint(encoder: str, preprocessor: str, pooling: str, normalize: 
     digest.update(f"pooling={pooling};normalize={normalize};seq_length={seq_length}".encode())
     if precision != "fp32":
         digest.update(f";precision={precision}".encode())
+    if chunking:
+        digest.update(f";{chunking}".encode())
     return digest.hexdigest()[:16]

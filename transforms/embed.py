@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -12,8 +13,11 @@ import runtime
 from transforms import records
 from transforms.files import BeamFiles
 
-__all__ = ["EmbeddingModelHandler", "Embed", "EmbedTexts"]
+__all__ = ["EmbeddingModelHandler", "Embed", "EmbedTexts", "chunk_records"]
 
+# With --chunking, the most text (code points) Beam hands to the model at once, whatever --batch_size says: a
+# batch of long documents stays within a bounded size (a longer document goes alone).
+_CHUNKING_BATCH_CHARS = 1 << 20
 
 
 class EmbeddingModelHandler(ModelHandler[tuple, runtime.Embedding, Any]):
@@ -41,6 +45,8 @@ class EmbeddingModelHandler(ModelHandler[tuple, runtime.Embedding, Any]):
         AVX512_BF16 or AMX (close to fp32 and faster, see BENCHMARKS.md). Encoders exported by model.export
         run rebuilt with frozen bfloat16 weights; any other SavedModel runs with TensorFlow's automatic mixed
         precision, which applies to every graph of the loading process: one precision per process.
+      chunking: a runtime.ChunkSettings: cut each text into chunks of whole words and embed every chunk
+        (Embedder.embed_documents); a result is then the list of the text's ChunkEmbeddings. Single texts only.
 
     Raises:
       ValueError: for an unknown pooling or precision.
@@ -49,11 +55,18 @@ class EmbeddingModelHandler(ModelHandler[tuple, runtime.Embedding, Any]):
     def __init__(self, encoder: str, preprocessor: str, seq_length: int = 128, pooling: str = "pooled",
                  normalize: bool = False, with_sequence: bool = False, max_batch_size: int = 512,
                  token_budget: int = 4096, large_model: bool = False, model_copies: int | None = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", chunking: runtime.ChunkSettings | None = None):
         runtime.check_settings(pooling=pooling, precision=precision)
+        batch_size, weight = max_batch_size, {}
+        if chunking:
+            # Batches weighed in code points (Beam 2.77's BatchElements takes no max_batch_weight): at most
+            # _CHUNKING_BATCH_CHARS of text, and at most max_batch_size texts since each weighs at least its share.
+            batch_size = _CHUNKING_BATCH_CHARS
+            weight = {"element_size_fn": functools.partial(_text_chars, least=_CHUNKING_BATCH_CHARS // max_batch_size)}
         # Whole batches, not Beam's adaptive sizes that start at 1: sorting a large batch is what keeps padding low.
-        super().__init__(min_batch_size=max_batch_size, max_batch_size=max_batch_size, large_model=large_model,
-                         model_copies=model_copies)
+        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size, large_model=large_model,
+                         model_copies=model_copies, **weight)
+        self.chunking = chunking
         self._encoder_handle, self._preprocessor_handle = encoder, preprocessor
         self._seq_length, self._pooling, self._normalize = seq_length, pooling, normalize
         self._with_sequence, self._token_budget = with_sequence, token_budget
@@ -66,12 +79,18 @@ class EmbeddingModelHandler(ModelHandler[tuple, runtime.Embedding, Any]):
 
     def run_inference(self, batch: Sequence[tuple], model: runtime.Embedder,
                       inference_args: dict | None = None) -> Iterable[PredictionResult]:
-        embedded = model.embed(list(batch))
-        if len(embedded.embeddings) != len(batch):
-            raise RuntimeError(f"The model returned {len(embedded.embeddings)} results for {len(batch)} inputs.")
+        if not batch:  # BatchElements hands on an empty batch before a text that outweighs a whole batch.
+            return []
+        if self.chunking:
+            embedded = model.embed_documents([texts[0] for texts in batch], self.chunking)
+            results = embedded.documents
+        else:
+            embedded = model.embed(list(batch))
+            results = embedded.embeddings
+        if len(results) != len(batch):
+            raise RuntimeError(f"The model returned {len(results)} results for {len(batch)} inputs.")
         records.counter(records.TOKENS_COMPUTED).inc(embedded.tokens_computed)
-        return [PredictionResult(example, embedding)
-                for example, embedding in zip(batch, embedded.embeddings, strict=True)]
+        return [PredictionResult(example, result) for example, result in zip(batch, results, strict=True)]
 
     def get_num_bytes(self, batch: Sequence[tuple]) -> int:
         return sum(len(text.encode("utf-8")) for texts in batch for text in texts)
@@ -81,22 +100,30 @@ class EmbeddingModelHandler(ModelHandler[tuple, runtime.Embedding, Any]):
         return records.NAMESPACE + "_runinference"
 
 
+def _text_chars(element, least: int) -> int:
+    """A (key, texts) element's weight in a batch: its code points, at least `least`."""
+    return max(least, sum(len(text) for text in element[1]))
+
+
 class Embed(beam.PTransform):
     """(key, texts) -> (key, Embedding) through RunInference, plus (key, texts, error) for failed batches.
 
     Keys travel with their texts through inference (KeyedModelHandler); results are never matched back by
-    position. Returns a tuple (embedded, failed).
+    position. Returns a tuple (embedded, failed). With a chunking handler, `embedded` holds one element per
+    document, (key, [(chunk key, Embedding)]) with records.chunk_key's keys (and each chunk's text with
+    `chunk_text`); chunk_records turns them into one (key, Embedding) per chunk.
     """
 
-    def __init__(self, handler: EmbeddingModelHandler):
+    def __init__(self, handler: EmbeddingModelHandler, chunk_text: bool = False):
         super().__init__()
-        self._handler = handler
+        self._handler, self._chunk_text = handler, chunk_text
 
     def expand(self, keyed_texts):
         results, errors = (keyed_texts
                            | "RunInference" >> RunInference(KeyedModelHandler(self._handler))
                            .with_exception_handling())
-        embedded = results | "TakeInference" >> beam.ParDo(_TakeInference())
+        take = _TakeChunks(self._chunk_text) if self._handler.chunking else _TakeInference()
+        embedded = results | "TakeInference" >> beam.ParDo(take)
         failed = errors.failed_inferences | "SplitFailedBatches" >> beam.FlatMap(_split_failed_batch)
         return embedded, failed
 
@@ -117,6 +144,38 @@ class _TakeInference(beam.DoFn):
         if embedding.truncated:
             self._truncated.inc()
         yield key, embedding
+
+
+class _TakeChunks(beam.DoFn):
+    """(key, PredictionResult of a document's ChunkEmbeddings) -> (key, [(chunk key, Embedding)]); counts
+    documents, chunks, their tokens and the documents cut into more than one chunk."""
+
+    def __init__(self, chunk_text: bool):
+        self._chunk_text = chunk_text
+        self._documents = records.counter(records.EMBEDDED)
+        self._chunks = records.counter(records.CHUNKS)
+        self._tokens = records.counter(records.TOKENS_EMBEDDED)
+        self._chunked = records.counter(records.DOCUMENTS_CHUNKED)
+
+    def process(self, element):
+        key, prediction = element
+        text = prediction.example[0]
+        chunks = []
+        for chunk in prediction.inference:
+            where = records.ChunkKey(key.id, chunk.index, chunk.count, chunk.char_start, chunk.char_end,
+                                     text[chunk.char_start:chunk.char_end] if self._chunk_text else None)
+            chunks.append((records.chunk_key(key, where), runtime.Embedding(chunk.vector, chunk.tokens, False)))
+            self._tokens.inc(chunk.tokens)
+        self._documents.inc()
+        self._chunks.inc(len(chunks))
+        if len(chunks) > 1:
+            self._chunked.inc()
+        yield key, chunks
+
+
+def chunk_records(documents):
+    """Embed's chunked output, (key, [(chunk key, Embedding)]) per document -> one (chunk key, Embedding) per chunk."""
+    return documents | "OneRecordPerChunk" >> beam.FlatMap(lambda document: document[1])
 
 
 def _split_failed_batch(batch_and_error):

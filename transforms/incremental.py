@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from transforms import bigquery
 from transforms.bigquery import Table
-from transforms.records import SCHEMA, counter, example_key
+from transforms.records import counter, example_key, schema
 
 __all__ = ["RUN_ID_PLACEHOLDER", "RUN_TABLE_INFIX", "RunPaths", "resolve_run", "Selected", "run_table", "merge_sql",
            "UpdateTable", "LATEST_PLACEHOLDER", "MANIFEST_SUFFIX", "EMBED_TAG", "CARRIED_TAG", "DELETED_TAG",
@@ -158,9 +158,10 @@ def _is_own_shard(name, base: str) -> bool:
 
 
 class _Previous(NamedTuple):
-    """What an incremental run needs of one earlier record, and what to copy forward: its serialised Example
-    (TFRecord) or its row (BigQuery)."""
+    """What an incremental run needs of one earlier record (a chunk, with --chunking), and what to copy forward:
+    its serialised Example (TFRecord) or its row (BigQuery)."""
 
+    id: str
     content_hash: str
     model: str
     has_sequence: bool
@@ -168,14 +169,14 @@ class _Previous(NamedTuple):
 
 
 def _key_previous(element):
-    """(file name, serialised Example) -> (id, _Previous)."""
+    """(file name, serialised Example) -> (its document's id, _Previous): a chunk joins its document."""
     source, serialized = element
     key = example_key(serialized, source)
-    return key.id, _Previous(key.content_hash, key.model, key.has_sequence, serialized)
+    return key.doc_id, _Previous(key.id, key.content_hash, key.model, key.has_sequence, serialized)
 
 
 class ReadPrevious(beam.PTransform):
-    """Reads an earlier run's shards (see previous_files) into (id, _Previous) pairs."""
+    """Reads an earlier run's shards (see previous_files) into (document id, _Previous) pairs."""
 
     def __init__(self, files: list[str]):
         super().__init__()
@@ -189,20 +190,21 @@ class ReadPrevious(beam.PTransform):
 
 
 def _key_previous_row(row: dict):
-    """A row read back from BigQuery -> (id, _Previous); rows hold no token vectors."""
-    return row["id"], _Previous(row["content_hash"], row["model"], False, row)
+    """A row read back from BigQuery -> (its document's id, _Previous); rows hold no token vectors."""
+    return row.get("doc_id") or row["id"], _Previous(row["id"], row["content_hash"], row["model"], False, row)
 
 
 class ReadPreviousTable(beam.PTransform):
-    """Reads the rows of an earlier run's BigQuery table (transforms.bigquery.ReadTable) into (id, _Previous)."""
+    """Reads the rows of an earlier run's BigQuery table (transforms.bigquery.ReadTable) into (document id,
+    _Previous); `chunks`: the table holds chunks (records.CHUNK_SCHEMA's columns)."""
 
-    def __init__(self, table: str):
+    def __init__(self, table: str, chunks: bool = False):
         super().__init__()
-        self._table = table
+        self._table, self._chunks = table, chunks
 
     def expand(self, pbegin):
         return (pbegin
-                | "ReadTable" >> bigquery.ReadTable(self._table)
+                | "ReadTable" >> bigquery.ReadTable(self._table, chunks=self._chunks)
                 | "KeyById" >> beam.Map(_key_previous_row))
 
 
@@ -223,10 +225,12 @@ class _ClassifyFn(beam.DoFn):
             return
         current = [p for p in previous if p.model == self._model and p.has_sequence == self._with_sequence]
         for record in records:
-            match = next((p for p in current if p.content_hash == record.content_hash), None)
-            if match is not None:
+            # Every earlier chunk of an unchanged document (one record without --chunking), once per id.
+            matches = {p.id: p for p in current if p.content_hash == record.content_hash}
+            if matches:
                 self._counters["unchanged"].inc()
-                yield beam.pvalue.TaggedOutput(CARRIED_TAG, match.carried)
+                for match in matches.values():
+                    yield beam.pvalue.TaggedOutput(CARRIED_TAG, match.carried)
                 continue
             if not previous:
                 self._counters["new"].inc()
@@ -246,16 +250,18 @@ class Selected(NamedTuple):
 
     to_embed: beam.PCollection  # Records, new or changed.
     carried_forward: beam.PCollection  # Earlier serialised Examples (TFRecord) or rows (BigQuery), unchanged.
-    deleted: beam.PCollection  # Ids only in the earlier output.
+    deleted: beam.PCollection  # Ids only in the earlier output (document ids, with --chunking).
 
 
 class SelectChanged(beam.PTransform):
     """Records of this run's corpus -> Selected: what to embed, what to carry forward, what was deleted.
 
-    Joined with `previous` on the id. `previous` comes from ReadPrevious (carried: serialised Examples) or
-    ReadPreviousTable (carried: table rows; pass with_sequence=False). A record keeps its earlier embedding only
-    when the content_hash, the model fingerprint and the presence of token vectors all match; ids only in
-    `previous` are dropped. Counts new, changed, changed_model, unchanged and deleted.
+    Joined with `previous` on the id (an earlier chunk on its document's id). `previous` comes from ReadPrevious
+    (carried: serialised Examples) or ReadPreviousTable (carried: table rows; pass with_sequence=False). A record
+    keeps its earlier embedding (every earlier chunk, with --chunking) only when the content_hash, the model
+    fingerprint (which covers the chunk settings) and the presence of token vectors all match; a changed
+    document's earlier chunks are all dropped, whatever its new chunk count, and so are ids only in `previous`.
+    Counts new, changed, changed_model, unchanged and deleted (documents).
     """
 
     def __init__(self, previous: beam.PCollection, model_fingerprint: str, with_sequence: bool = False):
@@ -307,16 +313,18 @@ def run_table(table: Table, run_id: str) -> Table:
     return Table(table.project, table.dataset, f"{table.table}{RUN_TABLE_INFIX}{run_id.replace('.', '_')}")
 
 
-def merge_sql(table: Table, run: Table) -> str:
+def merge_sql(table: Table, run: Table, chunks: bool = False) -> str:
     """The MERGE that makes `table` hold exactly the rows of `run` (one per id), touching only what differs.
 
     A row is kept when every SCHEMA column but the embedding is equal (a carried-forward row keeps its
     embedded_at and run_id, a re-embedded one gets new ones), so unchanged rows are left alone, and changed,
     deleted and duplicated ones are deleted. The run table holds one row per record; an id the corpus holds
-    twice keeps its most recently embedded row.
+    twice keeps its most recently embedded row. With `chunks` the rows are chunks (schema(chunks)'s columns): a
+    changed document's stale chunks differ in content_hash and are deleted. chunk_text, like the embedding,
+    follows from the others and is not compared (it may be NULL).
     """
-    columns = [name for name, _, _ in SCHEMA]
-    keys = [name for name in columns if name != "embedding"]
+    columns = [name for name, _, _ in schema(chunks)]
+    keys = [name for name in columns if name not in ("embedding", "chunk_text")]
     listed = ", ".join(columns)
     return (
         f"MERGE `{table.table_id}` AS current\n"
@@ -335,8 +343,8 @@ def merge_sql(table: Table, run: Table) -> str:
 class _MergeFn(beam.DoFn):
     """Once every load job into the run table is done: checks its row count, MERGEs it into the table, drops it."""
 
-    def __init__(self, table: Table, run: Table, billing_project: str | None):
-        self._table, self._run, self._billing_project = table, run, billing_project
+    def __init__(self, table: Table, run: Table, billing_project: str | None, chunks: bool = False):
+        self._table, self._run, self._billing_project, self._chunks = table, run, billing_project, chunks
         self._merged = counter("bigquery_rows_changed")
 
     def setup(self):
@@ -349,11 +357,11 @@ class _MergeFn(beam.DoFn):
         from google.api_core import exceptions
 
         bigquery, client = self._bigquery, self._client
-        schema = [bigquery.SchemaField(name, type_, mode=mode) for name, type_, mode in SCHEMA]
+        columns = [bigquery.SchemaField(name, type_, mode=mode) for name, type_, mode in schema(self._chunks)]
         if expected_rows == 0:
             # No rows means no load job, so nothing replaced what an earlier attempt may have left.
             client.delete_table(self._run.table_id, not_found_ok=True)
-            client.create_table(bigquery.Table(self._run.table_id, schema=schema))
+            client.create_table(bigquery.Table(self._run.table_id, schema=columns))
         try:
             found = client.get_table(self._run.table_id).num_rows
         except exceptions.NotFound:
@@ -364,8 +372,8 @@ class _MergeFn(beam.DoFn):
         if found != expected_rows:
             raise RuntimeError(f"Run table {self._run.spec} holds {found} rows, not the {expected_rows} this run "
                                f"wrote; {self._table.spec} is left as it was.")
-        client.create_table(bigquery.Table(self._table.table_id, schema=schema), exists_ok=True)
-        job = client.query(merge_sql(self._table, self._run))
+        client.create_table(bigquery.Table(self._table.table_id, schema=columns), exists_ok=True)
+        job = client.query(merge_sql(self._table, self._run, self._chunks))
         job.result()
         changed = job.num_dml_affected_rows or 0
         self._merged.inc(changed)
@@ -388,12 +396,14 @@ class UpdateTable(beam.PTransform):
       run_id: the `run_id` column of embedded rows, and the run table's name.
       verdict: transforms.guard.CheckRun's output: the MERGE waits for it, and a refused run merges nothing.
       carried_forward: rows to keep as they are.
+      chunks: the rows are chunks (--chunking): the table has records.CHUNK_SCHEMA's columns too.
     """
 
-    def __init__(self, table: str, model_fingerprint: str, run_id: str, verdict=None, carried_forward=None):
+    def __init__(self, table: str, model_fingerprint: str, run_id: str, verdict=None, carried_forward=None,
+                 chunks: bool = False):
         super().__init__()
         self._table, self._model, self._run_id = bigquery.parse_table(table), model_fingerprint, run_id
-        self._verdict, self._carried_forward = verdict, carried_forward
+        self._verdict, self._carried_forward, self._chunks = verdict, carried_forward, chunks
 
     def expand(self, embeddings):
         run = run_table(self._table, self._run_id)
@@ -401,13 +411,13 @@ class UpdateTable(beam.PTransform):
         if self._carried_forward is not None:
             rows = (rows, self._carried_forward) | "WithCarriedForward" >> beam.Flatten()
         written = rows | "WriteRunTable" >> beam.io.WriteToBigQuery(
-            run.spec, schema=bigquery.beam_schema(), create_disposition="CREATE_IF_NEEDED",
+            run.spec, schema=bigquery.beam_schema(self._chunks), create_disposition="CREATE_IF_NEEDED",
             write_disposition="WRITE_TRUNCATE", method="FILE_LOADS")
         row_count = rows | "CountRows" >> beam.combiners.Count.Globally()
         # The job ids as side inputs: MergeIntoTable starts only when every load (and copy) job has finished.
         billing_project = embeddings.pipeline.options.view_as(GoogleCloudOptions).project
         gate = () if self._verdict is None else (beam.pvalue.AsSingleton(self._verdict),)
         return row_count | "MergeIntoTable" >> beam.ParDo(
-            _MergeFn(self._table, run, billing_project),
+            _MergeFn(self._table, run, billing_project, self._chunks),
             beam.pvalue.AsList(written.destination_load_jobid_pairs),
             beam.pvalue.AsList(written.destination_copy_jobid_pairs), *gate)

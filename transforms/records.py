@@ -16,9 +16,10 @@ from typing import NamedTuple
 import apache_beam as beam
 
 __all__ = ["NAMESPACE", "RECORDS_READ", "EMBEDDED", "TOKENS_EMBEDDED", "TRUNCATED", "TOKENS_COMPUTED", "FAILED_PREFIX",
-           "counter", "Record", "RecordKey", "content_hash", "derived_id", "Failure", "MAX_RECORD_CHARS",
+           "counter", "Record", "RecordKey", "ChunkKey", "chunk_key", "DOCUMENTS_CHUNKED", "CHUNKS",
+           "content_hash", "derived_id", "Failure", "MAX_RECORD_CHARS",
            "make_failure", "failure_to_json", "record_text", "inference_failure", "refused_row_failure", "feature_spec",
-           "example_bytes", "ExampleKey", "example_key", "SCHEMA", "to_row", "from_read_row"]
+           "example_bytes", "ExampleKey", "example_key", "SCHEMA", "CHUNK_SCHEMA", "schema", "to_row", "from_read_row"]
 
 # Beam counters of a run, read back by pipeline.run for its summary and by transforms.guard for its verdict.
 NAMESPACE = "embeddings"
@@ -28,6 +29,8 @@ TOKENS_EMBEDDED = "tokens_embedded"  # Real tokens, [CLS] and [SEP] included.
 TRUNCATED = "truncated"
 TOKENS_COMPUTED = "tokens_computed"  # Padded tokens the encoder computed.
 FAILED_PREFIX = "failed_"  # failed_REASON, one counter per Failure reason.
+CHUNKS = "chunks"  # With --chunking: chunks embedded (EMBEDDED counts documents).
+DOCUMENTS_CHUNKED = "documents_chunked"  # Documents that needed more than one chunk.
 
 MAX_RECORD_CHARS = 1000  # Of a record (and of a detail) in its dead letter.
 _DERIVED_ID_PREFIX = "sha256:"
@@ -39,18 +42,45 @@ def counter(name: str):
     return beam.metrics.Metrics.counter(NAMESPACE, name)
 
 
+class ChunkKey(NamedTuple):
+    """Where a chunk lies in its document (--chunking); its record's id is DOC_ID#INDEX.
+
+    Attributes:
+        doc_id: The document's id (see Record).
+        index: The chunk's place among the document's chunks, from 0.
+        count: How many chunks the document has.
+        char_start: Where the chunk's text starts in the document's text, in code points.
+        char_end: Where it ends: the chunk's text is text[char_start:char_end].
+        text: The chunk's text with --output_chunk_text, else None.
+    """
+
+    doc_id: str
+    index: int
+    count: int
+    char_start: int
+    char_end: int
+    text: str | None = None
+
+
 class RecordKey(NamedTuple):
     """What travels with a record's texts through inference and names its output.
 
     Attributes:
-        id: The record's id (see Record).
-        content_hash: See Record.
+        id: The record's id (see Record); DOC_ID#INDEX for a chunk.
+        content_hash: See Record; a chunk has its document's.
         source: The path of the file the record came from.
+        chunk: Where the chunk lies in its document, or None for a whole record.
     """
 
     id: str
     content_hash: str
     source: str
+    chunk: ChunkKey | None = None
+
+
+def chunk_key(document: RecordKey, chunk: ChunkKey) -> RecordKey:
+    """The key of one chunk of a document: id DOC_ID#INDEX, the document's content hash and source."""
+    return RecordKey(f"{document.id}#{chunk.index}", document.content_hash, document.source, chunk)
 
 
 class Record(NamedTuple):
@@ -140,13 +170,16 @@ def refused_row_failure(table_spec: str, row: dict, errors) -> Failure:
     return make_failure(table_spec, "bigquery_insert_error", json.dumps(errors), record)
 
 
-def feature_spec(with_sequence: bool = False) -> dict:
+def feature_spec(with_sequence: bool = False, chunks: bool = False, chunk_text: bool = False) -> dict:
     """The tf.io.parse_example spec of the embedding records (example_bytes writes them).
 
     Each record has `id` (bytes), `embedding` (float32 [hidden]), `model` (bytes: a fingerprint of encoder,
     preprocessor, pooling and seq_length) and `content_hash` (bytes: hex sha256 of the input texts). With
     `--output_sequence` it also has `sequence_length` (int64, real tokens) and `sequence` (float32
-    [sequence_length * hidden], the unpadded token vectors, row-major).
+    [sequence_length * hidden], the unpadded token vectors, row-major). With `--chunking` (chunks=True) each
+    record is a chunk, id DOC_ID#INDEX, with `doc_id` (bytes), `chunk_index`, `chunk_count`, `char_start` and
+    `char_end` (int64: the chunk is text[char_start:char_end] in code points), and with `--output_chunk_text`
+    `chunk_text` (bytes, UTF-8).
 
         dataset = tf.data.TFRecordDataset(tf.io.gfile.glob(prefix + "-*.tfrecord"))
         batch = tf.io.parse_example(next(iter(dataset.batch(32))), feature_spec())
@@ -162,7 +195,24 @@ def feature_spec(with_sequence: bool = False) -> dict:
     if with_sequence:
         spec["sequence_length"] = tf.io.FixedLenFeature([], tf.int64)
         spec["sequence"] = tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True)
+    if chunks:
+        spec["doc_id"] = tf.io.FixedLenFeature([], tf.string)
+        spec.update({name: tf.io.FixedLenFeature([], tf.int64) for name in _CHUNK_INTEGERS})
+    if chunk_text:
+        spec["chunk_text"] = tf.io.FixedLenFeature([], tf.string)
     return spec
+
+
+_CHUNK_INTEGERS = ("chunk_index", "chunk_count", "char_start", "char_end")
+
+
+def _chunk_fields(chunk: ChunkKey) -> dict:
+    """A chunk's own fields by output name (chunk_text only when kept)."""
+    fields = {"doc_id": chunk.doc_id, "chunk_index": chunk.index, "chunk_count": chunk.count,
+              "char_start": chunk.char_start, "char_end": chunk.char_end}
+    if chunk.text is not None:
+        fields["chunk_text"] = chunk.text
+    return fields
 
 
 def example_bytes(key: RecordKey, embedding, model: str) -> bytes:
@@ -178,16 +228,20 @@ def example_bytes(key: RecordKey, embedding, model: str) -> bytes:
     if embedding.sequence is not None:
         features["sequence_length"] = [embedding.tokens]
         features["sequence"] = embedding.sequence
+    if key.chunk is not None:
+        for name, value in _chunk_fields(key.chunk).items():
+            features[name] = [value.encode()] if isinstance(value, str) else [value]
     return serialize_example(features)
 
 
 class ExampleKey(NamedTuple):
-    """What an incremental run reads of an earlier embedding record."""
+    """What an incremental run reads of an earlier embedding record; doc_id is the id of a whole record."""
 
     id: str
     content_hash: str
     model: str
     has_sequence: bool
+    doc_id: str
 
 
 def example_key(serialized: bytes, source: str) -> ExampleKey:
@@ -204,7 +258,8 @@ def example_key(serialized: bytes, source: str) -> ExampleKey:
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
         raise ValueError(f"{source} holds a record without id, content_hash or model; is it the output of "
                          "this pipeline?") from err
-    return ExampleKey(record_id, hash_hex, model, "sequence_length" in features)
+    doc_id = features["doc_id"][0].decode("utf-8") if "doc_id" in features else record_id
+    return ExampleKey(record_id, hash_hex, model, "sequence_length" in features, doc_id)
 
 
 # The BigQuery table's columns: (name, type, mode). to_row() builds exactly these.
@@ -216,11 +271,25 @@ SCHEMA = (
     ("embedded_at", "TIMESTAMP", "REQUIRED"),
     ("run_id", "STRING", "REQUIRED"),
 )
+# The columns a chunked run's table has besides (--chunking); to_row fills them for chunks.
+CHUNK_SCHEMA = (
+    ("doc_id", "STRING", "REQUIRED"),
+    ("chunk_index", "INT64", "REQUIRED"),
+    ("chunk_count", "INT64", "REQUIRED"),
+    ("char_start", "INT64", "REQUIRED"),
+    ("char_end", "INT64", "REQUIRED"),
+    ("chunk_text", "STRING", "NULLABLE"),  # With --output_chunk_text.
+)
+
+
+def schema(chunks: bool = False) -> tuple:
+    """The table's columns: SCHEMA, and CHUNK_SCHEMA's after them for a chunked run."""
+    return SCHEMA + CHUNK_SCHEMA if chunks else SCHEMA
 
 
 def to_row(key: RecordKey, vector, model: str, run_id: str, embedded_at: datetime.datetime) -> dict:
-    """One table row (SCHEMA's columns) for an embedded record."""
-    return {
+    """One table row (SCHEMA's columns, and CHUNK_SCHEMA's for a chunk) for an embedded record."""
+    row = {
         "id": key.id,
         "embedding": [float(x) for x in vector],
         "model": model,
@@ -228,10 +297,14 @@ def to_row(key: RecordKey, vector, model: str, run_id: str, embedded_at: datetim
         "embedded_at": _timestamp_text(embedded_at),
         "run_id": run_id,
     }
+    if key.chunk is not None:
+        row.update(_chunk_fields(key.chunk))
+    return row
 
 
-def from_read_row(row: dict, source: str) -> dict:
-    """A row read back from a table as to_row would have built it, ready to be loaded again.
+def from_read_row(row: dict, source: str, chunks: bool = False) -> dict:
+    """A row read back from a table as to_row would have built it (schema(chunks)'s columns), ready to be loaded
+    again.
 
     Raises:
         ValueError: naming `source`, when a SCHEMA column other than the embedding is empty.
@@ -241,7 +314,7 @@ def from_read_row(row: dict, source: str) -> dict:
         raise ValueError(f"{source} holds a row without {', '.join(missing)} (id {row.get('id')!r}); is it a table "
                          "this pipeline wrote?")
     embedded_at = row["embedded_at"]
-    return {
+    read = {
         "id": row["id"],
         "embedding": [float(x) for x in row.get("embedding") or ()],
         "model": row["model"],
@@ -249,6 +322,9 @@ def from_read_row(row: dict, source: str) -> dict:
         "embedded_at": _timestamp_text(embedded_at) if isinstance(embedded_at, datetime.datetime) else embedded_at,
         "run_id": row["run_id"],
     }
+    if chunks:
+        read.update({name: row.get(name) for name, _, _ in CHUNK_SCHEMA})
+    return read
 
 
 def _timestamp_text(when: datetime.datetime) -> str:

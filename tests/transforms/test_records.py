@@ -42,7 +42,24 @@ def test_refused_rows_leave_their_embedding_out():
 def test_an_example_reads_back_its_key(sequence):
     key = records.RecordKey("doc-7", "ab" * 32, "c.jsonl")
     serialized = records.example_bytes(key, _Embedding(np.array([0.5, -1.0], np.float32), 3, sequence), "fp")
-    assert records.example_key(serialized, "f") == records.ExampleKey("doc-7", "ab" * 32, "fp", sequence is not None)
+    assert records.example_key(serialized, "f") == records.ExampleKey("doc-7", "ab" * 32, "fp", sequence is not None,
+                                                                      "doc-7")
+
+
+def test_a_chunk_example_reads_back_its_document_and_place():
+    import tensorflow as tf
+
+    document = records.RecordKey("doc-7", "ab" * 32, "c.jsonl")
+    key = records.chunk_key(document, records.ChunkKey("doc-7", 2, 5, 40, 61, "é chunk"))
+    serialized = records.example_bytes(key, _Embedding(np.array([0.5, -1.0], np.float32), 3, None), "fp")
+    assert records.example_key(serialized, "f") == records.ExampleKey("doc-7#2", "ab" * 32, "fp", False, "doc-7")
+    parsed = tf.io.parse_example([serialized], records.feature_spec(chunks=True, chunk_text=True))
+    assert {name: parsed[name][0].numpy() for name in ("doc_id", "chunk_index", "chunk_count", "char_start",
+                                                        "char_end", "chunk_text")} == {
+        "doc_id": b"doc-7", "chunk_index": 2, "chunk_count": 5, "char_start": 40, "char_end": 61,
+        "chunk_text": "é chunk".encode()}
+    row = records.to_row(key, [0.5], "fp", "run", datetime.datetime(2026, 1, 1))
+    assert [name for name, _, _ in records.schema(chunks=True)] == list(row)
 
 
 def test_an_example_of_another_layout_is_refused_naming_its_file():

@@ -1,0 +1,166 @@
+"""Long documents cut into chunks of whole words, token-exact: chunk settings, chunk plans, late-chunking windows.
+
+A document is split into words as the model's basic tokenizer splits them (whitespace, each punctuation
+character, each CJK ideograph, special tokens written in the text), each word is tokenized on its own with the
+model's preprocessor, and chunks are runs of whole words of at most `tokens` wordpieces. So a chunk's text,
+`text[char_start:char_end]`, tokenizes to exactly the chunk's wordpieces (a word longer than a whole chunk is the
+one exception: it is cut between its wordpieces, and each part names the whole word's characters).
+
+Pure numpy here; the Embedder (runtime.engine) tokenizes and encodes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["CHUNKING_MODES", "DEFAULT_CHUNK_TOKENS", "DEFAULT_CHUNK_OVERLAP", "ChunkSettings", "Chunk", "Window",
+           "check_chunking", "default_chunk_tokens", "plan_chunks", "plan_windows", "char_offsets"]
+
+CHUNKING_MODES = ("none", "windows", "late")
+# Common practice for retrieval chunks (LangChain's and LlamaIndex's token splitters, most RAG guides).
+DEFAULT_CHUNK_TOKENS = 256
+DEFAULT_CHUNK_OVERLAP = 32
+_SPECIAL_TOKENS = 2  # [CLS] and [SEP] around every encoded chunk or window.
+
+
+class ChunkSettings(NamedTuple):
+    """How documents are cut: mode "windows" (each chunk encoded alone) or "late" (chunks pooled from the
+    token vectors of a whole window of context), chunk size and overlap in wordpieces."""
+
+    mode: str
+    tokens: int = DEFAULT_CHUNK_TOKENS
+    overlap: int = DEFAULT_CHUNK_OVERLAP
+
+    def describe(self) -> str:
+        """What the model fingerprint hashes of it."""
+        return f"chunking={self.mode};chunk_tokens={self.tokens};chunk_overlap={self.overlap}"
+
+
+class Chunk(NamedTuple):
+    """One chunk of a document.
+
+    Attributes:
+      index, count: the chunk's place among the document's chunks, from 0.
+      char_start, char_end: the chunk's text, text[char_start:char_end], in code points of the original text.
+      piece_start, piece_end: the chunk's wordpieces, a range of the document's wordpieces.
+    """
+
+    index: int
+    count: int
+    char_start: int
+    char_end: int
+    piece_start: int
+    piece_end: int
+
+
+class Window(NamedTuple):
+    """A run of a document's wordpieces encoded at once for late chunking, and the chunks pooled from it."""
+
+    piece_start: int
+    piece_end: int
+    chunks: tuple[int, ...]  # Indexes into the document's chunks, each wholly inside the window.
+
+
+def default_chunk_tokens(model_seq_length: int | None) -> int:
+    """DEFAULT_CHUNK_TOKENS, or fewer when the model's own longest input (a sentence-transformers checkpoint's
+    max_seq_length) holds less: chunk vectors then equal what the model's own library gives for the chunk text."""
+    if model_seq_length is None:
+        return DEFAULT_CHUNK_TOKENS
+    return max(1, min(DEFAULT_CHUNK_TOKENS, model_seq_length - _SPECIAL_TOKENS))
+
+
+def check_chunking(settings: ChunkSettings, seq_length: int) -> None:
+    """Refuses a chunk size, overlap and --seq_length that do not fit together.
+
+    Raises:
+      ValueError: naming the flags, one line.
+    """
+    if settings.mode not in CHUNKING_MODES:
+        raise ValueError(f"--chunking must be one of {', '.join(CHUNKING_MODES)}, not {settings.mode!r}.")
+    if settings.tokens < 1:
+        raise ValueError(f"--chunk_tokens must be at least 1, not {settings.tokens}.")
+    if not 0 <= settings.overlap < settings.tokens:
+        raise ValueError(f"--chunk_overlap {settings.overlap} must be from 0 to less than --chunk_tokens "
+                         f"{settings.tokens}.")
+    if settings.tokens + _SPECIAL_TOKENS > seq_length:
+        raise ValueError(f"--chunk_tokens {settings.tokens} plus [CLS] and [SEP] exceeds --seq_length {seq_length}; "
+                         f"use --chunk_tokens {seq_length - _SPECIAL_TOKENS} or less, or a longer --seq_length.")
+
+
+def char_offsets(text: str, byte_offsets: np.ndarray) -> np.ndarray:
+    """Byte offsets into `text`'s UTF-8 encoding -> offsets in code points (what Python's str indexes)."""
+    encoded = np.frombuffer(text.encode("utf-8", "surrogatepass"), np.uint8)
+    starts_char = (encoded & 0xC0) != 0x80  # Every byte but a continuation byte starts a code point.
+    chars_before = np.concatenate([[0], np.cumsum(starts_char)])
+    return chars_before[np.asarray(byte_offsets, np.int64)]
+
+
+def plan_chunks(word_pieces: np.ndarray, word_starts: np.ndarray, word_ends: np.ndarray, tokens: int,
+                overlap: int) -> list[Chunk]:
+    """Cuts a document of words into chunks of whole words covering every wordpiece.
+
+    Each chunk takes as many whole words as fit in `tokens` wordpieces; the next starts at the longest tail of
+    whole words within `overlap` wordpieces (it always moves on by at least one word). A word longer than
+    `tokens` is cut alone into parts of `tokens` wordpieces overlapping by `overlap`.
+
+    Args:
+      word_pieces: wordpieces per word, in order (0 for a word the tokenizer drops entirely).
+      word_starts, word_ends: each word's character span.
+      tokens, overlap: --chunk_tokens and --chunk_overlap.
+
+    Returns:
+      The chunks in order; one chunk of no wordpieces (spanning the text's words, if any) for a document
+      without any.
+    """
+    word_pieces = np.asarray(word_pieces, np.int64)
+    cumulative = np.concatenate([[0], np.cumsum(word_pieces)])
+    words = len(word_pieces)
+    spans = []  # (first word, last word + 1, piece start, piece end)
+    start = 0
+    while start < words:
+        end = int(np.searchsorted(cumulative, cumulative[start] + tokens, side="right")) - 1
+        if end == start:  # One word longer than a whole chunk.
+            spans += [(start, start + 1, begin, min(begin + tokens, cumulative[start + 1]))
+                      for begin in range(int(cumulative[start]), int(cumulative[start + 1]) - overlap,
+                                         tokens - overlap)]
+            start += 1
+            continue
+        spans.append((start, end, int(cumulative[start]), int(cumulative[end])))
+        if end >= words or cumulative[end] == cumulative[-1]:
+            break
+        # The longest tail within the overlap, shortened until the next word fits beside it.
+        tail_start = int(np.searchsorted(cumulative, cumulative[end] - overlap, side="left"))
+        fits_next = int(np.searchsorted(cumulative, cumulative[end + 1] - tokens, side="left"))
+        start = min(max(tail_start, fits_next, start + 1), end)
+    if not spans:
+        return [Chunk(0, 1, int(word_starts[0]) if words else 0, int(word_ends[-1]) if words else 0, 0, 0)]
+    return [Chunk(index, len(spans), int(word_starts[first]), int(word_ends[last - 1]), int(begin), int(end))
+            for index, (first, last, begin, end) in enumerate(spans)]
+
+
+def plan_windows(chunks: list[Chunk], pieces: int, width: int) -> list[Window]:
+    """Groups a document's chunks into windows of at most `width` wordpieces for late chunking.
+
+    Consecutive chunks share a window while their span fits; each window is as wide as allowed and centred on
+    its chunks, so they see context on both sides where the document has it. A document of at most `width`
+    wordpieces is one window. Every wordpiece is encoded about once (more only where chunks overlap).
+
+    Args:
+      chunks: plan_chunks' chunks, each at most `width` wordpieces.
+      pieces: the document's wordpieces.
+      width: wordpieces per window (--seq_length less [CLS] and [SEP]).
+    """
+    if pieces <= width:
+        return [Window(0, pieces, tuple(range(len(chunks))))]
+    windows, first = [], 0
+    while first < len(chunks):
+        last = first
+        while last + 1 < len(chunks) and chunks[last + 1].piece_end - chunks[first].piece_start <= width:
+            last += 1
+        span_start, span_end = chunks[first].piece_start, chunks[last].piece_end
+        start = min(max(0, span_start - (width - (span_end - span_start)) // 2), pieces - width)
+        windows.append(Window(start, start + width, tuple(range(first, last + 1))))
+        first = last + 1
+    return windows
