@@ -151,7 +151,8 @@ def _plan_model(opts: EmbeddingOptions, pairs: bool) -> ModelPlan:
     runtime.check_models(encoder, preprocessor, files=BeamFiles())
     chunking = _plan_chunking(opts, encoder, pairs)
     settings = runtime.resolve_settings(encoder, pooling=opts.pooling, normalize=opts.normalize,
-                                        seq_length=opts.seq_length, chunking_seq_length=_chunking_seq_length(chunking),
+                                        seq_length=opts.seq_length,
+                                        chunking_seq_length=_chunking_seq_length(chunking, preprocessor),
                                         files=BeamFiles())
     runtime.check_seq_length(preprocessor, settings.seq_length, files=BeamFiles())
     described = None
@@ -197,14 +198,17 @@ def _plan_chunking(opts: EmbeddingOptions, encoder: str, pairs: bool) -> ChunkSe
     return ChunkSettings(opts.chunking, tokens, opts.chunk_overlap)
 
 
-def _chunking_seq_length(chunking: ChunkSettings | None) -> int | None:
+def _chunking_seq_length(chunking: ChunkSettings | None, preprocessor: str) -> int | None:
     """The longest input when chunking and --seq_length is not given: a chunk and its [CLS] and [SEP] for
     windows, the model's whole length for late chunking (the most context per window)."""
     import runtime
+    from transforms.files import BeamFiles
 
     if chunking is None:
         return None
-    return chunking.tokens + 2 if chunking.mode == "windows" else runtime.MAX_SEQ_LENGTH
+    if chunking.mode == "windows":
+        return chunking.tokens + 2
+    return runtime.model_max_seq_length(preprocessor, files=BeamFiles()) or runtime.MAX_SEQ_LENGTH
 
 
 def _plan_run(options: PipelineOptions, bigquery_table, chunks: bool) -> tuple[IncrementalPlan, OutputPlan]:

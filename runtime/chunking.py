@@ -127,6 +127,9 @@ def plan_chunks(word_pieces: np.ndarray, word_starts: np.ndarray, word_ends: np.
                                          tokens - overlap)]
             start += 1
             continue
+        if cumulative[end] == cumulative[start] and cumulative[end] < cumulative[-1]:
+            start = end  # Words without wordpieces before a word too long for a chunk: nothing to embed.
+            continue
         spans.append((start, end, int(cumulative[start]), int(cumulative[end])))
         if end >= words or cumulative[end] == cumulative[-1]:
             break

@@ -178,7 +178,7 @@ class Embedder:
         Returns:
           Each text's chunk embeddings, in order, and the padded tokens the encoder computed.
         """
-        documents = [self._plan_document(words, settings) for words in self._tokenize_words(texts)]
+        documents = self.chunk_documents(texts, settings)
         rows = []  # (document, piece start, piece end, [(chunk, start, end) within the row's pieces])
         for number, (pieces, chunks) in enumerate(documents):
             if settings.mode == "late":
@@ -205,6 +205,12 @@ class Embedder:
                 for (number, start, end, [(chunk, _, _)]), vector in zip(batch_rows, vectors, strict=True):
                     results[number][chunk.index] = _chunk_embedding(vector, end - start + 2, chunk)
         return EmbeddedDocuments(results, tokens_computed)
+
+    def chunk_documents(self, texts: Sequence[str], settings: ChunkSettings) -> list[tuple[np.ndarray, list[Chunk]]]:
+        """Tokenizes each text and cuts it into chunks of whole words (runtime.chunking.plan_chunks), without
+        encoding: per text, its wordpiece ids (int32, [CLS] and [SEP] not included) and its chunks."""
+        return [(ids, chunking.plan_chunks(lengths, starts, ends, settings.tokens, settings.overlap))
+                for ids, lengths, starts, ends in self._tokenize_words(texts)]
 
     def _pool_late(self, batch_rows, sequences: np.ndarray, results) -> None:
         """Each chunk's vector: the mean of its wordpieces' token vectors within its window (row)."""
@@ -266,11 +272,6 @@ class Embedder:
             return words.row_splits, starts.flat_values, ends.flat_values, pieces.row_lengths(), pieces.flat_values
 
         return split_words
-
-    @staticmethod
-    def _plan_document(words, settings: ChunkSettings) -> tuple[np.ndarray, list[Chunk]]:
-        ids, lengths, starts, ends = words
-        return ids, chunking.plan_chunks(lengths, starts, ends, settings.tokens, settings.overlap)
 
 
 def _chunk_embedding(vector: np.ndarray, tokens: int, chunk: Chunk) -> ChunkEmbedding:

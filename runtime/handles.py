@@ -15,7 +15,7 @@ from runtime.engine import POOLING_MODES
 from runtime.files import LOCAL, FileInfo, Files
 
 __all__ = ["SENTENCE_CONFIG_PATH", "resolve_handle", "stage_locally", "model_defaults", "check_models",
-           "check_seq_length", "model_fingerprint"]
+           "check_seq_length", "model_max_seq_length", "model_fingerprint"]
 
 # Written by model.export beside the encoder of a sentence-transformers checkpoint (model.export's
 # SENTENCE_CONFIG_PATH; a test keeps the two equal): how the model's vectors are meant to be pooled.
@@ -263,15 +263,23 @@ def check_seq_length(preprocessor: str, seq_length: int, *, files: Files = LOCAL
     Raises:
       ValueError: when `seq_length` exceeds the preprocessor's max_seq_length.
     """
+    limit = model_max_seq_length(preprocessor, files=files)
+    if limit is not None and seq_length > limit:
+        raise ValueError(f"--seq_length {seq_length} exceeds the longest input the model takes "
+                         f"({limit} tokens, --preprocessor {preprocessor}).")
+
+
+def model_max_seq_length(preprocessor: str, *, files: Files = LOCAL) -> int | None:
+    """The longest input the preprocessor packs (its `max_seq_length`, as model.export writes it), or None for
+    URL handles and preprocessors without that attribute. Loads the preprocessor (small: a vocabulary and a
+    graph)."""
     if _is_url(preprocessor):
-        return
+        return None
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  Registers the preprocessor's ops.
 
     limit = getattr(tf.saved_model.load(resolve_handle(preprocessor, files=files)), "max_seq_length", None)
-    if limit is not None and seq_length > int(limit.numpy()):
-        raise ValueError(f"--seq_length {seq_length} exceeds the longest input the model takes "
-                         f"({int(limit.numpy())} tokens, --preprocessor {preprocessor}).")
+    return None if limit is None else int(limit.numpy())
 
 
 def model_fingerprint(encoder: str, preprocessor: str, pooling: str, normalize: bool, seq_length: int,

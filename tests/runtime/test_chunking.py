@@ -1,0 +1,174 @@
+"""Long documents cut into chunks: whole words, token-exact, covering every wordpiece; chunk vectors as the
+references give them (sentence-transformers for windows, transformers' token vectors for late chunking)."""
+
+import math
+
+import numpy as np
+import pytest
+
+import runtime
+from runtime.chunking import ChunkSettings, check_chunking, plan_chunks, plan_windows
+
+
+def _plan(lengths, tokens, overlap):
+    lengths = np.asarray(lengths)
+    starts = np.arange(len(lengths)) * 10
+    return plan_chunks(lengths, starts, starts + 5, tokens, overlap)
+
+
+@pytest.mark.parametrize("tokens,overlap", [(8, 0), (8, 3), (16, 15), (5, 4), (1, 0)])
+def test_chunks_are_runs_of_whole_words_within_the_size_that_cover_every_wordpiece(tokens, overlap):
+    lengths = np.random.default_rng(tokens * 10 + overlap).integers(0, 4, size=300)
+    chunks = _plan(lengths, tokens, overlap)
+    cumulative = np.concatenate([[0], np.cumsum(lengths)])
+    boundaries = set(cumulative.tolist())
+    # Positions inside a word longer than a whole chunk, the only words ever cut.
+    boundaries |= {int(p) for w in np.flatnonzero(lengths > tokens) for p in range(cumulative[w], cumulative[w + 1])}
+    covered = np.zeros(int(lengths.sum()), bool)
+    for previous, chunk in zip([None, *chunks], chunks, strict=False):
+        assert 0 < chunk.piece_end - chunk.piece_start <= tokens
+        assert {chunk.piece_start, chunk.piece_end} <= boundaries  # No word of at most `tokens` is cut.
+        covered[chunk.piece_start:chunk.piece_end] = True
+        if previous is not None:
+            assert chunk.piece_end > previous.piece_end  # Always moves on...
+            assert 0 <= previous.piece_end - chunk.piece_start <= overlap  # ...sharing at most the overlap.
+    assert covered.all()
+    assert [(c.index, c.count) for c in chunks] == [(i, len(chunks)) for i in range(len(chunks))]
+
+
+def test_the_overlap_is_the_longest_whole_word_tail_within_it():
+    assert [(c.piece_start, c.piece_end) for c in _plan([1] * 20, 8, 3)] == [(0, 8), (5, 13), (10, 18), (15, 20)]
+    # Words of 2: a tail of 3 wordpieces holds one whole word only.
+    assert [(c.piece_start, c.piece_end) for c in _plan([2] * 8, 8, 3)] == [(0, 8), (6, 14), (12, 16)]
+
+
+def test_a_word_longer_than_a_chunk_is_cut_alone_and_each_part_names_the_whole_word():
+    chunks = _plan([2, 20, 2], 8, 2)
+    assert [(c.piece_start, c.piece_end) for c in chunks] == [(0, 2), (2, 10), (8, 16), (14, 22), (22, 24)]
+    assert [(c.char_start, c.char_end) for c in chunks[1:4]] == [(10, 15)] * 3
+
+
+def test_a_text_without_wordpieces_is_one_empty_chunk():
+    assert [(c.piece_start, c.piece_end, c.count) for c in _plan([], 8, 2)] == [(0, 0, 1)]
+    assert [(c.piece_start, c.piece_end, c.char_start, c.char_end) for c in _plan([0, 0], 8, 2)] == [(0, 0, 0, 15)]
+
+
+def test_late_windows_hold_whole_chunks_centred_in_their_context():
+    chunks = _plan([1] * 1000, 64, 8)
+    windows = plan_windows(chunks, 1000, 126)
+    assert sorted(i for window in windows for i in window.chunks) == list(range(len(chunks)))
+    for window in windows:
+        assert window.piece_end - window.piece_start == 126
+        inside = [chunks[i] for i in window.chunks]
+        assert window.piece_start <= inside[0].piece_start and inside[-1].piece_end <= window.piece_end
+        context = (inside[0].piece_start - window.piece_start, window.piece_end - inside[-1].piece_end)
+        if 0 < window.piece_start and window.piece_end < 1000:
+            assert abs(context[0] - context[1]) <= 1
+    # About one encoding per wordpiece: only chunk overlaps and the context around them are encoded twice.
+    assert sum(w.piece_end - w.piece_start for w in windows) <= 1.3 * 1000
+    assert plan_windows(chunks[:1], 60, 126) == [runtime.chunking.Window(0, 60, (0,))]
+
+
+@pytest.mark.parametrize("tokens,overlap,seq_length,flags", [
+    (8, 8, 128, "--chunk_overlap 8"), (8, 9, 128, "--chunk_tokens 8"), (127, 0, 128, "--seq_length 128"),
+])
+def test_sizes_that_do_not_fit_are_refused_naming_the_flags(tokens, overlap, seq_length, flags):
+    with pytest.raises(ValueError, match=flags):
+        check_chunking(ChunkSettings("windows", tokens, overlap), seq_length)
+
+
+# Hostile text for boundaries: punctuation, CJK, emoji, control and format characters, a NUL, special tokens
+# written in the text, whitespace runs, a word of 31 wordpieces, a 150-character word ([UNK]), accents.
+_LONG_WORD = "playing" + "ing" * 30  # 31 wordpieces: play ##ing ##ing ...
+_HOSTILE = ("The cat sat on the mat. Hello, world!  I read a book\t\tand\n\nyou ran? 東京の猫 😀 dog\x00cat "
+            "un\u200bbelievable [SEP] it's " + _LONG_WORD + " " + "x" * 150 + " café naïve ... A dog,cat;sat ")
+
+
+@pytest.fixture(scope="module")
+def tiny_embedder(tiny_model_dir):
+    return runtime.load(f"{tiny_model_dir}/encoder", f"{tiny_model_dir}/preprocessor", seq_length=18,
+                        pooling="mean")
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tiny_vocab_file):
+    """Hugging Face's tokenizer for the tiny model's vocabulary: the reference."""
+    from transformers import BertTokenizer
+
+    from model.preprocessor import read_vocab
+
+    return BertTokenizer(vocab={token: i for i, token in enumerate(read_vocab(tiny_vocab_file))}, do_lower_case=False)
+
+
+@pytest.mark.parametrize("tokens,overlap", [(16, 4), (7, 0)])
+def test_each_chunk_text_tokenizes_to_exactly_its_wordpieces(tiny_embedder, tiny_tokenizer, tokens, overlap):
+    text = _HOSTILE * 3
+    [(pieces, chunks)] = tiny_embedder.chunk_documents([text], ChunkSettings("windows", tokens, overlap))
+    reference = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert pieces.tolist() == reference  # Word by word, the document's wordpieces are Hugging Face's.
+    cut_words = 0
+    for chunk in chunks:
+        chunk_text = text[chunk.char_start:chunk.char_end]
+        chunk_ids = tiny_tokenizer(chunk_text, add_special_tokens=False)["input_ids"]
+        if chunk_text == _LONG_WORD:  # A part of the word longer than a chunk: it names the whole word.
+            cut_words += 1
+            continue
+        assert chunk_ids == pieces[chunk.piece_start:chunk.piece_end].tolist(), chunk_text
+    assert cut_words == 3 * math.ceil((31 - overlap) / (tokens - overlap))  # Cut only that word.
+
+
+def test_windows_vectors_are_the_texts_own_and_a_short_text_is_as_unchunked(tiny_model_dir):
+    embedder = runtime.load(f"{tiny_model_dir}/encoder", f"{tiny_model_dir}/preprocessor", seq_length=34,
+                            pooling="mean", normalize=True)
+    text = _HOSTILE * 2
+    [chunks] = embedder.embed_documents([text, "a dog ran"], ChunkSettings("windows", 32, 8)).documents[:1]
+    alone = embedder.embed([(text[c.char_start:c.char_end],) for c in chunks]).embeddings
+    for chunk, reference in zip(chunks, alone, strict=True):
+        if chunk.tokens == reference.tokens:  # Not a part of the word cut between its wordpieces.
+            np.testing.assert_allclose(chunk.vector, reference.vector, atol=1e-5)
+    short = embedder.embed_documents(["a dog ran"], ChunkSettings("windows", 32, 8)).documents[0]
+    assert len(short) == 1
+    np.testing.assert_allclose(short[0].vector, embedder.embed([("a dog ran",)]).embeddings[0].vector, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_chunks_match_sentence_transformers_and_late_chunks_match_transformers(minilm_dir, tmp_path):
+    """Real all-MiniLM-L6-v2: windows against sentence-transformers on each chunk's text; late chunking against
+    the mean of transformers' last_hidden_state over each chunk's tokens in the whole document."""
+    import subprocess
+    import sys
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = tmp_path / "m"
+    exported = subprocess.run([sys.executable, "-m", "model.export", "--checkpoint", minilm_dir, "--output_dir",
+                               str(model)], capture_output=True, text=True, timeout=600)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    document = ("Late chunking encodes a whole document first and pools each chunk from contextual token vectors. "
+                "Naive chunking embeds every chunk alone, so a chunk that says 'its population' no longer knows "
+                "which city it is about. Berlin is the capital of Germany; its population is 3.85 million. ") * 3
+    reference = SentenceTransformer(minilm_dir, device="cpu")
+    windows = runtime.load(f"{model}/encoder", f"{model}/preprocessor", seq_length=66, pooling="mean",
+                           normalize=True)
+    chunks = windows.embed_documents([document], ChunkSettings("windows", 64, 8)).documents[0]
+    assert len(chunks) > 3
+    expected = reference.encode([document[c.char_start:c.char_end] for c in chunks], normalize_embeddings=True)
+    assert (np.stack([c.vector for c in chunks]) * expected).sum(1).min() >= 0.99999
+
+    late = runtime.load(f"{model}/encoder", f"{model}/preprocessor", seq_length=256, pooling="mean",
+                        normalize=True)
+    chunks = late.embed_documents([document], ChunkSettings("late", 64, 8)).documents[0]
+    tokenizer, transformer = reference.tokenizer, reference[0].auto_model
+    encoded = tokenizer(document, return_offsets_mapping=True, return_tensors="pt")
+    assert encoded["input_ids"].shape[1] <= 256  # One window: the whole document's encoding is the reference.
+    with torch.no_grad():
+        hidden = transformer(input_ids=encoded["input_ids"],
+                             attention_mask=encoded["attention_mask"]).last_hidden_state[0].numpy()
+    offsets = encoded["offset_mapping"][0].numpy()
+    for chunk in chunks:
+        positions = [i for i, (start, end) in enumerate(offsets)
+                     if end > start and start >= chunk.char_start and end <= chunk.char_end]
+        assert len(positions) == chunk.tokens
+        vector = hidden[positions].mean(0)
+        assert vector @ chunk.vector / np.linalg.norm(vector) >= 0.99999
