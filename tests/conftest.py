@@ -113,7 +113,8 @@ def write_jsonl_corpus():
     return _write_jsonl_corpus
 
 
-def _read_embeddings(source, with_sequence: bool = False) -> dict[str, dict]:
+def _read_embeddings(source, with_sequence: bool = False, chunks: bool = False, chunk_text: bool = False
+                     ) -> dict[str, dict]:
     """{id: features} of the embedding records under SOURCE: a prefix (PREFIX-*.tfrecord) or a list of files.
 
     An independent reader: tf.data and transforms.records.feature_spec, nothing of the pipeline's writer. `id`,
@@ -129,7 +130,8 @@ def _read_embeddings(source, with_sequence: bool = False) -> dict[str, dict]:
     rows = {}
     for serialized in tf.data.TFRecordDataset(files):
         parsed = {key: value.numpy() for key, value in tf.io.parse_single_example(serialized,
-                                                                                 feature_spec(with_sequence)).items()}
+                                                                                 feature_spec(with_sequence, chunks,
+                                                                                              chunk_text)).items()}
         row = {key: value.decode() if isinstance(value, bytes) else value for key, value in parsed.items()}
         assert row["id"] not in rows, f"{row['id']} written twice"
         rows[row["id"]] = {**row, "serialized": serialized.numpy()}
@@ -138,7 +140,8 @@ def _read_embeddings(source, with_sequence: bool = False) -> dict[str, dict]:
 
 @pytest.fixture(scope="session")
 def read_embeddings():
-    """read(prefix_or_files, with_sequence=False) -> {id: {"embedding", "model", "content_hash", ...}}."""
+    """read(prefix_or_files, with_sequence=False, chunks=False, chunk_text=False) -> {id: {"embedding", "model",
+    "content_hash", ...}}; chunk records add doc_id, chunk_index, chunk_count, char_start, char_end (chunk_text)."""
     return _read_embeddings
 
 
