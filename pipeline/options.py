@@ -214,11 +214,12 @@ class EmbeddingOptions(PipelineOptions):
             "only (not --pair_fields). See the README's \"Long documents\".")
         group.add_argument("--chunk_tokens", type=_positive_int, default=None,
                            help=f"With --chunking: wordpieces per chunk, [CLS] and [SEP] not counted. Default: "
-                           f"{DEFAULT_CHUNK_TOKENS}, or for windows the model's own longest input less 2 when "
-                           "that is shorter (256 - 2 for all-MiniLM-L6-v2).")
-        group.add_argument("--chunk_overlap", type=_bounded(int, 0), default=DEFAULT_CHUNK_OVERLAP,
+                           f"{DEFAULT_CHUNK_TOKENS}, or the model's longest input less 2 when that is less (for "
+                           "windows also a sentence-transformers model's own: 254 for all-MiniLM-L6-v2).")
+        group.add_argument("--chunk_overlap", type=_bounded(int, 0), default=None,
                            help="With --chunking: wordpieces consecutive chunks share, as whole words (the "
-                           "longest tail of words within it); less than --chunk_tokens.")
+                           f"longest tail of words within it); less than --chunk_tokens. Default: "
+                           f"{DEFAULT_CHUNK_OVERLAP}, or an eighth of --chunk_tokens when that is less.")
         group.add_argument("--output_chunk_text", action="store_true", default=False,
                            help="With --chunking: also write each chunk's text (chunk_text).")
         group.add_argument("--large_model", action="store_true", default=False,

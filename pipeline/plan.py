@@ -149,10 +149,17 @@ def _plan_model(opts: EmbeddingOptions, pairs: bool) -> ModelPlan:
 
     encoder, preprocessor = _resolve_models(opts)
     runtime.check_models(encoder, preprocessor, files=BeamFiles())
-    chunking = _plan_chunking(opts, encoder, pairs)
+    longest = runtime.model_max_seq_length(preprocessor, files=BeamFiles()) if opts.chunking != "none" else None
+    longest = longest or runtime.MAX_SEQ_LENGTH
+    chunking = _plan_chunking(opts, encoder, pairs, longest)
+    chunking_seq_length = None
+    if chunking:
+        chunking_seq_length = chunking.tokens + 2 if chunking.mode == "windows" else longest
+        if opts.seq_length is None and chunking_seq_length > longest:
+            raise ValueError(f"--chunk_tokens {chunking.tokens} plus [CLS] and [SEP] exceeds the longest input the "
+                             f"model takes ({longest} tokens): use --chunk_tokens {longest - 2} or less.")
     settings = runtime.resolve_settings(encoder, pooling=opts.pooling, normalize=opts.normalize,
-                                        seq_length=opts.seq_length,
-                                        chunking_seq_length=_chunking_seq_length(chunking, preprocessor),
+                                        seq_length=opts.seq_length, chunking_seq_length=chunking_seq_length,
                                         files=BeamFiles())
     runtime.check_seq_length(preprocessor, settings.seq_length, files=BeamFiles())
     described = None
@@ -172,14 +179,16 @@ def _plan_model(opts: EmbeddingOptions, pairs: bool) -> ModelPlan:
                      chunking=chunking)
 
 
-def _plan_chunking(opts: EmbeddingOptions, encoder: str, pairs: bool) -> ChunkSettings | None:
+def _plan_chunking(opts: EmbeddingOptions, encoder: str, pairs: bool, longest: int) -> ChunkSettings | None:
     """--chunking, --chunk_tokens and --chunk_overlap as ChunkSettings (sizes checked later against the length),
-    None for --chunking none; ValueError naming the flags that do not go together."""
+    None for --chunking none; ValueError naming the flags that do not go together. The default chunk fits the
+    model's `longest` input, and for windows its sentence-transformers length too."""
     from runtime import chunking, model_defaults
     from transforms.files import BeamFiles
 
     if opts.chunking == "none":
         given = [flag for flag, value in (("--chunk_tokens", opts.chunk_tokens is not None),
+                                          ("--chunk_overlap", opts.chunk_overlap is not None),
                                           ("--output_chunk_text", opts.output_chunk_text)) if value]
         if given:
             raise ValueError(f"{given[0]} needs --chunking windows or late (--chunking is none).")
@@ -193,22 +202,13 @@ def _plan_chunking(opts: EmbeddingOptions, encoder: str, pairs: bool) -> ChunkSe
     tokens = opts.chunk_tokens
     if tokens is None:
         own_length = model_defaults(encoder, files=BeamFiles()).get("max_seq_length")
-        tokens = (chunking.default_chunk_tokens(own_length) if opts.chunking == "windows"
-                  else chunking.DEFAULT_CHUNK_TOKENS)
-    return ChunkSettings(opts.chunking, tokens, opts.chunk_overlap)
+        tokens = chunking.default_chunk_tokens(min(own_length or longest, longest) if opts.chunking == "windows"
+                                               else longest)
+    overlap = opts.chunk_overlap
+    if overlap is None:
+        overlap = min(chunking.DEFAULT_CHUNK_OVERLAP, tokens // 8)
+    return ChunkSettings(opts.chunking, tokens, overlap)
 
-
-def _chunking_seq_length(chunking: ChunkSettings | None, preprocessor: str) -> int | None:
-    """The longest input when chunking and --seq_length is not given: a chunk and its [CLS] and [SEP] for
-    windows, the model's whole length for late chunking (the most context per window)."""
-    import runtime
-    from transforms.files import BeamFiles
-
-    if chunking is None:
-        return None
-    if chunking.mode == "windows":
-        return chunking.tokens + 2
-    return runtime.model_max_seq_length(preprocessor, files=BeamFiles()) or runtime.MAX_SEQ_LENGTH
 
 
 def _plan_run(options: PipelineOptions, bigquery_table, chunks: bool) -> tuple[IncrementalPlan, OutputPlan]:

@@ -290,3 +290,53 @@ def test_the_scheduled_bigquery_launch_request_fills_in_to_valid_parameters(tmp_
     with pytest.raises(subprocess.CalledProcessError):  # The BigQuery body without DATASET is refused.
         subprocess.run(["bash", str(root / "templates" / "scheduler" / "create-job.sh")],
                        env={k: v for k, v in env.items() if k != "DATASET"}, check=True, capture_output=True)
+
+
+def _document(words: int, start: int = 0) -> str:
+    vocabulary = "the cat sat on the mat , a dog ran to the book and read it .".split()
+    return " ".join(vocabulary[(start + i) % len(vocabulary)] for i in range(words))
+
+
+def test_chunked_runs_keep_one_row_per_chunk_and_replace_a_changed_documents_chunks(
+        dataset, bq, tiny_model_dir, tmp_path, write_jsonl_corpus, read_embeddings):
+    table = f"test-project:{dataset}.chunks"
+    chunking = ["--chunking=windows", "--chunk_tokens=16", "--chunk_overlap=4", "--max_deleted_fraction=1"]
+    first = {"grows": _document(30), "shrinks": _document(70, 3), "vanishes": _document(40, 5),
+             "stays": _document(50, 7)}
+    second = {"grows": _document(70), "shrinks": _document(30, 3), "stays": first["stays"], "new": _document(20, 9)}
+    _run(write_jsonl_corpus(tmp_path / "1.jsonl", first), table, "c1", tiny_model_dir, tmp_path, *chunking)
+    first_rows = bq.rows(table)
+    assert {row["doc_id"] for row in first_rows.values()} == set(first)
+    counts = _run(write_jsonl_corpus(tmp_path / "2.jsonl", second), table, "c2", tiny_model_dir, tmp_path,
+                  *chunking)
+    assert _changes(counts) == {"new": 1, "changed": 2, "changed_model": 0, "unchanged": 1, "deleted": 1,
+                                "embedded": 3}
+    rows = bq.rows(table)
+    run_lib.run(["--runner=FnApiRunner", f"--input={tmp_path / '2.jsonl'}", f"--model_dir={tiny_model_dir}",
+                 f"--output_tfrecord={tmp_path}/full/part", *chunking])
+    full = read_embeddings(f"{tmp_path}/full/part", chunks=True)
+    assert sorted(rows) == sorted(full)  # The shrunk and the deleted documents left no chunk behind.
+    for record_id, reference in full.items():
+        assert (rows[record_id]["doc_id"], rows[record_id]["chunk_index"], rows[record_id]["char_end"]) == (
+            reference["doc_id"], reference["chunk_index"], reference["char_end"])
+        np.testing.assert_allclose(rows[record_id]["embedding"], reference["embedding"], atol=1e-6, rtol=0)
+    assert all(rows[i] == first_rows[i] for i in rows if rows[i]["doc_id"] == "stays")  # Carried, untouched.
+
+
+@pytest.mark.parametrize("chunked_table", [False, True])
+def test_a_table_of_the_other_shape_is_refused_up_front(chunked_table, dataset, bq, tiny_model_dir, tmp_path, capsys,
+                                                        one_error_line):
+    from google.cloud import bigquery
+
+    table = bigquery_lib.parse_table(f"test-project:{dataset}.shape_{chunked_table}")
+    bq.delete_table(table.table_id, not_found_ok=True)
+    bq.create_table(bigquery.Table(table.table_id, schema=[
+        bigquery.SchemaField(name, type_, mode=mode) for name, type_, mode in records_lib.schema(chunked_table)]))
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"id": "a", "text": "the cat sat"}) + "\n")
+    argv = ["--project=test-project", f"--input={corpus}", f"--model_dir={tiny_model_dir}",
+            f"--output_bigquery={table.spec}", "--temp_location=gs://tests/tmp", f"--output_failed={tmp_path}/f"]
+    assert run_lib.main(argv + ([] if chunked_table else ["--chunking=windows"])) == 2
+    one_error_line(capsys.readouterr().err.strip().splitlines(), table.spec,
+                   "holds chunks" if chunked_table else "holds whole records")
+    assert bq.get_table(table.table_id).num_rows == 0
