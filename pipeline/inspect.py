@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from typing import NamedTuple
 
 import numpy as np
 
@@ -102,6 +103,37 @@ def _embedding_record(serialized: bytes, path: str) -> tuple[str, np.ndarray, st
     return features["id"][0].decode(), features["embedding"], features["model"][0].decode()
 
 
+class _Place(NamedTuple):
+    """Where a chunk (--chunking) lies: its document and its characters there; its text when the run kept it."""
+
+    doc_id: str
+    char_start: int
+    char_end: int
+    text: str | None
+
+
+def _chunk_places(prefix: str) -> dict[str, _Place]:
+    """{chunk id: _Place} of a chunked run's output (a second, light pass over its files)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from transforms import framing
+    from transforms.examples import parse_example
+    from transforms.write import TFRECORD_SUFFIX
+
+    places = {}
+    for metadata in FileSystems.match([f"{prefix}-*{TFRECORD_SUFFIX}"])[0].metadata_list:
+        with framing.open_file(metadata.path) as handle:
+            for item in framing.read_tfrecords(handle, metadata.path):
+                features = parse_example(item)
+                if "doc_id" not in features:
+                    return {}
+                text = features["chunk_text"][0].decode() if "chunk_text" in features else None
+                places[features["id"][0].decode()] = _Place(features["doc_id"][0].decode(),
+                                                            int(features["char_start"][0]),
+                                                            int(features["char_end"][0]), text)
+    return places
+
+
 def nearest_neighbours(vectors: np.ndarray, index: int, k: int) -> list[tuple[int, float]]:
     """The k rows most cosine-similar to row `index` (itself excluded), best first."""
     norms = np.linalg.norm(vectors, axis=1)
@@ -167,16 +199,28 @@ def _count_failures(prefix: str) -> int:
     return total
 
 
-def _label(record_id: str, texts: dict[str, tuple[str, ...]]) -> str:
+def _label(record_id: str, texts: dict[str, tuple[str, ...]], places: dict[str, _Place]) -> str:
+    """ "ID: TEXT", or for a chunk "DOC_ID#K (document DOC_ID, characters A-B): PASSAGE"."""
+    place = places.get(record_id)
+    if place is not None:
+        passage = place.text
+        if passage is None and place.doc_id in texts:
+            passage = texts[place.doc_id][0][place.char_start:place.char_end]
+        where = f"{record_id} (document {place.doc_id}, characters {place.char_start}-{place.char_end})"
+        return where if passage is None else _shown(where, (passage,))
     if record_id not in texts:
         return record_id
-    shown = _PAIR_SEPARATOR.join(texts[record_id])
+    return _shown(record_id, texts[record_id])
+
+
+def _shown(name: str, texts: tuple[str, ...]) -> str:
+    shown = _PAIR_SEPARATOR.join(texts)
     if len(shown) > _MAX_SHOWN_CHARS:
         shown = shown[:_MAX_SHOWN_CHARS] + "..."
     if "\n" in shown or "\r" in shown:
         # Escaped, so a text with line breaks stays on its one line of the listing.
         shown = shown.encode("unicode_escape").decode("ascii")
-    return f"{record_id}: {shown}"
+    return f"{name}: {shown}"
 
 
 def _positive_int(value: str) -> int:
@@ -247,8 +291,10 @@ def _inspect(args) -> int:
     shown = [(index, nearest_neighbours(vectors, index, min(args.k, len(ids) - 1)))
              for index in list(range(0, len(ids), step))[:args.samples]]
     texts = {}
+    places = _chunk_places(args.prefix) if any("#" in record_id for record_id in ids) else {}
     if paths:
         wanted = {ids[i] for index, neighbours in shown for i in [index, *(n for n, _ in neighbours)]}
+        wanted = {places[i].doc_id if i in places else i for i in wanted}
         with _usage("--corpus"):
             texts, unread = corpus_texts(paths, input_format, args.id_field, args.text_field, pair_fields, wanted)
         if unread:
@@ -259,9 +305,9 @@ def _inspect(args) -> int:
             print(f"note: none of the ids shown is in --corpus read as {input_format}: check --input_format, "
                   "--id_field, --text_field and --pair_fields against the run's", file=sys.stderr)
     for index, neighbours in shown:
-        print(f"\n{_label(ids[index], texts)}")
+        print(f"\n{_label(ids[index], texts, places)}")
         for neighbour, score in neighbours:
-            print(f"  {score:.3f}  {_label(ids[neighbour], texts)}")
+            print(f"  {score:.3f}  {_label(ids[neighbour], texts, places)}")
     return 0
 
 

@@ -50,6 +50,21 @@ def test_each_chunk_is_a_record_naming_its_document_and_its_text(mode, tmp_path,
     assert f"embedded 2 documents as {len(rows)} chunks" in summary and "nothing truncated" in summary
 
 
+def test_inspect_shows_chunk_hits_with_their_document_and_passage(tmp_path, tiny_model_dir, write_jsonl_corpus,
+                                                                  capsys):
+    from pipeline import inspect
+
+    docs = {"long": _document(60), "other": _document(40, 4)}
+    corpus = write_jsonl_corpus(tmp_path / "c.jsonl", docs)
+    _run(corpus, f"{tmp_path}/out/emb", f"--model_dir={tiny_model_dir}", "--chunking=windows")
+    capsys.readouterr()
+    assert inspect.main([f"{tmp_path}/out/emb", f"--corpus={corpus}", "--samples=2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    first = next(line for line in lines if line.startswith("long#0 "))
+    end = int(first.split("characters 0-")[1].split(")")[0])
+    assert first == f"long#0 (document long, characters 0-{end}): {docs['long'][:end]}"  # The passage, from --corpus.
+
+
 def test_incremental_chunked_runs_replace_every_chunk_of_a_changed_document(tmp_path, tiny_model_dir,
                                                                             write_jsonl_corpus, read_embeddings):
     first = {"grows": _document(30), "shrinks": _document(70, 3), "vanishes": _document(40, 5),
