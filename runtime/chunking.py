@@ -11,18 +11,22 @@ Pure numpy here; the Embedder (runtime.engine) tokenizes and encodes.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import numpy as np
 
 __all__ = ["CHUNKING_MODES", "DEFAULT_CHUNK_TOKENS", "DEFAULT_CHUNK_OVERLAP", "ChunkSettings", "Chunk", "Window",
-           "check_chunking", "default_chunk_tokens", "plan_chunks", "plan_windows", "char_offsets"]
+           "check_chunking", "default_chunk_tokens", "plan_chunks", "plan_windows", "char_offsets", "text_segments"]
 
 CHUNKING_MODES = ("none", "windows", "late")
 # Common practice for retrieval chunks (LangChain's and LlamaIndex's token splitters, most RAG guides).
 DEFAULT_CHUNK_TOKENS = 256
 DEFAULT_CHUNK_OVERLAP = 32
 _SPECIAL_TOKENS = 2  # [CLS] and [SEP] around every encoded chunk or window.
+# Characters a text may be cut just before without moving a word boundary: whitespace ends a word, and these
+# punctuation characters and CJK ideographs are always words of their own (no special token holds them).
+_SAFE_CUT = re.compile(r"[ \t\n\r.,;:!?\u3001\u3002\u4e00-\u9fff]")
 
 
 class ChunkSettings(NamedTuple):
@@ -95,6 +99,30 @@ def char_offsets(text: str, byte_offsets: np.ndarray) -> np.ndarray:
     starts_char = (encoded & 0xC0) != 0x80  # Every byte but a continuation byte starts a code point.
     chars_before = np.concatenate([[0], np.cumsum(starts_char)])
     return chars_before[np.asarray(byte_offsets, np.int64)]
+
+
+def text_segments(text: str, limit: int) -> list[int]:
+    """Where to cut a long text into segments of about `limit` code points (at most, where the text allows)
+    that tokenize, one after the other, exactly as the whole text does: each cut falls just before whitespace,
+    a sentence punctuation character or a CJK ideograph. Tokenizing a several-MB text in segments keeps the
+    tokenizer's memory bounded.
+
+    Returns:
+      The segments' start offsets, 0 first.
+    """
+    starts = [0]
+    while len(text) - starts[-1] > limit:
+        low, high = starts[-1] + max(1, limit // 2), starts[-1] + limit
+        cut = text.rfind(" ", low, high)
+        if cut <= starts[-1]:
+            cut = max((match.start() for match in _SAFE_CUT.finditer(text, low, high)), default=-1)
+        if cut <= starts[-1]:  # Nothing safe within the limit: the first safe place after it, else the end.
+            match = _SAFE_CUT.search(text, high)
+            if match is None:
+                break
+            cut = match.start()
+        starts.append(cut)
+    return starts
 
 
 def plan_chunks(word_pieces: np.ndarray, word_starts: np.ndarray, word_ends: np.ndarray, tokens: int,

@@ -19,6 +19,8 @@ _ENCODER_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
 # plan_sub_batches prefer fewer, slightly more padded sub-batches over many tiny exact ones. bf16's is larger:
 # on AMX its matmuls are so fast that dispatch weighs more.
 SUB_BATCH_OVERHEAD_TOKENS = {"fp32": 64, "bf16": 512}
+# Code points per tokenizer call when chunking: bounds the tokenizer's memory (about 80 bytes per code point).
+_TOKENIZE_CHARS = 1 << 18
 
 
 class Embedder:
@@ -243,12 +245,33 @@ class Embedder:
         return self._special_ids
 
     def _tokenize_words(self, texts: Sequence[str]):
-        """Per text: (wordpiece ids, wordpieces per word, word starts, word ends), spans in code points."""
+        """Per text: (wordpiece ids, wordpieces per word, word starts, word ends), spans in code points.
+
+        Texts go to the tokenizer in calls of about _TOKENIZE_CHARS code points, a long text cut into segments
+        that tokenize as the whole does (chunking.text_segments): memory stays bounded whatever the length."""
+        segments = [(number, start, text[start:end]) for number, text in enumerate(texts)
+                    for start, end in _pairwise(chunking.text_segments(text, _TOKENIZE_CHARS) + [len(text)])]
+        parts: list[list] = [[] for _ in texts]
+        call: list = []
+        for segment in segments + [None]:
+            if call and (segment is None or sum(len(s[2]) for s in call) + len(segment[2]) > _TOKENIZE_CHARS):
+                for (number, start, _), words in zip(call, self._tokenize_call([s[2] for s in call]), strict=True):
+                    parts[number].append((start, words))
+                call = []
+            if segment is not None:
+                call.append(segment)
+        for number in range(len(texts)):
+            ids, lengths, starts, ends = zip(*((words[0], words[1], words[2] + start, words[3] + start)
+                                               for start, words in parts[number]), strict=True)
+            yield (np.concatenate(ids), np.concatenate(lengths), np.concatenate(starts), np.concatenate(ends))
+
+    def _tokenize_call(self, texts: list[str]):
+        """One tokenizer call: per text, (wordpiece ids, wordpieces per word, word starts, word ends)."""
         import tensorflow as tf
 
         if self._split_words is None:
             self._split_words = self._split_words_function()
-        splits, starts, ends, lengths, ids = (t.numpy() for t in self._split_words(tf.constant(list(texts))))
+        splits, starts, ends, lengths, ids = (t.numpy() for t in self._split_words(tf.constant(texts)))
         piece_splits = np.concatenate([[0], np.cumsum(lengths)])
         for number, text in enumerate(texts):
             first, last = splits[number], splits[number + 1]
@@ -272,6 +295,10 @@ class Embedder:
             return words.row_splits, starts.flat_values, ends.flat_values, pieces.row_lengths(), pieces.flat_values
 
         return split_words
+
+
+def _pairwise(bounds: list[int]):
+    return zip(bounds[:-1], bounds[1:], strict=True)
 
 
 def _chunk_embedding(vector: np.ndarray, tokens: int, chunk: Chunk) -> ChunkEmbedding:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import runtime
-from runtime.chunking import ChunkSettings, check_chunking, plan_chunks, plan_windows
+from runtime.chunking import ChunkSettings, check_chunking, plan_chunks, plan_windows, text_segments
 
 
 def _plan(lengths, tokens, overlap):
@@ -172,3 +172,30 @@ def test_chunks_match_sentence_transformers_and_late_chunks_match_transformers(m
         assert len(positions) == chunk.tokens
         vector = hidden[positions].mean(0)
         assert vector @ chunk.vector / np.linalg.norm(vector) >= 0.99999
+
+
+@pytest.mark.parametrize("text", [_HOSTILE * 20, "東京の猫と犬。" * 200, "nospace" * 300])
+def test_segments_of_a_long_text_tokenize_as_the_whole_does(text, tiny_tokenizer):
+    starts = text_segments(text, 50)
+    ends = [*starts[1:], len(text)]
+    assert starts[0] == 0 and all(a < b for a, b in zip(starts, ends, strict=True))
+    if " " in text or "。" in text:
+        assert max(b - a for a, b in zip(starts, ends, strict=True)) <= 50 + 151  # The longest run without a cut.
+    pieces = [tiny_tokenizer(text[a:b], add_special_tokens=False)["input_ids"] for a, b in zip(starts, ends,
+                                                                                                  strict=True)]
+    assert sum(pieces, []) == tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_a_long_text_is_tokenized_in_bounded_calls_with_the_same_chunks(tiny_embedder, monkeypatch):
+    from runtime import engine
+
+    text = _HOSTILE * 10
+    whole = tiny_embedder.chunk_documents([text, "a dog"], ChunkSettings("windows", 16, 4))
+    calls = []
+    original = engine.Embedder._tokenize_call
+    monkeypatch.setattr(engine, "_TOKENIZE_CHARS", 300)
+    monkeypatch.setattr(engine.Embedder, "_tokenize_call", lambda self, texts: calls.append(texts) or original(
+        self, texts))
+    cut = tiny_embedder.chunk_documents([text, "a dog"], ChunkSettings("windows", 16, 4))
+    assert len(calls) > 5 and max(sum(len(t) for t in call) for call in calls) <= 300 + len(_LONG_WORD) + 150
+    assert [(ids.tolist(), chunks) for ids, chunks in cut] == [(ids.tolist(), chunks) for ids, chunks in whole]
