@@ -108,6 +108,26 @@ def test_pair_corpus_incremental_run_translates_on_the_template_image(tmp_path, 
     assert "workflow.tar.gz" not in staged_files(job)  # The image has the code; nothing to install on workers.
 
 
+def test_chunked_incremental_run_translates(tmp_path, tiny_model_dir):
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text(json.dumps({"id": "d0", "text": "the cat sat on the mat " * 40}) + "\n")
+    previous = tmp_path / "previous" / "part"
+    previous.parent.mkdir()
+    with tf.io.TFRecordWriter(str(previous) + "-00000-of-00001.tfrecord") as writer:
+        example = tf.train.Example()
+        for name, value in (("id", "d0#0"), ("doc_id", "d0"), ("content_hash", content_hash(("x",))),
+                            ("model", "0" * 16)):
+            example.features.feature[name].bytes_list.value.append(value.encode())
+        writer.write(example.SerializeToString())
+    result = run_lib.run(dataflow_args(f"--input={corpus}", f"--model_dir={tiny_model_dir}", "--chunking=late",
+                                       "--pooling=mean", "--chunk_tokens=32", "--output_chunk_text",
+                                       f"--previous_output={previous}", f"--sdk_container_image={IMAGE}"))
+    names = transform_names(job_of(result)[0])
+    for label in ("Embed/RunInference", "OneRecordPerChunk", "SelectChanged/Classify", "PreviousDocuments",
+                  "WriteTFRecord/WithCarriedForward", "WriteManifest"):
+        assert label in names
+
+
 def test_gpu_options_reach_the_job_request(tmp_path, tiny_model_dir):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat\n")
