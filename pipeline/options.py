@@ -293,7 +293,7 @@ def _add_sink_arguments(parser) -> None:
                        "allow list is the field's value (or values).")
     group.add_argument("--vertex_numeric_restricts", default=None,
                        help="Comma-separated numeric --keep_fields written as Vertex numeric_restricts "
-                       "(value_int for integers, value_float for floats).")
+                       "(value_int for integers, value_double for floats).")
     group.add_argument("--vertex_crowding_tag", default=None,
                        help="A --keep_fields field written as each vector's Vertex crowding_tag.")
     group.add_argument("--output_postgres", default=None,

@@ -45,7 +45,7 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
         precision=model.precision)
     parsed, read_failures = pipeline | "ReadCorpus" >> read.ReadCorpus(
         list(inputs.patterns), inputs.input_format, id_field=inputs.id_field, text_field=inputs.text_field,
-        pair_fields=inputs.pair_fields)
+        pair_fields=inputs.pair_fields, keep_fields=plan.sinks.keep_fields)
     records, duplicates = parsed | "DropDuplicateIds" >> dedupe.DropDuplicateIds()
     selected, previous = _select_changed(pipeline, plan, records) if incremental.previous_output else (None, None)
     to_embed = selected.to_embed if selected else records
@@ -66,6 +66,7 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
                                                    f"{outputs.failed}-*.jsonl")
     carried_forward = selected.carried_forward if selected else None
     _write(embeddings, plan, verdict, carried_forward)
+    _write_typed(embeddings, plan, verdict, selected)
 
 
 def _select_changed(pipeline: beam.Pipeline, plan: Plan, records):
@@ -103,6 +104,40 @@ def _write(embeddings, plan: Plan, verdict, carried_forward) -> None:
         # The run's complete set (embedded and carried forward) replaces the table's rows in one MERGE.
         _ = embeddings | "UpdateBigQuery" >> incremental.UpdateTable(
             outputs.bigquery, fingerprint, run.run_id, verdict=verdict, carried_forward=carried_forward)
+
+
+def _write_typed(embeddings, plan: Plan, verdict, selected) -> None:
+    """Parquet, Vertex AI Vector Search and PostgreSQL, from the same output rows (records.output_row): the complete
+    set for Parquet and PostgreSQL, what this run embedded for Vertex; removed ids deleted from both of the latter.
+    Each writes only after the verdict."""
+    from transforms import parquet, postgres, vertex, write
+
+    sinks = plan.sinks
+    if not (sinks.parquet or sinks.vertex or sinks.postgres):
+        return
+    embedded = embeddings | "ToOutputRow" >> beam.Map(_output_row, plan.model.fingerprint)
+    complete, deleted = embedded, None
+    if selected:
+        carried = selected.carried_forward | "CarriedToOutputRow" >> beam.Map(records_lib.carried_row, sinks.columns)
+        complete = (embedded, carried) | "CompleteSet" >> beam.Flatten()
+        deleted = selected.deleted
+    shards = write.shard_count(plan.inputs.estimated_records)
+    if sinks.parquet:
+        _ = complete | "WriteParquet" >> parquet.WriteParquet(sinks.parquet, sinks.columns, sinks.dimension,
+                                                              num_shards=shards, verdict=verdict)
+    if sinks.vertex:
+        _ = embedded | "WriteVertex" >> vertex.WriteVertex(
+            sinks.vertex, sinks.columns, sinks.vertex_restricts, sinks.vertex_numeric_restricts,
+            sinks.vertex_crowding_tag, num_shards=shards, verdict=verdict, deleted=deleted)
+    if sinks.postgres:
+        _ = complete | "WritePostgres" >> postgres.WritePostgres(
+            sinks.postgres, sinks.postgres_table, sinks.columns, verdict=verdict, deleted=deleted,
+            index=sinks.postgres_index)
+
+
+def _output_row(element, model: str) -> dict:
+    key, embedding = element
+    return records_lib.output_row(key, embedding.vector, model)
 
 
 def _key_by_record(record: records_lib.Record) -> tuple[records_lib.RecordKey, tuple[str, ...]]:
@@ -160,7 +195,15 @@ def counters(result) -> dict[str, int]:
 def _destinations(plan: Plan) -> str:
     outputs = plan.outputs
     sinks = [f"{outputs.tfrecord}-*.tfrecord"] if outputs.tfrecord else []
-    return ", ".join(sinks + ([f"BigQuery {outputs.bigquery}"] if outputs.bigquery else []))
+    sinks += [f"BigQuery {outputs.bigquery}"] if outputs.bigquery else []
+    typed = plan.sinks
+    sinks += [f"{typed.parquet}-*.parquet"] if typed.parquet else []
+    sinks += [f"Vertex AI update {typed.vertex}/"] if typed.vertex else []
+    if typed.postgres:
+        from transforms.postgres import mask
+
+        sinks.append(f"PostgreSQL {mask(typed.postgres)} table {typed.postgres_table}")
+    return ", ".join(sinks)
 
 
 def summarize(counts: dict[str, int], plan: Plan) -> str:
@@ -211,7 +254,9 @@ def launch(options: PipelineOptions, plan: Plan) -> beam.runners.runner.Pipeline
     """
     note = plan.model.settings_note
     logging.info("%s.", note[:1].upper() + note[1:])
-    remove_partial_files([prefix for prefix in (plan.outputs.tfrecord, plan.outputs.failed) if prefix])
+    vertex_files = plan.sinks.vertex and plan.sinks.vertex.rstrip("/") + "/embeddings"
+    remove_partial_files([prefix for prefix in (plan.outputs.tfrecord, plan.outputs.failed, plan.sinks.parquet,
+                                                vertex_files) if prefix])
     pipeline = beam.Pipeline(options=options)
     build(pipeline, plan)
     result = pipeline.run()

@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from transforms import bigquery
 from transforms.bigquery import Table
-from transforms.records import SCHEMA, counter, example_key
+from transforms.records import SCHEMA, counter, example_key, with_fields
 
 __all__ = ["RUN_ID_PLACEHOLDER", "RUN_TABLE_INFIX", "RunPaths", "resolve_run", "Selected", "run_table", "merge_sql",
            "UpdateTable", "LATEST_PLACEHOLDER", "MANIFEST_SUFFIX", "EMBED_TAG", "CARRIED_TAG", "DELETED_TAG",
@@ -226,7 +226,8 @@ class _ClassifyFn(beam.DoFn):
             match = next((p for p in current if p.content_hash == record.content_hash), None)
             if match is not None:
                 self._counters["unchanged"].inc()
-                yield beam.pvalue.TaggedOutput(CARRIED_TAG, match.carried)
+                # With the record's current kept fields: a changed field alone re-embeds nothing.
+                yield beam.pvalue.TaggedOutput(CARRIED_TAG, with_fields(match.carried, record.fields))
                 continue
             if not previous:
                 self._counters["new"].inc()
