@@ -222,8 +222,9 @@ class EmbeddingOptions(PipelineOptions):
                            help="Hold exactly this many model copies per machine (implies sharing).")
         group.add_argument("--output_tfrecord", default=None,
                            help="Output prefix, local or gs://: writes PREFIX-SSSSS-of-NNNNN.tfrecord files of "
-                           "tf.train.Example with id, embedding, model and content_hash. Give this, "
-                           "--output_bigquery, or both.")
+                           "tf.train.Example with id, embedding, model, content_hash and the --keep_fields. Give "
+                           "at least one output: this, --output_bigquery, --output_parquet, --output_vertex or "
+                           "--output_postgres (an incremental run needs this one).")
         group.add_argument("--output_sequence", action="store_true", default=False,
                            help="Also write each record's unpadded token vectors (sequence, sequence_length).")
         group.add_argument("--output_failed", default=None,
