@@ -132,3 +132,23 @@ def test_a_table_of_another_dimension_is_refused_before_anything_is_written(tmp_
     one_error_line(capsys.readouterr().err.strip().splitlines(), f"--postgres_table {table}",
                    "embedding is vector(8), not vector(32)")
     assert not glob.glob(f"{tmp_path}/p*")
+
+
+def test_inspect_reads_the_parquet_and_postgres_outputs(tmp_path, tiny_model_dir, postgres_uri, capsys):
+    from pipeline import inspect as inspect_lib
+    from transforms.postgres import mask
+
+    table = f"emb_{uuid.uuid4().hex[:8]}"
+    argv = ["--runner=FnApiRunner", f"--input={_corpus(tmp_path / 'c.jsonl', DOCS)}", f"--model_dir={tiny_model_dir}",
+            f"--output_parquet={tmp_path}/p/emb", f"--output_failed={tmp_path}/failed",
+            f"--output_postgres={postgres_uri}", f"--postgres_table={table}"]
+    run_lib.run(argv)
+    capsys.readouterr()
+    assert inspect_lib.main([f"{tmp_path}/p/emb", "-k", "1"]) == 0
+    parquet_out = capsys.readouterr().out
+    assert inspect_lib.main([postgres_uri, f"--postgres_table={table}", "-k", "1"]) == 0
+    postgres_out = capsys.readouterr().out
+    assert f"4 embeddings of dimension 32 in {tmp_path}/p/emb-*.parquet" in parquet_out
+    assert f"4 embeddings of dimension 32 in {mask(postgres_uri)} table {table}" in postgres_out
+    # The same vectors give the same neighbours, whichever output they are read from.
+    assert parquet_out.split("\n", 1)[1] == postgres_out.split("\n", 1)[1]
