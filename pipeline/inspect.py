@@ -1,4 +1,7 @@
-"""Shows what an embedding output holds: python -m pipeline.inspect PREFIX [--corpus FILE]."""
+"""Shows what an embedding output holds: python -m pipeline.inspect PREFIX [--corpus FILE].
+
+PREFIX is a run's TFRecord or Parquet prefix, or a PostgreSQL URI with --postgres_table.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["load_embeddings", "nearest_neighbours", "corpus_texts", "main"]
+__all__ = ["load_embeddings", "load_parquet", "load_postgres", "load_output", "nearest_neighbours", "corpus_texts",
+           "main"]
 
 # Texts longer than this are cut when shown, so one long document does not bury the neighbour list.
 _MAX_SHOWN_CHARS = 200
@@ -86,6 +90,64 @@ def load_embeddings(prefix: str) -> tuple[list[str], np.ndarray, set[str]]:
         dimensions = ", ".join(str(d) for d in sorted({vector.size for vector in vectors}))
         raise ValueError(f"{pattern} holds embeddings of dimensions {dimensions}: pass the prefix of one run.")
     return ids, np.stack(vectors) if vectors else np.zeros((0, 0), np.float32), models
+
+
+def load_parquet(prefix: str) -> tuple[list[str], np.ndarray, set[str]]:
+    """Reads the Parquet output of a run (PREFIX-*.parquet, its --output_parquet prefix); as load_embeddings."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    from transforms.parquet import PARQUET_SUFFIX
+
+    pattern = f"{prefix}-*{PARQUET_SUFFIX}"
+    paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    if not paths:
+        raise ValueError(f"No files match {pattern}; pass the --output_parquet prefix of a run.")
+    tables = []
+    for path in paths:
+        with FileSystems.open(path) as f:
+            try:
+                tables.append(pq.read_table(f, columns=["id", "embedding", "model"]))
+            except (pa.ArrowException, KeyError) as err:
+                raise ValueError(f"{path} is not a Parquet output of this pipeline: {err}") from err
+    table = pa.concat_tables(tables)
+    vectors = np.asarray(table.column("embedding").to_pylist(), np.float32)
+    return table.column("id").to_pylist(), vectors.reshape(len(table), -1), set(table.column("model").to_pylist())
+
+
+def load_postgres(uri: str, table: str) -> tuple[list[str], np.ndarray, set[str]]:
+    """Reads a pgvector table written by --output_postgres; as load_embeddings. Errors show the URI masked."""
+    import psycopg
+    from psycopg import sql
+
+    from transforms import postgres
+
+    parts = postgres.parse_table_name(table)
+    try:
+        with postgres.connect(uri) as connection:
+            rows = connection.execute(sql.SQL("SELECT id, embedding::text, model FROM {} ORDER BY id").format(
+                sql.Identifier(*parts))).fetchall()
+    except psycopg.Error as err:
+        raise ValueError(f"cannot read {table} from {postgres.mask(uri)}: {' '.join(str(err).split())}") from None
+    vectors = np.asarray([[float(x) for x in text.strip("[]").split(",")] for _, text, _ in rows], np.float32)
+    return [row[0] for row in rows], vectors.reshape(len(rows), -1), {row[2] for row in rows}
+
+
+def load_output(source: str, postgres_table: str | None = None) -> tuple[list[str], np.ndarray, set[str], str]:
+    """Any output of a run: a PostgreSQL URI (with its table), else a Parquet prefix when PREFIX-*.parquet
+    exists, else a TFRecord prefix. Returns load_embeddings' triple and where it was read, for the user."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if source.startswith(("postgresql://", "postgres://")):
+        if not postgres_table:
+            raise ValueError("a PostgreSQL URI needs --postgres_table, the table the run wrote.")
+        from transforms.postgres import mask
+
+        return (*load_postgres(source, postgres_table), f"{mask(source)} table {postgres_table}")
+    if FileSystems.match([f"{source}-*.parquet"])[0].metadata_list:
+        return (*load_parquet(source), f"{source}-*.parquet")
+    return (*load_embeddings(source), f"{source}-*.tfrecord")
 
 
 def _embedding_record(serialized: bytes, path: str) -> tuple[str, np.ndarray, str]:
@@ -238,7 +300,11 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="python -m pipeline.inspect", description=_DESCRIPTION)
     parser.add_argument("prefix", metavar="PREFIX",
-                        help="The --output_tfrecord prefix of a run, local or gs://: PREFIX-*.tfrecord is read.")
+                        help="The --output_tfrecord or --output_parquet prefix of a run, local or gs:// "
+                        "(PREFIX-*.parquet is read when there is one, else PREFIX-*.tfrecord), or its "
+                        "--output_postgres URI with --postgres_table.")
+    parser.add_argument("--postgres_table", default=None,
+                        help="The run's --postgres_table, when PREFIX is a PostgreSQL URI. Default: none.")
     parser.add_argument("--failed", metavar="FAILED_PREFIX",
                         help="The run's dead-letter prefix (its --output_failed), whose FAILED_PREFIX-*.jsonl "
                         "lines are counted. Default: PREFIX-failed, the pipeline's own default.")
@@ -283,9 +349,9 @@ def _corpus_plan(args) -> tuple[list[str], str, tuple[str, str] | None]:
 def _inspect(args) -> int:
     paths, input_format, pair_fields = _corpus_plan(args)
     with _usage():
-        ids, vectors, models = load_embeddings(args.prefix)
-    failures = _count_failures(args.failed or args.prefix + "-failed")
-    print(f"{len(ids)} embeddings of dimension {vectors.shape[1] if len(ids) else 0} in {args.prefix}-*.tfrecord; "
+        ids, vectors, models, where = load_output(args.prefix, args.postgres_table)
+    failures = _count_failures(args.failed or args.prefix + "-failed") if "://" not in where else 0
+    print(f"{len(ids)} embeddings of dimension {vectors.shape[1] if len(ids) else 0} in {where}; "
           f"{failures} records in the dead-letter output; model fingerprint(s): {', '.join(sorted(models))}")
     step = max(len(ids) // args.samples, 1)
     shown = [(index, nearest_neighbours(vectors, index, min(args.k, len(ids) - 1)))

@@ -13,7 +13,7 @@ from runtime.chunking import CHUNKING_MODES, DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUN
 from transforms.read import FORMATS
 
 __all__ = ["EmbeddingOptions", "UsageError", "DEFAULT_ENCODER", "DEFAULT_PREPROCESSOR", "split_patterns",
-           "parse_pair_fields",
+           "parse_pair_fields", "parse_field_list", "POSTGRES_INDEXES",
            "options_parser", "check_argv"]
 
 DEFAULT_ENCODER = "https://tfhub.dev/jeongukjae/distilbert_en_cased_L-6_H-768_A-12/1"
@@ -37,6 +37,21 @@ def parse_pair_fields(value: str | None) -> tuple[str, str] | None:
     if len(fields) != 2 or not all(fields) or fields[0] == fields[1]:
         raise ValueError(f"--pair_fields {value!r} must name two different fields, like premise,hypothesis.")
     return fields[0], fields[1]
+
+
+def parse_field_list(value: str | None, flag: str) -> tuple[str, ...]:
+    """"lang, year" -> ("lang", "year"); ValueError naming `flag` for an empty name or a name given twice."""
+    if not value:
+        return ()
+    names = tuple(name.strip() for name in value.split(","))
+    if not all(names):
+        raise ValueError(f"{flag} {value!r} holds an empty field name: separate names with single commas.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{flag} {value!r} names a field twice.")
+    return names
+
+
+POSTGRES_INDEXES = ("hnsw", "ivfflat")
 
 
 def _bounded(kind, low, high=None):
@@ -228,8 +243,9 @@ class EmbeddingOptions(PipelineOptions):
                            help="Hold exactly this many model copies per machine (implies sharing).")
         group.add_argument("--output_tfrecord", default=None,
                            help="Output prefix, local or gs://: writes PREFIX-SSSSS-of-NNNNN.tfrecord files of "
-                           "tf.train.Example with id, embedding, model and content_hash. Give this, "
-                           "--output_bigquery, or both.")
+                           "tf.train.Example with id, embedding, model, content_hash and the --keep_fields. Give "
+                           "at least one output: this, --output_bigquery, --output_parquet, --output_vertex or "
+                           "--output_postgres (an incremental run needs this one).")
         group.add_argument("--output_sequence", action="store_true", default=False,
                            help="Also write each record's unpadded token vectors (sequence, sequence_length).")
         group.add_argument("--output_failed", default=None,
@@ -272,3 +288,46 @@ class EmbeddingOptions(PipelineOptions):
                            "complete run before this one, e.g. gs://bucket/emb/run={latest}/part; or a BigQuery "
                            "table PROJECT:DATASET.TABLE, usually the --output_bigquery table itself, which the run "
                            "then keeps current. See docs/incremental.md.")
+        _add_sink_arguments(parser)
+
+
+def _add_sink_arguments(parser) -> None:
+    """Kept fields and the sinks beyond TFRecord and BigQuery (Parquet, Vertex AI Vector Search, PostgreSQL)."""
+    group = parser.add_argument_group("Metadata and vector-store sinks")
+    group.add_argument("--keep_fields", default=None,
+                       help="Comma-separated fields of each input record (jsonl, csv, tsv, tfrecord) carried to the "
+                       "sinks beside the embedding, e.g. lang,source,date: TFRecord features, Parquet and "
+                       "PostgreSQL columns typed from the first records (string, integer, float, boolean, lists of "
+                       "those; anything else as JSON text; csv/tsv values are strings). A field a record lacks is "
+                       "null. Not written to --output_bigquery yet.")
+    group.add_argument("--output_parquet", default=None,
+                       help="Output prefix, local or gs://: writes PREFIX-SSSSS-of-NNNNN.parquet files with id, "
+                       "embedding (fixed-size list of float32), model, content_hash and the --keep_fields; "
+                       "readable by pandas, DuckDB, BigQuery external tables and Milvus bulk import. With "
+                       "--previous_output it holds the complete set. {run_id} is replaced as in --output_tfrecord.")
+    group.add_argument("--output_vertex", default=None,
+                       help="Output folder, local or gs://: a Vertex AI Vector Search batch update, JSON lines "
+                       "(id, embedding, restricts, numeric_restricts, crowding_tag) under FOLDER/ and, with "
+                       "--previous_output, the ids the run removes under FOLDER/delete/; with --previous_output "
+                       "only new and changed vectors are written. {run_id} is replaced as in --output_tfrecord.")
+    group.add_argument("--vertex_restricts", default=None,
+                       help="Comma-separated --keep_fields written as Vertex restricts: each a namespace whose "
+                       "allow list is the field's value (or values).")
+    group.add_argument("--vertex_numeric_restricts", default=None,
+                       help="Comma-separated numeric --keep_fields written as Vertex numeric_restricts "
+                       "(value_int for integers, value_double for floats).")
+    group.add_argument("--vertex_crowding_tag", default=None,
+                       help="A --keep_fields field written as each vector's Vertex crowding_tag.")
+    group.add_argument("--output_postgres", default=None,
+                       help="PostgreSQL URI (postgresql://USER@HOST:PORT/DB; AlloyDB and Cloud SQL for PostgreSQL "
+                       "alike) of a database with the pgvector extension available: rows are upserted by id into "
+                       "--postgres_table. The password comes from the URI or the standard PG* environment "
+                       "variables (PGPASSWORD, PGPASSFILE) and is never logged.")
+    group.add_argument("--postgres_table", default=None,
+                       help="Table for --output_postgres, optionally SCHEMA.TABLE: created when missing (id primary "
+                       "key, embedding vector(DIM), model, content_hash, the --keep_fields typed), checked before "
+                       "the run when present. With --previous_output the ids the run removes are deleted, so the "
+                       "table holds the corpus's complete set.")
+    group.add_argument("--postgres_index", choices=POSTGRES_INDEXES, default=None,
+                       help="Build a pgvector index on the embedding (cosine distance) after loading, when the "
+                       "table has none: hnsw or ivfflat. Default: no index.")

@@ -13,12 +13,13 @@ from pipeline.options import (
     DEFAULT_ENCODER,
     DEFAULT_PREPROCESSOR,
     EmbeddingOptions,
+    parse_field_list,
     parse_pair_fields,
     split_patterns,
 )
 from runtime.chunking import ChunkSettings
 
-__all__ = ["InputPlan", "ModelPlan", "OutputPlan", "IncrementalPlan", "Plan", "validate"]
+__all__ = ["InputPlan", "ModelPlan", "OutputPlan", "IncrementalPlan", "SinkPlan", "Plan", "validate"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +79,30 @@ class IncrementalPlan:
 
 
 @dataclasses.dataclass(frozen=True)
+class SinkPlan:
+    """Kept fields and the typed sinks (Parquet, Vertex AI Vector Search, PostgreSQL), {run_id} filled in."""
+
+    keep_fields: tuple = ()  # records.Column of each --keep_fields field, typed from the input.
+    dimension: int | None = None  # The encoder's vector length; known whenever a typed sink is asked for.
+    parquet: str | None = None  # Prefix; None: no Parquet sink.
+    vertex: str | None = None  # Folder; None: no Vertex sink.
+    vertex_restricts: tuple[str, ...] = ()
+    vertex_numeric_restricts: tuple[str, ...] = ()
+    vertex_crowding_tag: str | None = None
+    postgres: str | None = None  # URI, password included: never log it (transforms.postgres.mask).
+    postgres_table: str | None = None
+    postgres_index: str | None = None
+    chunks: bool = False  # The rows are chunks (--chunking): records.CHUNK_COLUMNS too.
+
+    @property
+    def columns(self) -> tuple:
+        """The typed sinks' columns: records.output_columns with the chunk columns and the kept fields."""
+        from transforms.records import output_columns
+
+        return output_columns(self.keep_fields, chunks=self.chunks)
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     """Options checked and resolved: everything build() needs."""
 
@@ -87,6 +112,7 @@ class Plan:
     incremental: IncrementalPlan
     max_failed_fraction: float
     max_deleted_fraction: float
+    sinks: SinkPlan = SinkPlan()
 
 
 def validate(options: PipelineOptions) -> Plan:
@@ -100,6 +126,7 @@ def validate(options: PipelineOptions) -> Plan:
         "--input": split_patterns(opts.input), "--output_tfrecord": [opts.output_tfrecord],
         "--output_failed": [opts.output_failed], "--model_dir": [opts.model_dir], "--encoder": [opts.encoder],
         "--preprocessor": [opts.preprocessor], "--previous_output": [opts.previous_output],
+        "--output_parquet": [opts.output_parquet], "--output_vertex": [opts.output_vertex],
         "--temp_location": [options.view_as(GoogleCloudOptions).temp_location
                             if bigquery_table and opts.bigquery_method == "file_loads" else None]})
     inputs = _plan_inputs(opts)
@@ -108,18 +135,23 @@ def validate(options: PipelineOptions) -> Plan:
     if bigquery_table and not incremental.bigquery_update:
         outputs = dataclasses.replace(outputs, bigquery_table_exists=bigquery.check_table(
             bigquery_table, options.view_as(GoogleCloudOptions).project, chunks=model.chunking is not None))
+    sinks = _plan_sinks(opts, inputs, model, incremental)
     return Plan(inputs=inputs, model=model, outputs=outputs, incremental=incremental,
-                max_failed_fraction=opts.max_failed_fraction, max_deleted_fraction=opts.max_deleted_fraction)
+                max_failed_fraction=opts.max_failed_fraction, max_deleted_fraction=opts.max_deleted_fraction,
+                sinks=sinks)
 
 
 def _check_required(opts: EmbeddingOptions) -> None:
     if not opts.input:
         raise ValueError("--input is required: a corpus file pattern such as corpus/*.jsonl.")
-    if not opts.output_tfrecord and not opts.output_bigquery:
+    others = (opts.output_parquet, opts.output_vertex, opts.output_postgres)
+    if not opts.output_tfrecord and not opts.output_bigquery and not any(others):
         raise ValueError("--output_tfrecord or --output_bigquery is required: an output prefix such as "
-                         "out/embeddings, or a table such as my-project:my_dataset.embeddings.")
+                         "out/embeddings, or a table such as my-project:my_dataset.embeddings (or --output_parquet, "
+                         "--output_vertex, --output_postgres).")
     if not opts.output_tfrecord and not opts.output_failed:
-        raise ValueError("--output_failed is required when --output_bigquery is the only output: a prefix for "
+        what = "--output_bigquery is the only output" if not any(others) else "there is no --output_tfrecord"
+        raise ValueError(f"--output_failed is required when {what}: a prefix for "
                          "the records that could not be embedded, such as gs://bucket/failed/part.")
 
 
@@ -321,3 +353,53 @@ def _check_writable(paths_by_flag: dict) -> None:
                 pass
         except OSError as err:
             raise ValueError(f"{flag} {path}: cannot write to {directory} ({err.strerror or err}).") from err
+
+
+def _plan_sinks(opts: EmbeddingOptions, inputs: InputPlan, model: ModelPlan,
+                incremental: IncrementalPlan) -> SinkPlan:
+    """Kept fields typed from the input, and the typed sinks checked: flags that go together, the Vertex fields
+    among the kept ones, the PostgreSQL table (created or checked) before anything runs."""
+    import runtime
+    from transforms import postgres, preflight
+    from transforms.files import BeamFiles
+
+    names = parse_field_list(opts.keep_fields, "--keep_fields")
+    if names and opts.output_bigquery:
+        raise ValueError("--keep_fields is not written to --output_bigquery yet: drop one of them (TFRecord, "
+                         "Parquet, Vertex and PostgreSQL outputs carry kept fields).")
+    keep_fields = preflight.kept_columns(list(inputs.patterns), inputs.input_format, names)
+    types = {column.name: column.type for column in keep_fields}
+    restricts = parse_field_list(opts.vertex_restricts, "--vertex_restricts")
+    numeric = parse_field_list(opts.vertex_numeric_restricts, "--vertex_numeric_restricts")
+    for flag, fields in (("--vertex_restricts", restricts), ("--vertex_numeric_restricts", numeric),
+                         ("--vertex_crowding_tag", (opts.vertex_crowding_tag,) if opts.vertex_crowding_tag else ())):
+        if fields and not opts.output_vertex:
+            raise ValueError(f"{flag} needs --output_vertex.")
+        missing = [name for name in fields if name not in types]
+        if missing:
+            raise ValueError(f"{flag} {','.join(fields)}: {', '.join(missing)} is not among --keep_fields "
+                             f"({opts.keep_fields or 'none'}); keep the field too.")
+    not_numeric = [f"{name} ({types[name]})" for name in numeric if types[name] not in ("int64", "float64")]
+    if not_numeric:
+        raise ValueError(f"--vertex_numeric_restricts {','.join(numeric)}: {', '.join(not_numeric)} is not a number "
+                         "in the input's first records.")
+    if bool(opts.output_postgres) != bool(opts.postgres_table):
+        raise ValueError("--output_postgres and --postgres_table go together: the database URI and the table to "
+                         "upsert into.")
+    if opts.postgres_index and not opts.output_postgres:
+        raise ValueError(f"--postgres_index {opts.postgres_index} needs --output_postgres.")
+    run_id = incremental.run_id
+    parquet, vertex = (path.replace("{run_id}", run_id) if path else None
+                       for path in (opts.output_parquet, opts.output_vertex))
+    _check_writable({"--output_parquet": parquet, "--output_vertex": vertex and vertex.rstrip("/") + "/x"})
+    dimension = None
+    if parquet or vertex or opts.output_postgres:
+        dimension = runtime.embedding_dimension(model.encoder, files=BeamFiles())
+    sinks = SinkPlan(keep_fields=keep_fields, dimension=dimension, parquet=parquet, vertex=vertex,
+                     vertex_restricts=restricts, vertex_numeric_restricts=numeric,
+                     vertex_crowding_tag=opts.vertex_crowding_tag or None, postgres=opts.output_postgres or None,
+                     postgres_table=opts.postgres_table or None, postgres_index=opts.postgres_index,
+                     chunks=model.chunking is not None)
+    if sinks.postgres:
+        postgres.prepare_table(sinks.postgres, sinks.postgres_table, sinks.columns, dimension)
+    return sinks

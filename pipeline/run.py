@@ -45,7 +45,7 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
         precision=model.precision, chunking=model.chunking)
     parsed, read_failures = pipeline | "ReadCorpus" >> read.ReadCorpus(
         list(inputs.patterns), inputs.input_format, id_field=inputs.id_field, text_field=inputs.text_field,
-        pair_fields=inputs.pair_fields)
+        pair_fields=inputs.pair_fields, keep_fields=plan.sinks.keep_fields)
     records, duplicates = parsed | "DropDuplicateIds" >> dedupe.DropDuplicateIds()
     selected, previous = _select_changed(pipeline, plan, records) if incremental.previous_output else (None, None)
     to_embed = selected.to_embed if selected else records
@@ -62,6 +62,7 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
     failure_files = failures | "WriteFailures" >> write.WriteFailures(outputs.failed)
     parts = {"parsed": parsed, "read_failures": read_failures, "failures": failures, "embedded": embeddings,
              "after": failure_files}
+    earlier = previous
     if selected:
         if model.chunking:  # Deletions are of documents: the guard weighs them against the earlier documents.
             previous = previous | "PreviousDocuments" >> beam.Keys() | "OnePerDocument" >> beam.Distinct()
@@ -70,6 +71,7 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
                                                    f"{outputs.failed}-*.jsonl")
     carried_forward = selected.carried_forward if selected else None
     _write(embeddings, plan, verdict, carried_forward)
+    _write_typed(embeddings, plan, verdict, selected, earlier)
 
 
 def _select_changed(pipeline: beam.Pipeline, plan: Plan, records):
@@ -110,6 +112,51 @@ def _write(embeddings, plan: Plan, verdict, carried_forward) -> None:
         _ = embeddings | "UpdateBigQuery" >> incremental.UpdateTable(
             outputs.bigquery, fingerprint, run.run_id, verdict=verdict, carried_forward=carried_forward,
             chunks=chunks)
+
+
+def _write_typed(embeddings, plan: Plan, verdict, selected, previous) -> None:
+    """Parquet, Vertex AI Vector Search and PostgreSQL, from the same output rows (records.output_row): the complete
+    set for Parquet and PostgreSQL, what this run embedded for Vertex; removed ids deleted from both of the latter
+    (with chunks: every earlier chunk id not in the complete set, so a shrunk document's stale chunks go too).
+    Each writes only after the verdict."""
+    from transforms import parquet, postgres, vertex, write
+
+    sinks = plan.sinks
+    if not (sinks.parquet or sinks.vertex or sinks.postgres):
+        return
+    embedded = embeddings | "ToOutputRow" >> beam.Map(_output_row, plan.model.fingerprint)
+    complete, deleted = embedded, None
+    if selected:
+        carried = selected.carried_forward | "CarriedToOutputRow" >> beam.Map(records_lib.carried_row, sinks.columns)
+        complete = (embedded, carried) | "CompleteSet" >> beam.Flatten()
+        deleted = selected.deleted if not sinks.chunks else _removed_ids(previous, complete)
+    shards = write.shard_count(plan.inputs.estimated_records)
+    if sinks.parquet:
+        _ = complete | "WriteParquet" >> parquet.WriteParquet(sinks.parquet, sinks.columns, sinks.dimension,
+                                                              num_shards=shards, verdict=verdict)
+    if sinks.vertex:
+        _ = embedded | "WriteVertex" >> vertex.WriteVertex(
+            sinks.vertex, sinks.columns, sinks.vertex_restricts, sinks.vertex_numeric_restricts,
+            sinks.vertex_crowding_tag, num_shards=shards, verdict=verdict, deleted=deleted)
+    if sinks.postgres:
+        _ = complete | "WritePostgres" >> postgres.WritePostgres(
+            sinks.postgres, sinks.postgres_table, sinks.columns, verdict=verdict, deleted=deleted,
+            index=sinks.postgres_index)
+
+
+def _removed_ids(previous, complete):
+    """The ids of the earlier output (ReadPrevious's (document id, _Previous) pairs) not in the complete set."""
+    earlier_ids = previous | "EarlierIds" >> beam.Map(lambda element: (element[1].id, "earlier"))
+    current_ids = complete | "CurrentIds" >> beam.Map(lambda row: (row["id"], "current"))
+    return ((earlier_ids, current_ids)
+            | "AllIds" >> beam.Flatten()
+            | "GroupIds" >> beam.GroupByKey()
+            | "OnlyEarlier" >> beam.FlatMap(lambda element: [] if "current" in element[1] else [element[0]]))
+
+
+def _output_row(element, model: str) -> dict:
+    key, embedding = element
+    return records_lib.output_row(key, embedding.vector, model)
 
 
 def _key_by_record(record: records_lib.Record) -> tuple[records_lib.RecordKey, tuple[str, ...]]:
@@ -167,7 +214,15 @@ def counters(result) -> dict[str, int]:
 def _destinations(plan: Plan) -> str:
     outputs = plan.outputs
     sinks = [f"{outputs.tfrecord}-*.tfrecord"] if outputs.tfrecord else []
-    return ", ".join(sinks + ([f"BigQuery {outputs.bigquery}"] if outputs.bigquery else []))
+    sinks += [f"BigQuery {outputs.bigquery}"] if outputs.bigquery else []
+    typed = plan.sinks
+    sinks += [f"{typed.parquet}-*.parquet"] if typed.parquet else []
+    sinks += [f"Vertex AI update {typed.vertex}/"] if typed.vertex else []
+    if typed.postgres:
+        from transforms.postgres import mask
+
+        sinks.append(f"PostgreSQL {mask(typed.postgres)} table {typed.postgres_table}")
+    return ", ".join(sinks)
 
 
 def summarize(counts: dict[str, int], plan: Plan) -> str:
@@ -229,7 +284,9 @@ def launch(options: PipelineOptions, plan: Plan) -> beam.runners.runner.Pipeline
     """
     note = plan.model.settings_note
     logging.info("%s.", note[:1].upper() + note[1:])
-    remove_partial_files([prefix for prefix in (plan.outputs.tfrecord, plan.outputs.failed) if prefix])
+    vertex_files = plan.sinks.vertex and plan.sinks.vertex.rstrip("/") + "/embeddings"
+    remove_partial_files([prefix for prefix in (plan.outputs.tfrecord, plan.outputs.failed, plan.sinks.parquet,
+                                                vertex_files) if prefix])
     pipeline = beam.Pipeline(options=options)
     build(pipeline, plan)
     result = pipeline.run()

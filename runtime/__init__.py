@@ -13,6 +13,7 @@ from runtime.handles import (
     Settings,
     check_models,
     check_seq_length,
+    embedding_dimension,
     model_defaults,
     model_fingerprint,
     model_max_seq_length,
@@ -28,5 +29,6 @@ __all__ = ["load", "check_settings", "Embedder", "Embedding", "EmbeddedBatch", "
            "use_precision", "plan_sub_batches", "POOLING_MODES", "PRECISIONS", "SUB_BATCH_OVERHEAD_TOKENS",
            "SENTENCE_CONFIG_PATH", "DEFAULT_POOLING", "DEFAULT_SEQ_LENGTH", "MAX_SEQ_LENGTH", "Settings",
            "resolve_settings", "resolve_handle", "stage_locally", "model_defaults", "check_models",
-           "check_seq_length", "model_max_seq_length", "model_fingerprint", "Files", "FileInfo", "LocalFiles", "LOCAL",
+           "check_seq_length", "model_max_seq_length", "model_fingerprint", "embedding_dimension", "Files",
+           "FileInfo", "LocalFiles", "LOCAL",
            "allow_gpu_memory_growth", "onednn_runs_on_cpu", "cpu_has_bf16"]

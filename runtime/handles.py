@@ -15,7 +15,7 @@ from runtime.engine import POOLING_MODES
 from runtime.files import LOCAL, FileInfo, Files
 
 __all__ = ["SENTENCE_CONFIG_PATH", "resolve_handle", "stage_locally", "model_defaults", "check_models",
-           "check_seq_length", "model_max_seq_length", "model_fingerprint"]
+           "check_seq_length", "model_max_seq_length", "model_fingerprint", "embedding_dimension"]
 
 # Written by model.export beside the encoder of a sentence-transformers checkpoint (model.export's
 # SENTENCE_CONFIG_PATH; a test keeps the two equal): how the model's vectors are meant to be pooled.
@@ -316,3 +316,27 @@ def model_fingerprint(encoder: str, preprocessor: str, pooling: str, normalize: 
     if chunking:
         digest.update(f";{chunking}".encode())
     return digest.hexdigest()[:16]
+
+
+def embedding_dimension(encoder: str, *, files: Files = LOCAL) -> int:
+    """The length of the encoder's vectors, read from its serving signature (`pooled_output`, else the last axis
+    of `sequence_output`) without loading its weights. Typed sinks need it before the run (a pgvector column's
+    dimension, a Parquet fixed-size list).
+
+    Raises:
+      ValueError: naming --encoder, when the signature does not state it.
+    """
+    from tensorflow.python.saved_model import loader_impl
+
+    saved_model = loader_impl.parse_saved_model(resolve_handle(encoder, files=files))
+    for meta_graph in saved_model.meta_graphs:
+        signature = meta_graph.signature_def.get("serving_default")
+        if signature is None:
+            continue
+        for name in ("pooled_output", "sequence_output"):
+            if name in signature.outputs:
+                dims = signature.outputs[name].tensor_shape.dim
+                if dims and dims[-1].size > 0:
+                    return int(dims[-1].size)
+    raise ValueError(f"--encoder {encoder}: its serving signature states no vector length (no pooled_output or "
+                     "sequence_output of known size); export it with model.export.")

@@ -39,11 +39,16 @@ PATTERNS = {
     "previous_output": rf"^(gs://[^\n\r]+|{_TABLE})$",
     "output_bigquery": rf"^{_TABLE}$",
     "run_id": r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    "output_parquet": _GCS_PATH,
+    "output_vertex": _GCS_PATH,
+    "output_postgres": r"^postgres(ql)?://[^\n\r]+$",
+    "postgres_table": r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$",
 }
 _TYPE_PATTERNS = {"_positive_int": r"^[1-9][0-9]*$", "int": r"^-?[0-9]+$",
                   "_fraction": r"^(0(\.[0-9]+)?|1(\.0*)?|\.[0-9]+)$"}
 _FLAG_PATTERN = r"^(true|false)$"
-_LABEL_WORDS = {"id": "ID", "tfrecord": "TFRecord", "bigquery": "BigQuery", "seq": "Sequence", "dir": "directory"}
+_LABEL_WORDS = {"id": "ID", "tfrecord": "TFRecord", "bigquery": "BigQuery", "seq": "Sequence", "dir": "directory",
+                "parquet": "Parquet", "postgres": "PostgreSQL", "vertex": "Vertex AI"}
 
 _NAME = "Embed a text corpus with DistilBERT/BERT"
 _DESCRIPTION = ("Reads a corpus (text, JSONL, CSV, TSV or TFRecord files on Cloud Storage), embeds every record "

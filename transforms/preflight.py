@@ -14,7 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms import framing
 
-__all__ = ["SAMPLE_RECORDS", "SAMPLE_FILES", "check_sample", "estimate_records"]
+__all__ = ["SAMPLE_RECORDS", "SAMPLE_FILES", "check_sample", "estimate_records", "kept_columns"]
 
 SAMPLE_RECORDS = 20  # Per file.
 SAMPLE_FILES = 3  # Per pattern: the first ones by name.
@@ -160,3 +160,49 @@ def estimate_records(patterns: list[str], input_format: str) -> int | None:
     if not sampled_records or not sampled_bytes:
         return None
     return round(sum(m.size_in_bytes for m in files) * sampled_records / sampled_bytes)
+
+
+def kept_columns(patterns: list[str], input_format: str, names: tuple[str, ...]) -> tuple:
+    """The --keep_fields columns, typed from the first records of the first files (records.infer_field_type).
+
+    CSV and TSV columns are strings. A field no sampled record has is a string column (its values, if any,
+    are kept as text).
+
+    Raises:
+        ValueError: naming --keep_fields, for a name that is an output column or given twice, or the text format.
+    """
+    from transforms.records import RESERVED_NAMES, Column, infer_field_type
+
+    if not names:
+        return ()
+    if input_format == "text":
+        raise ValueError("--keep_fields needs named fields; --input_format text has none (use jsonl, csv, tsv or "
+                         "tfrecord).")
+    clashes = [name for name in names if name in RESERVED_NAMES]
+    if clashes:
+        raise ValueError(f"--keep_fields {','.join(names)}: {', '.join(clashes)} would clash with an output column "
+                         f"of the same name (reserved: {', '.join(sorted(RESERVED_NAMES))}); rename the field in "
+                         "the input or leave it out.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--keep_fields {','.join(names)} names a field twice.")
+    if input_format in _DELIMITERS:
+        return tuple(Column(name, "string") for name in names)
+    samples = []
+    for path in _sample_files(patterns):
+        for raw in _first_records(path, SAMPLE_RECORDS, input_format):
+            samples += _sample_fields(raw, input_format)
+    return tuple(Column(name, infer_field_type(sample.get(name) for sample in samples)) for name in names)
+
+
+def _sample_fields(raw: bytes, input_format: str) -> list[dict]:
+    """The fields of one sampled record as plain values ([] for one that does not parse)."""
+    from transforms.examples import parse_example
+    from transforms.read import example_field_value
+
+    try:
+        if input_format == "tfrecord":
+            return [{name: example_field_value(values) for name, values in parse_example(raw).items()}]
+        value = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return []
+    return [value] if isinstance(value, dict) else []

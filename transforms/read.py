@@ -15,13 +15,16 @@ from transforms import framing
 from transforms.examples import parse_example, value_kind
 from transforms.records import (
     FAILED_PREFIX,
+    KEPT_FIELD_MISMATCH,
     RECORDS_READ,
+    Column,
     Failure,
     Record,
     content_hash,
     counter,
     derived_id,
     make_failure,
+    typed_value,
 )
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "RECORDS_TAG",
     "ReadCorpus",
     "check_inputs_exist",
+    "example_field_value",
     "infer_format",
     "read_file_records",
 ]
@@ -169,6 +173,11 @@ class ReadCorpus(beam.PTransform):
         tfrecord: serialised `tf.train.Example`s; `text_field` is a bytes feature with exactly one value,
             `id_field` a bytes or int64 feature with one value.
 
+    Kept fields (`keep_fields`, --keep_fields) are read from the same JSON object, CSV row or Example, each as
+    a value of its column's type (records.typed_value): a field the record lacks is None, and a value that does
+    not fit its type is None too, counted as `embeddings/kept_field_mismatch`. CSV and TSV values are strings;
+    an Example feature with one value is that value, with another count a list.
+
     A record without an id (field absent, null or empty) gets `"sha256:"` followed by the first 16 hex digits
     of its content hash, so the same texts get the same id in every run.
 
@@ -190,6 +199,7 @@ class ReadCorpus(beam.PTransform):
         id_field: str = "id",
         text_field: str = "text",
         pair_fields: tuple[str, str] | None = None,
+        keep_fields: tuple[Column, ...] = (),
     ):
         """Initialises the transform.
 
@@ -199,9 +209,11 @@ class ReadCorpus(beam.PTransform):
             id_field: The field (JSON key, CSV column, Example feature) that holds the record's id.
             text_field: The field that holds the text to embed; unused in pair mode.
             pair_fields: Two fields whose texts are embedded as a pair, or None for one text per record.
+            keep_fields: Fields carried to the sinks beside the embedding, with their column types.
 
         Raises:
-            ValueError: If there are no patterns, the format is unknown, or pair mode is asked of `text`.
+            ValueError: If there are no patterns, the format is unknown, or pair mode or kept fields are asked
+                of `text`.
         """
         super().__init__()
         if isinstance(patterns, str):
@@ -220,10 +232,13 @@ class ReadCorpus(beam.PTransform):
             if len(pair_fields) != 2 or not all(pair_fields) or pair_fields[0] == pair_fields[1]:
                 raise ValueError(f"pair_fields must be two different field names, got {pair_fields!r}.")
             pair_fields = tuple(pair_fields)
+        if keep_fields and input_format == "text":
+            raise ValueError("--keep_fields needs named fields, which the 'text' --input_format does not have.")
         self._input_format = input_format
         self._id_field = id_field
         self._text_field = text_field
         self._pair_fields = pair_fields
+        self._keep_fields = tuple(keep_fields)
 
     def expand(self, pbegin):
         # A pattern that matches nothing reads as empty, as in Beam's ReadAll transforms (see check_inputs_exist).
@@ -260,7 +275,8 @@ class ReadCorpus(beam.PTransform):
             )
             keyed_raw = (plain_lines, compressed_lines) | "AllLines" >> beam.Flatten()
         return keyed_raw | "ParseRecords" >> beam.ParDo(
-            _ParseRecordsFn(self._input_format, self._id_field, self._text_field, self._pair_fields)
+            _ParseRecordsFn(self._input_format, self._id_field, self._text_field, self._pair_fields,
+                            self._keep_fields)
         ).with_outputs(FAILED_TAG, main=RECORDS_TAG)
 
 
@@ -270,6 +286,7 @@ def read_file_records(
     id_field: str = "id",
     text_field: str = "text",
     pair_fields: tuple[str, str] | None = None,
+    keep_fields: tuple[Column, ...] = (),
 ) -> typing.Iterator[Record | Failure]:
     """Reads one file into `Record`s and `Failure`s without Beam, exactly as `ReadCorpus` reads it.
 
@@ -282,6 +299,7 @@ def read_file_records(
         id_field: As in `ReadCorpus`.
         text_field: As in `ReadCorpus`.
         pair_fields: As in `ReadCorpus`.
+        keep_fields: As in `ReadCorpus`.
 
     Yields:
         One `Record` or `Failure` per line or TFRecord record, in file order, and a `Failure` for the unread
@@ -291,8 +309,8 @@ def read_file_records(
         ValueError: As `ReadCorpus` does, for an unknown format or bad pair fields.
     """
     # Built only for its checks of the arguments, so they fail here as they would in the pipeline.
-    checked = ReadCorpus([path], input_format, id_field, text_field, pair_fields)
-    parse = _ParseRecordsFn(input_format, id_field, text_field, checked._pair_fields)
+    checked = ReadCorpus([path], input_format, id_field, text_field, pair_fields, keep_fields)
+    parse = _ParseRecordsFn(input_format, id_field, text_field, checked._pair_fields, checked._keep_fields)
     parse.setup()
     with framing.open_file(path) as handle:
         if input_format == "tfrecord":
@@ -376,12 +394,15 @@ class _ParseRecordsFn(beam.DoFn):
     """
 
     def __init__(
-        self, input_format: str, id_field: str, text_field: str, pair_fields: tuple[str, str] | None
+        self, input_format: str, id_field: str, text_field: str, pair_fields: tuple[str, str] | None,
+        keep_fields: tuple[Column, ...] = (),
     ):
         self._input_format = input_format
         self._id_field = id_field
         self._text_fields = pair_fields or (text_field,)
+        self._keep_fields = tuple(keep_fields)
         self._records_read = counter(RECORDS_READ)
+        self._mismatches = counter(KEPT_FIELD_MISMATCH)
         self._failed = {
             reason: counter(FAILED_PREFIX + reason)
             for reason in FAILURE_REASONS
@@ -398,7 +419,7 @@ class _ParseRecordsFn(beam.DoFn):
             return
         source, raw = element
         try:
-            record_id, texts = self._parse(source, raw)
+            record_id, texts, fields = self._parse(source, raw)
             self._check_encodable(record_id, texts)
         except _Rejected as rejected:
             self._failed[rejected.reason].inc()
@@ -408,7 +429,22 @@ class _ParseRecordsFn(beam.DoFn):
         if not record_id:
             record_id = derived_id(digest)
         self._records_read.inc()
-        yield Record(id=record_id, texts=texts, content_hash=digest, source=source)
+        yield Record(id=record_id, texts=texts, content_hash=digest, source=source, fields=self._kept(fields))
+
+    def _kept(self, fields) -> tuple[tuple[str, object], ...]:
+        """The kept fields' values, typed; None for a missing field or one of another type (counted)."""
+        kept = []
+        for column in self._keep_fields:
+            value = fields.get(column.name)
+            if self._input_format == "tfrecord":
+                value = example_field_value(value)
+            try:
+                value = typed_value(value, column.type)
+            except ValueError:
+                self._mismatches.inc()
+                value = None
+            kept.append((column.name, value))
+        return tuple(kept)
 
     def _check_encodable(self, record_id: str | None, texts: tuple[str, ...]) -> None:
         """Rejects a record with a string that UTF-8 cannot encode, which the hash and the writers need."""
@@ -418,21 +454,21 @@ class _ParseRecordsFn(beam.DoFn):
         if record_id is not None:
             _check_encodable(record_id, f"id field {self._id_field!r}")
 
-    def _parse(self, source: str, raw: bytes) -> tuple[str | None, tuple[str, ...]]:
-        """Returns the id (None when absent) and texts of one raw record, or raises _Rejected."""
+    def _parse(self, source: str, raw: bytes) -> tuple[str | None, tuple[str, ...], dict]:
+        """Returns the id (None when absent), texts and fields of one raw record, or raises _Rejected."""
         if self._input_format == "tfrecord":
             return self._parse_example(raw)
         line = _decode(raw, "line")
         if not line.strip():
             raise _Rejected("empty_text", "blank line")
         if self._input_format == "text":
-            return None, (line,)
+            return None, (line,), {}
         if self._input_format == "jsonl":
             fields = _parse_json_object(line)
         else:
             fields = self._parse_row(source, line)
         texts = tuple(_text_value(fields, name) for name in self._text_fields)
-        return _id_value(fields, self._id_field), texts
+        return _id_value(fields, self._id_field), texts, fields
 
     def _parse_row(self, source: str, line: str) -> dict[str, str]:
         """Returns one CSV/TSV row as a dict keyed by its file's header."""
@@ -469,14 +505,14 @@ class _ParseRecordsFn(beam.DoFn):
             raise header
         return header
 
-    def _parse_example(self, raw: bytes) -> tuple[str | None, tuple[str, ...]]:
-        """Returns the id and texts of one serialised tf.train.Example."""
+    def _parse_example(self, raw: bytes) -> tuple[str | None, tuple[str, ...], dict]:
+        """Returns the id, texts and features of one serialised tf.train.Example."""
         try:
             features = parse_example(raw)
         except ValueError as err:
             raise _Rejected("not_a_tf_example", str(err)) from err
         texts = tuple(_example_text(features, name) for name in self._text_fields)
-        return _example_id(features, self._id_field), texts
+        return _example_id(features, self._id_field), texts, features
 
 
 def _decode(raw: bytes, what: str) -> str:
@@ -554,6 +590,16 @@ def _example_text(features, name: str) -> str:
     if not text.strip():
         raise _Rejected("empty_text", f"feature {name!r} is empty")
     return text
+
+
+def example_field_value(values):
+    """A parsed Example feature as a plain value: None when absent, its one value, or a list of another count;
+    bytes as UTF-8 text (undecodable bytes as backslash escapes)."""
+    if values is None:
+        return None
+    items = [item.decode("utf-8", errors="backslashreplace") if isinstance(item, bytes) else item.item()
+             for item in values]
+    return items[0] if len(items) == 1 else items
 
 
 def _example_id(features, name: str) -> str | None:

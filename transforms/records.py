@@ -19,7 +19,10 @@ __all__ = ["NAMESPACE", "RECORDS_READ", "EMBEDDED", "TOKENS_EMBEDDED", "TRUNCATE
            "counter", "Record", "RecordKey", "ChunkKey", "chunk_key", "DOCUMENTS_CHUNKED", "CHUNKS",
            "content_hash", "derived_id", "Failure", "MAX_RECORD_CHARS",
            "make_failure", "failure_to_json", "record_text", "inference_failure", "refused_row_failure", "feature_spec",
-           "example_bytes", "ExampleKey", "example_key", "SCHEMA", "CHUNK_SCHEMA", "schema", "to_row", "from_read_row"]
+           "example_bytes", "ExampleKey", "example_key", "SCHEMA", "CHUNK_SCHEMA", "schema", "to_row", "from_read_row",
+           "FIELD_TYPES", "Column", "BASE_COLUMNS", "CHUNK_COLUMNS", "RESERVED_NAMES", "KEPT_FIELD_MISMATCH",
+           "infer_field_type",
+           "typed_value", "output_columns", "output_row", "carried_row", "with_fields"]
 
 # Beam counters of a run, read back by pipeline.run for its summary and by transforms.guard for its verdict.
 NAMESPACE = "embeddings"
@@ -28,6 +31,7 @@ EMBEDDED = "embedded"
 TOKENS_EMBEDDED = "tokens_embedded"  # Real tokens, [CLS] and [SEP] included.
 TRUNCATED = "truncated"
 TOKENS_COMPUTED = "tokens_computed"  # Padded tokens the encoder computed.
+KEPT_FIELD_MISMATCH = "kept_field_mismatch"  # A --keep_fields value of another type than its column: kept as null.
 FAILED_PREFIX = "failed_"  # failed_REASON, one counter per Failure reason.
 CHUNKS = "chunks"  # With --chunking: chunks embedded (EMBEDDED counts documents).
 DOCUMENTS_CHUNKED = "documents_chunked"  # Documents that needed more than one chunk.
@@ -69,18 +73,20 @@ class RecordKey(NamedTuple):
         id: The record's id (see Record); DOC_ID#INDEX for a chunk.
         content_hash: See Record; a chunk has its document's.
         source: The path of the file the record came from.
+        fields: The --keep_fields values, as (name, value) pairs (see Record).
         chunk: Where the chunk lies in its document, or None for a whole record.
     """
 
     id: str
     content_hash: str
     source: str
+    fields: tuple[tuple[str, object], ...] = ()
     chunk: ChunkKey | None = None
 
 
 def chunk_key(document: RecordKey, chunk: ChunkKey) -> RecordKey:
-    """The key of one chunk of a document: id DOC_ID#INDEX, the document's content hash and source."""
-    return RecordKey(f"{document.id}#{chunk.index}", document.content_hash, document.source, chunk)
+    """The key of one chunk of a document: id DOC_ID#INDEX, the document's content hash, source and kept fields."""
+    return RecordKey(f"{document.id}#{chunk.index}", document.content_hash, document.source, document.fields, chunk)
 
 
 class Record(NamedTuple):
@@ -93,16 +99,20 @@ class Record(NamedTuple):
         content_hash: Hex SHA-256 over the texts, each UTF-8 encoded and prefixed with its byte length as 8
             big-endian bytes, so `("ab", "c")` and `("a", "bc")` differ.
         source: The path of the file the record came from.
+        fields: The --keep_fields values of the record, as (name, value) pairs in the order of the flag, each
+            already of its column's type (typed_value); None where the record lacks the field. Empty without
+            --keep_fields. Not part of the content hash: a changed field alone does not re-embed.
     """
 
     id: str
     texts: tuple[str, ...]
     content_hash: str
     source: str
+    fields: tuple[tuple[str, object], ...] = ()
 
     @property
     def key(self) -> RecordKey:
-        return RecordKey(self.id, self.content_hash, self.source)
+        return RecordKey(self.id, self.content_hash, self.source, self.fields)
 
 
 def content_hash(texts: tuple[str, ...]) -> str:
@@ -218,6 +228,9 @@ def _chunk_fields(chunk: ChunkKey) -> dict:
 def example_bytes(key: RecordKey, embedding, model: str) -> bytes:
     """The serialised tf.train.Example of an embedded record (feature_spec's layout), the same bytes every run.
 
+    Kept fields (--keep_fields) are features of their own name: strings (JSON text for json) as bytes_list,
+    integers and booleans as int64_list, floats as float_list (float32), lists as lists; a null is no feature.
+
     `embedding` is a runtime Embedding (vector, tokens, sequence). Built without importing TensorFlow
     (transforms.examples), so a worker that shares the model with `--large_model` stays small.
     """
@@ -225,6 +238,7 @@ def example_bytes(key: RecordKey, embedding, model: str) -> bytes:
 
     features = {"id": [key.id.encode()], "embedding": embedding.vector, "model": [model.encode()],
                 "content_hash": [key.content_hash.encode()]}
+    features.update(_field_features(key.fields))
     if embedding.sequence is not None:
         features["sequence_length"] = [embedding.tokens]
         features["sequence"] = embedding.sequence
@@ -330,3 +344,203 @@ def from_read_row(row: dict, source: str, chunks: bool = False) -> dict:
 def _timestamp_text(when: datetime.datetime) -> str:
     """BigQuery's canonical text form of a TIMESTAMP, which load jobs and streaming inserts both accept."""
     return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+
+
+# --- Columns: what every typed sink (Parquet, PostgreSQL, Vertex AI) writes, as (name, type) ---------------------
+
+# Types of kept fields (--keep_fields), which each typed sink maps to its own; "list<T>" for the first four, and
+# "vector" is the embedding's (float32, the model's dimension). A value of no other type is kept as JSON text.
+FIELD_TYPES = ("string", "int64", "float64", "bool", "json")
+_SCALAR_TYPES = FIELD_TYPES[:4]
+
+
+class Column(NamedTuple):
+    """One output column: its name and type (FIELD_TYPES, "list<T>", or "vector")."""
+
+    name: str
+    type: str
+
+
+# The columns of every typed sink before the kept fields; more (say, of chunks) go here, and sinks follow.
+BASE_COLUMNS = (Column("id", "string"), Column("embedding", "vector"), Column("model", "string"),
+                Column("content_hash", "string"))
+# A chunk's columns (--chunking), after BASE_COLUMNS; chunk_text is null without --output_chunk_text.
+CHUNK_COLUMNS = (Column("doc_id", "string"), Column("chunk_index", "int64"), Column("chunk_count", "int64"),
+                 Column("char_start", "int64"), Column("char_end", "int64"), Column("chunk_text", "string"))
+# Names a kept field may not take: a column or feature of some sink.
+RESERVED_NAMES = frozenset([column.name for column in BASE_COLUMNS + CHUNK_COLUMNS]
+                           + [name for name, _, _ in SCHEMA] + ["sequence", "sequence_length"])
+
+
+def output_columns(kept: tuple[Column, ...] = (), chunks: bool = False) -> tuple[Column, ...]:
+    """The columns of a typed sink: BASE_COLUMNS, CHUNK_COLUMNS for chunks, then the kept fields in the order of
+    --keep_fields."""
+    return BASE_COLUMNS + (CHUNK_COLUMNS if chunks else ()) + tuple(kept)
+
+
+def _scalar_type(value) -> str | None:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int64"
+    if isinstance(value, float):
+        return "float64"
+    if isinstance(value, str):
+        return "string"
+    return None
+
+
+def _join(a: str | None, b: str | None) -> str | None:
+    """The type that holds values of both types (None: no value seen yet)."""
+    if a is None or a == b:
+        return b
+    if b is None:
+        return a
+    if {a, b} == {"int64", "float64"}:
+        return "float64"
+    return "json"
+
+
+def infer_field_type(values) -> str:
+    """The column type of a kept field from sample values (None for absent): the narrowest that holds them all.
+
+    Integers and floats make float64; a scalar beside lists of its type makes a list; anything else mixed, and
+    objects, make json. A field with no value in the sample is a string.
+    """
+    scalar = element = None
+    has_list = has_other = False
+    for value in values:
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            has_list = True
+            for item in value:
+                item_type = _scalar_type(item)
+                has_other = has_other or item_type is None
+                element = _join(element, item_type)
+        else:
+            value_type = _scalar_type(value)
+            has_other = has_other or value_type is None
+            scalar = _join(scalar, value_type)
+    if has_other:
+        return "json"
+    if not has_list:
+        return scalar or "string"
+    joined = _join(scalar, element) if scalar else (element or "string")
+    return "json" if joined == "json" else f"list<{joined}>"
+
+
+_MISMATCH = object()
+
+
+def _typed_scalar(value, type_: str):
+    if type_ == "string":
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    if type_ == "bool":
+        return value if isinstance(value, bool) else _MISMATCH
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _MISMATCH
+    if type_ == "float64":
+        return float(value)
+    return value if isinstance(value, int) else (int(value) if value.is_integer() else _MISMATCH)
+
+
+def typed_value(value, type_: str):
+    """`value` as a value of column type `type_` (None stays None); raises ValueError when it is not one.
+
+    json is JSON text; a string column takes any value, non-strings as JSON text; an integer fits a float
+    column and a whole float an integer one; a scalar fits a list column as a list of one.
+    """
+    if value is None:
+        return None
+    if type_ == "json":
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    if type_.startswith("list<"):
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        typed = [_typed_scalar(item, type_[5:-1]) for item in items]
+        result = typed if _MISMATCH not in typed and None not in items else _MISMATCH
+    else:
+        result = _typed_scalar(value, type_) if not isinstance(value, (list, tuple, dict)) or type_ == "string" \
+            else _MISMATCH
+    if result is _MISMATCH:
+        raise ValueError(f"{value!r} is not a {type_}")
+    return result
+
+
+def _field_features(fields) -> dict:
+    """Example features of kept fields (typed values); nulls are left out."""
+    import numpy as np
+
+    features = {}
+    for name, value in fields:
+        if value is None:
+            continue
+        items = list(value) if isinstance(value, list) else [value]
+        if items and isinstance(items[0], str):
+            features[name] = [item.encode("utf-8") for item in items]
+        elif items and isinstance(items[0], float):
+            features[name] = np.asarray(items, np.float32)
+        else:
+            features[name] = [int(item) for item in items]
+    return features
+
+
+def _field_from_feature(values, type_: str):
+    """A kept field's typed value from its parsed Example feature (None when absent)."""
+    if values is None:
+        return None
+    items = [item.decode("utf-8") if isinstance(item, bytes) else item.item() for item in values]
+    if type_ == "bool" or type_ == "list<bool>":
+        items = [bool(item) for item in items]
+    if type_.startswith("list<"):
+        return items
+    return items[0] if items else None
+
+
+def output_row(key: RecordKey, vector, model: str) -> dict:
+    """The row of an embedded record over output_columns: id, embedding (float32 values), model, content_hash
+    and the kept fields."""
+    row = {"id": key.id, "embedding": [float(x) for x in vector], "model": model, "content_hash": key.content_hash}
+    if key.chunk is not None:
+        row.update({"chunk_text": None, **_chunk_fields(key.chunk)})
+    row.update(key.fields)
+    return row
+
+
+def carried_row(carried, columns: tuple[Column, ...]) -> dict:
+    """The row over `columns` of a record carried forward from an earlier run: a serialised Example (an earlier
+    TFRecord run) or a table row (an earlier BigQuery run); kept fields it lacks are null."""
+    if isinstance(carried, dict):
+        return {column.name: carried.get(column.name) for column in columns}
+    from transforms.examples import parse_example
+
+    features = parse_example(carried)
+    row = {}
+    for column in columns:
+        values = features.get(column.name)
+        if column.type == "vector":
+            row[column.name] = [float(x) for x in values]
+        else:
+            row[column.name] = _field_from_feature(values, column.type)
+    return row
+
+
+def with_fields(carried, fields: tuple[tuple[str, object], ...]):
+    """A carried-forward Example or row with its kept fields replaced by the current record's `fields`."""
+    if not fields:
+        return carried
+    if isinstance(carried, dict):
+        return {**carried, **dict(fields)}
+    import numpy as np
+
+    from transforms.examples import parse_example, serialize_example
+
+    kept = {name for name, _ in fields}
+    features = {}
+    for name, values in parse_example(carried).items():
+        if name in kept or values is None:
+            continue
+        features[name] = values if values.dtype == np.float32 else list(
+            values if values.dtype != np.int64 else (int(v) for v in values))
+    features.update(_field_features(fields))
+    return serialize_example(features)

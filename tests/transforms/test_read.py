@@ -712,3 +712,48 @@ def test_broken_compressed_csv_keeps_its_header_handling(tmp_path):
     expected = [_record(row.split(b",")[1].decode(), [row.split(b",")[0].decode()], csv_path) for row in complete]
     expected.append(_record("g1", ["first"], garbage_path))
     _run_read([csv_path, header_path, garbage_path], "csv", expected, check_failures)
+
+
+def test_kept_fields_are_read_typed_from_every_named_format_and_missing_ones_are_null(tmp_path):
+    from transforms.preflight import kept_columns
+    from transforms.read import read_file_records
+    from transforms.records import Column
+
+    jsonl = _write_lines(tmp_path / "c.jsonl", [
+        json.dumps({"id": "a", "text": "x", "lang": "en", "year": 2001, "tags": ["p"], "meta": {"k": 1}}),
+        json.dumps({"id": "b", "text": "y", "year": 2.5, "tags": "q", "meta": None}),
+        json.dumps({"id": "c", "text": "z", "lang": 7, "year": "later", "tags": []})])
+    columns = kept_columns([str(jsonl)], "jsonl", ("lang", "year", "tags", "meta"))
+    assert columns == (Column("lang", "json"), Column("year", "json"), Column("tags", "list<string>"),
+                       Column("meta", "json"))
+    columns = (Column("lang", "string"), Column("year", "float64"), Column("tags", "list<string>"),
+               Column("meta", "json"))
+    fields = {r.id: dict(r.fields) for r in read_file_records(str(jsonl), "jsonl", keep_fields=columns)}
+    assert fields["a"] == {"lang": "en", "year": 2001.0, "tags": ["p"], "meta": '{"k": 1}'}
+    # Absent -> None; a scalar fits a list column; a string that is not a number is None (counted in a pipeline).
+    assert fields["b"] == {"lang": None, "year": 2.5, "tags": ["q"], "meta": None}
+    assert fields["c"] == {"lang": "7", "year": None, "tags": [], "meta": None}
+
+    csv_path = _write_lines(tmp_path / "c.csv", ["id,text,lang", "a,x,en"])
+    assert kept_columns([str(csv_path)], "csv", ("lang", "gone")) == (Column("lang", "string"),
+                                                                      Column("gone", "string"))
+    (csv_record,) = read_file_records(str(csv_path), "csv", keep_fields=(Column("lang", "string"),
+                                                                         Column("gone", "string")))
+    assert csv_record.fields == (("lang", "en"), ("gone", None))
+
+    tfrecord = tmp_path / "c.tfrecord"
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(tfrecord)) as writer:
+        writer.write(_example(id=[b"a"], text=[b"x"], lang=[b"en"], year=[2001], scores=[0.5, 1.5]))
+    columns = kept_columns([str(tfrecord)], "tfrecord", ("lang", "year", "scores"))
+    assert columns == (Column("lang", "string"), Column("year", "int64"), Column("scores", "list<float64>"))
+    (example_record,) = read_file_records(str(tfrecord), "tfrecord", keep_fields=columns)
+    assert example_record.fields == (("lang", "en"), ("year", 2001), ("scores", [0.5, 1.5]))
+
+
+def test_kept_fields_that_clash_with_an_output_column_are_refused(tmp_path):
+    from transforms.preflight import kept_columns
+
+    with pytest.raises(ValueError, match="--keep_fields lang,embedded_at: embedded_at would clash"):
+        kept_columns([str(tmp_path / "c.jsonl")], "jsonl", ("lang", "embedded_at"))

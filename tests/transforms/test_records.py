@@ -76,3 +76,26 @@ def test_a_row_read_back_is_the_row_written():
     assert records.from_read_row(read_back, "t") == row
     with pytest.raises(ValueError, match="t holds a row without model"):
         records.from_read_row(dict(row, model=None), "t")
+
+
+@pytest.mark.parametrize("values,expected", [
+    (["a", None, "b"], "string"), ([1, 2], "int64"), ([1, 2.5], "float64"), ([True, False], "bool"),
+    ([[1], 2, []], "list<int64>"), ([["a"], [1]], "json"), ([{"k": 1}], "json"), ([1, "a"], "json"),
+    ([None], "string"), ([True, 1], "json"),
+])
+def test_kept_field_types_are_the_narrowest_that_hold_the_sample(values, expected):
+    assert records.infer_field_type(values) == expected
+
+
+def test_kept_fields_travel_in_the_example_and_a_carried_record_takes_the_current_ones():
+    columns = records.output_columns((records.Column("lang", "string"), records.Column("ok", "bool"),
+                                      records.Column("tags", "list<int64>"), records.Column("gone", "float64")))
+    key = records.RecordKey("a", "h", "c.jsonl", (("lang", "en"), ("ok", True), ("tags", [3, 4]), ("gone", None)))
+    serialized = records.example_bytes(key, _Embedding(np.array([0.5, 1.0], np.float32)), "m")
+    row = records.carried_row(serialized, columns)
+    assert row == records.output_row(key, [0.5, 1.0], "m")
+    assert row == {"id": "a", "embedding": [0.5, 1.0], "model": "m", "content_hash": "h", "lang": "en", "ok": True,
+                   "tags": [3, 4], "gone": None}
+    refreshed = records.with_fields(serialized, (("lang", "fr"), ("ok", False), ("tags", []), ("gone", 1.5)))
+    assert records.carried_row(refreshed, columns) == {**row, "lang": "fr", "ok": False, "tags": [], "gone": 1.5}
+    assert records.with_fields(serialized, ()) is serialized

@@ -1,0 +1,67 @@
+"""Parquet: output rows as sharded Parquet files (Beam's parquetio, pyarrow) with an explicit schema.
+
+The schema is made from the run's columns (records.output_columns): `embedding` is a fixed-size list of float32
+of the model's dimension, which pandas, DuckDB (FLOAT[DIM]), BigQuery external tables and Milvus bulk import read
+as they are; kept fields keep their types (`json` ones are JSON text).
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+
+from transforms.records import Column
+
+__all__ = ["PARQUET_SUFFIX", "arrow_type", "arrow_schema", "WriteParquet"]
+
+PARQUET_SUFFIX = ".parquet"
+
+
+def arrow_type(column_type: str, dimension: int):
+    """The pyarrow type of a records column type."""
+    import pyarrow as pa
+
+    scalars = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(),
+               "json": pa.string()}
+    if column_type == "vector":
+        return pa.list_(pa.float32(), dimension)
+    if column_type.startswith("list<"):
+        return pa.list_(scalars[column_type[5:-1]])
+    return scalars[column_type]
+
+
+def arrow_schema(columns: tuple[Column, ...], dimension: int):
+    """The files' schema: one field per column; the base columns are never null, kept fields may be."""
+    import pyarrow as pa
+
+    required = {"id", "embedding", "model", "content_hash"}
+    return pa.schema([pa.field(column.name, arrow_type(column.type, dimension), nullable=column.name not in required,
+                               metadata={"type": column.type} if column.type == "json" else None)
+                      for column in columns])
+
+
+def _passed(row: dict, unused_verdict) -> dict:
+    return row
+
+
+class WriteParquet(beam.PTransform):
+    """Writes output rows (records.output_row's, over `columns`) to PREFIX-SSSSS-of-NNNNN.parquet.
+
+    Args:
+        prefix: Output path prefix, local or gs://.
+        columns: records.output_columns of the run.
+        dimension: The embedding's length.
+        num_shards: How many files; the same count gives the same names, so a rerun replaces its own files.
+        verdict: transforms.guard.CheckRun's output: no file is written before the run passed its checks.
+    """
+
+    def __init__(self, prefix: str, columns: tuple[Column, ...], dimension: int, num_shards: int = 1, verdict=None):
+        super().__init__()
+        self._prefix, self._columns, self._dimension = prefix, tuple(columns), dimension
+        self._num_shards, self._verdict = num_shards, verdict
+
+    def expand(self, rows):
+        if self._verdict is not None:
+            rows = rows | "AfterCheck" >> beam.Map(_passed, beam.pvalue.AsSingleton(self._verdict))
+        return rows | "Write" >> beam.io.WriteToParquet(
+            self._prefix, arrow_schema(self._columns, self._dimension), num_shards=self._num_shards,
+            file_name_suffix=PARQUET_SUFFIX)

@@ -1,0 +1,334 @@
+"""PostgreSQL with pgvector (AlloyDB and Cloud SQL for PostgreSQL alike): the table checked before the run, rows
+upserted by id in bundle-sized transactions, removed ids deleted, an optional vector index built after loading.
+
+Written in Python with psycopg rather than with Beam's `apache_beam.ml.rag.ingestion` writers: those reach
+PostgreSQL through a Java JDBC expansion service, which needs a JVM that a Python worker image does not have
+(and Java artifacts fetched at job submission).
+
+Rows are transforms.records' output rows over a list of columns (records.output_columns): every column but the
+embedding maps to a PostgreSQL type through `PG_TYPES`, so a new column of the record model needs no change here.
+The URI's password (or PGPASSWORD's) is never logged: every message shows the URI through `mask`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import urllib.parse
+
+import apache_beam as beam
+
+from transforms.records import Column, counter
+
+__all__ = ["PG_TYPES", "mask", "column_type", "parse_table_name", "prepare_table", "WritePostgres",
+           "connect", "DEFAULT_BATCH_ROWS"]
+
+# records' column types -> PostgreSQL's; "vector" becomes vector(DIM).
+PG_TYPES = {"string": "text", "int64": "bigint", "float64": "double precision", "bool": "boolean", "json": "jsonb",
+            "list<string>": "text[]", "list<int64>": "bigint[]", "list<float64>": "double precision[]",
+            "list<bool>": "boolean[]"}
+DEFAULT_BATCH_ROWS = 1000  # Rows per COPY and upsert transaction (fewer at the end of a bundle).
+_FLAG = "--output_postgres"
+_CONNECT_SECONDS = 15
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+
+
+def mask(uri: str) -> str:
+    """The URI with its password, if any, replaced by ***: the only form of it that reaches a message or a log."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:
+        return "<unparseable URI>"
+    if parts.password is None and "password=" not in (parts.query or ""):
+        return uri
+    netloc = parts.netloc
+    if parts.password is not None:
+        user_info, host = netloc.rsplit("@", 1)
+        netloc = f"{user_info.split(':', 1)[0]}:***@{host}"
+    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query or "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _scrub(text: str, uri: str) -> str:
+    """An error's text without the URI's password (libpq messages do not quote it; belt and braces)."""
+    password = None
+    try:
+        password = urllib.parse.urlsplit(uri).password
+    except ValueError:
+        pass
+    text = " ".join(str(text).split())
+    return text.replace(password, "***") if password else text
+
+
+def column_type(column: Column, dimension: int) -> str:
+    """The PostgreSQL type of an output column."""
+    return f"vector({dimension})" if column.type == "vector" else PG_TYPES[column.type]
+
+
+def parse_table_name(name: str) -> tuple[str, ...]:
+    """TABLE or SCHEMA.TABLE -> its parts; ValueError naming --postgres_table for anything else."""
+    parts = tuple(name.split("."))
+    if len(parts) > 2 or not all(_IDENTIFIER.fullmatch(part) for part in parts):
+        raise ValueError(f"--postgres_table {name!r} is not a table name: use TABLE or SCHEMA.TABLE, letters, digits "
+                         "and underscores, starting with a letter.")
+    return parts
+
+
+def connect(uri: str):
+    """A psycopg connection (autocommit off); credentials from the URI or the PG* environment variables."""
+    import psycopg
+
+    return psycopg.connect(uri, connect_timeout=_CONNECT_SECONDS)
+
+
+def _table_sql(parts: tuple[str, ...]):
+    from psycopg import sql
+
+    return sql.Identifier(*parts)
+
+
+def prepare_table(uri: str, table: str, columns: tuple[Column, ...], dimension: int) -> bool:
+    """Before the run: connects, makes sure of the vector extension, and creates `table` or checks it.
+
+    A missing table is created with `id` as primary key, `embedding vector(DIM)` and the other columns typed
+    (PG_TYPES). An existing one must have every column with its type and a unique index on `id` alone (the
+    upsert's ON CONFLICT needs it); other columns are left alone. Returns whether the table existed.
+
+    Raises:
+        ValueError: one line naming --output_postgres (the URI masked) or --postgres_table: the server cannot be
+            reached, the password is refused, the extension cannot be created, or the table does not fit.
+    """
+    import psycopg
+    from psycopg import errors, sql
+
+    parts = parse_table_name(table)
+    where = f"{_FLAG} {mask(uri)}"
+    try:
+        connection = connect(uri)
+    except psycopg.Error as err:
+        raise ValueError(f"{where}: cannot connect: {_scrub(err, uri)}") from None
+    with connection:
+        try:
+            connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            connection.commit()
+        except errors.InsufficientPrivilege as err:
+            raise ValueError(f"{where}: the pgvector extension is not enabled in this database and this user may not "
+                             f"enable it ({_scrub(err, uri)}); ask its owner to run CREATE EXTENSION vector "
+                             "once.") from None
+        except psycopg.Error as err:
+            raise ValueError(f"{where}: cannot enable the pgvector extension ({_scrub(err, uri)}); is pgvector "
+                             "installed on the server?") from None
+        found = _existing_columns(connection, parts)
+        if found is None:
+            definitions = sql.SQL(", ").join(
+                sql.SQL("{} {}{}").format(sql.Identifier(column.name), sql.SQL(column_type(column, dimension)),
+                                          sql.SQL(" PRIMARY KEY" if column.name == "id" else ""))
+                for column in columns)
+            try:
+                connection.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(_table_sql(parts),
+                                                                                        definitions))
+                connection.commit()
+            except psycopg.Error as err:
+                raise ValueError(f"--postgres_table {table}: cannot create it in {mask(uri)}: "
+                                 f"{_scrub(err, uri)}") from None
+            logging.info("Created table %s in %s.", table, mask(uri))
+            return False
+        problems = []
+        for column in columns:
+            wanted = column_type(column, dimension)
+            if column.name not in found:
+                problems.append(f"no column {column.name} ({wanted})")
+            elif found[column.name] != wanted:
+                problems.append(f"{column.name} is {found[column.name]}, not {wanted}"
+                                + (" (the model's vectors have another dimension)" if column.type == "vector" else ""))
+        if not problems and not _id_is_unique(connection, parts):
+            problems.append("no primary key or unique index on id alone")
+    if problems:
+        wanted = ", ".join(f"{column.name} {column_type(column, dimension)}" for column in columns)
+        raise ValueError(f"--postgres_table {table} in {mask(uri)} does not fit this run: {'; '.join(problems)}. "
+                         f"Write to a new table, or give this one the columns {wanted}.")
+    return True
+
+
+def _existing_columns(connection, parts: tuple[str, ...]) -> dict[str, str] | None:
+    """{column: type as format_type spells it} of the table, or None when there is none."""
+    name = ".".join(f'"{part}"' for part in parts)
+    oid = connection.execute("SELECT to_regclass(%s)::oid", (name,)).fetchone()[0]
+    if oid is None:
+        return None
+    rows = connection.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                              "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", (oid,)).fetchall()
+    return dict(rows)
+
+
+def _id_is_unique(connection, parts: tuple[str, ...]) -> bool:
+    name = ".".join(f'"{part}"' for part in parts)
+    return connection.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+        "AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indnkeyatts = 1 "
+        "AND a.attname = 'id' AND i.indpred IS NULL)", (name,)).fetchone()[0]
+
+
+def _vector_text(values) -> str:
+    """pgvector's text form of a vector: [x,y,...]."""
+    return "[" + ",".join(repr(float(x)) for x in values) + "]"
+
+
+class _UpsertFn(beam.DoFn):
+    """Buffers rows and upserts each batch in one transaction: COPY into a temporary table, then one INSERT ...
+    ON CONFLICT (id) DO UPDATE. A retried bundle writes the same rows again over themselves: no duplicates."""
+
+    def __init__(self, uri: str, table: str, columns: tuple[Column, ...], batch_rows: int):
+        self._uri, self._table, self._columns, self._batch_rows = uri, table, tuple(columns), batch_rows
+        self._upserted = counter("postgres_rows_upserted")
+
+    def setup(self):
+        self._connection = connect(self._uri)
+
+    def start_bundle(self):
+        self._rows = []
+
+    def process(self, row, unused_verdict=None):
+        self._rows.append(row)
+        if len(self._rows) >= self._batch_rows:
+            self._flush()
+
+    def finish_bundle(self):
+        self._flush()
+
+    def _flush(self):
+        from psycopg import sql
+
+        if not self._rows:
+            return
+        # One row per id within a batch: ON CONFLICT cannot touch the same row twice in one statement.
+        rows = list({row["id"]: row for row in self._rows}.values())
+        names = [column.name for column in self._columns]
+        listed = sql.SQL(", ").join(sql.Identifier(name) for name in names)
+        table = _table_sql(parse_table_name(self._table))
+        updates = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name))
+                                     for name in names if name != "id")
+        with self._connection.transaction():
+            cursor = self._connection.cursor()
+            cursor.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS embeddings_upsert "
+                                   "(LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS").format(table))
+            with cursor.copy(sql.SQL("COPY embeddings_upsert ({}) FROM STDIN").format(listed)) as copy:
+                for row in rows:
+                    copy.write_row([_vector_text(row[column.name]) if column.type == "vector" else row[column.name]
+                                    for column in self._columns])
+            cursor.execute(sql.SQL("INSERT INTO {table} ({listed}) SELECT {listed} FROM embeddings_upsert "
+                                   "ON CONFLICT (id) DO UPDATE SET {updates}").format(
+                                       table=table, listed=listed, updates=updates))
+        self._upserted.inc(len(rows))
+        self._rows = []
+
+    def teardown(self):
+        connection = getattr(self, "_connection", None)
+        if connection is not None:
+            connection.close()
+
+
+class _DeleteFn(beam.DoFn):
+    """Deletes ids in batches, one statement and transaction each; deleting an id twice is harmless."""
+
+    def __init__(self, uri: str, table: str, batch_rows: int):
+        self._uri, self._table, self._batch_rows = uri, table, batch_rows
+        self._deleted = counter("postgres_rows_deleted")
+
+    def setup(self):
+        self._connection = connect(self._uri)
+
+    def start_bundle(self):
+        self._ids = []
+
+    def process(self, record_id, unused_verdict=None):
+        self._ids.append(record_id)
+        if len(self._ids) >= self._batch_rows:
+            self._flush()
+
+    def finish_bundle(self):
+        self._flush()
+
+    def _flush(self):
+        from psycopg import sql
+
+        if not self._ids:
+            return
+        with self._connection.transaction():
+            cursor = self._connection.execute(
+                sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(_table_sql(parse_table_name(self._table))),
+                (self._ids,))
+            self._deleted.inc(cursor.rowcount)
+        self._ids = []
+
+    def teardown(self):
+        connection = getattr(self, "_connection", None)
+        if connection is not None:
+            connection.close()
+
+
+def _build_index(unused_counts, uri: str, table: str, kind: str, *unused_waits) -> str:
+    """Builds a cosine-distance index of `kind` on the embedding, unless the table has an hnsw or ivfflat index
+    already; returns the table name."""
+    from psycopg import sql
+
+    parts = parse_table_name(table)
+    with connect(uri) as connection:
+        existing = connection.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = COALESCE(%s, current_schema()) AND tablename = %s "
+            "AND (indexdef ILIKE '%%USING hnsw%%' OR indexdef ILIKE '%%USING ivfflat%%')",
+            (parts[0] if len(parts) == 2 else None, parts[-1])).fetchall()
+        if existing:
+            logging.info("%s has a vector index already (%s); not building another.", table, existing[0][0])
+            return table
+        options = sql.SQL("")
+        if kind == "ivfflat":
+            rows = connection.execute(sql.SQL("SELECT count(*) FROM {}").format(_table_sql(parts))).fetchone()[0]
+            # pgvector's advice: lists = rows / 1000 up to a million rows.
+            options = sql.SQL(" WITH (lists = {})").format(sql.Literal(max(1, rows // 1000)))
+        connection.execute(sql.SQL("CREATE INDEX {} ON {} USING {} (embedding vector_cosine_ops){}").format(
+            sql.Identifier(f"{parts[-1]}_embedding_{kind}"), _table_sql(parts), sql.SQL(kind), options))
+    logging.info("Built a %s index on %s.", kind, table)
+    return table
+
+
+def _table_name(unused, table: str, *unused_waits) -> str:
+    return table
+
+
+class WritePostgres(beam.PTransform):
+    """Upserts output rows (records.output_row's, over `columns`) into a pgvector table; deletes removed ids.
+
+    prepare_table must have run (pipeline.plan does, before the run). Returns the table name once every row is
+    written, every id deleted and the index (if asked for) built.
+
+    Args:
+        uri: postgresql:// URI; the password may come from PGPASSWORD instead.
+        table: TABLE or SCHEMA.TABLE.
+        columns: records.output_columns of the run.
+        verdict: transforms.guard.CheckRun's output: nothing is written or deleted before the run passed its checks.
+        deleted: ids to delete (transforms.incremental.Selected.deleted), or None.
+        index: "hnsw" or "ivfflat" to build after loading, or None.
+        batch_rows: rows per COPY and transaction.
+    """
+
+    def __init__(self, uri: str, table: str, columns: tuple[Column, ...], verdict=None, deleted=None,
+                 index: str | None = None, batch_rows: int = DEFAULT_BATCH_ROWS):
+        super().__init__()
+        parse_table_name(table)
+        self._uri, self._table, self._columns = uri, table, tuple(columns)
+        self._verdict, self._deleted, self._index, self._batch_rows = verdict, deleted, index, batch_rows
+
+    def expand(self, rows):
+        gate = () if self._verdict is None else (beam.pvalue.AsSingleton(self._verdict),)
+        upserted = rows | "Upsert" >> beam.ParDo(_UpsertFn(self._uri, self._table, self._columns,
+                                                            self._batch_rows), *gate)
+        waits = [beam.pvalue.AsList(upserted)]
+        if self._deleted is not None:
+            removed = self._deleted | "Delete" >> beam.ParDo(_DeleteFn(self._uri, self._table, self._batch_rows),
+                                                             *gate)
+            waits.append(beam.pvalue.AsList(removed))
+        done = rows.pipeline | "Once" >> beam.Create([None])
+        if self._index:
+            return done | "BuildIndex" >> beam.Map(_build_index, self._uri, self._table, self._index, *waits)
+        return done | "Written" >> beam.Map(_table_name, self._table, *waits)

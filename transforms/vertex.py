@@ -1,0 +1,105 @@
+"""Vertex AI Vector Search: output rows as one batch update of an index, in the JSON lines format it documents.
+
+One run's folder is one update (`gcloud ai indexes update INDEX --metadata-file=...` with contentsDeltaUri set to
+the folder): JSON files of datapoints under FOLDER/, each line {"id", "embedding", "restricts",
+"numeric_restricts", "crowding_tag"}, and, when the run updates an earlier output, the ids it removes under
+FOLDER/delete/, one per line, which a batch update deletes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+
+from transforms.records import Column
+
+__all__ = ["DATAPOINTS_NAME", "DELETE_FOLDER", "datapoint", "WriteVertex"]
+
+DATAPOINTS_NAME = "embeddings"  # FOLDER/embeddings-SSSSS-of-NNNNN.json
+DELETE_FOLDER = "delete"  # FOLDER/delete/ids-SSSSS-of-NNNNN.txt
+
+
+def datapoint(row: dict, restricts: tuple[str, ...] = (), numeric_restricts: tuple[str, ...] = (),
+              crowding_tag: str | None = None, types: dict | None = None) -> dict:
+    """One Vector Search datapoint of an output row.
+
+    Args:
+        row: records.output_row's dict.
+        restricts: Fields written as {"namespace": FIELD, "allow": [values as text]}; a null field is left out.
+        numeric_restricts: Fields written as {"namespace": FIELD, "value_int" | "value_double": value}: integers
+            as value_int, other numbers as value_double (a float64 column's precision).
+        crowding_tag: A field whose value (as text) is the datapoint's crowding_tag.
+        types: {field: records column type}, to tell integer from float columns; by value when absent.
+    """
+    point = {"id": row["id"], "embedding": [float(x) for x in row["embedding"]]}
+    allowed = []
+    for name in restricts:
+        value = row.get(name)
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        allowed.append({"namespace": name, "allow": [_text(item) for item in values]})
+    if allowed:
+        point["restricts"] = allowed
+    numbers = []
+    for name in numeric_restricts:
+        value = row.get(name)
+        if value is None:
+            continue
+        is_int = (types or {}).get(name, "int64" if isinstance(value, int) else "float64") == "int64"
+        numbers.append({"namespace": name, "value_int" if is_int else "value_double": value})
+    if numbers:
+        point["numeric_restricts"] = numbers
+    if crowding_tag and row.get(crowding_tag) is not None:
+        point["crowding_tag"] = _text(row[crowding_tag])
+    return point
+
+
+def _text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _to_line(row: dict, restricts, numeric_restricts, crowding_tag, types, unused_verdict=None) -> str:
+    return json.dumps(datapoint(row, restricts, numeric_restricts, crowding_tag, types), ensure_ascii=False)
+
+
+def _passed(record_id: str, unused_verdict=None) -> str:
+    return record_id
+
+
+class WriteVertex(beam.PTransform):
+    """Writes output rows as Vector Search datapoints under FOLDER/, and removed ids under FOLDER/delete/.
+
+    Args:
+        folder: The update's folder, local or gs://.
+        columns: records.output_columns of the run (for the types of numeric restricts).
+        restricts, numeric_restricts, crowding_tag: See `datapoint`.
+        num_shards: Datapoint files; the same count gives the same names, so a rerun replaces its own files.
+        verdict: transforms.guard.CheckRun's output: nothing is written before the run passed its checks.
+        deleted: Ids the run removes (transforms.incremental.Selected.deleted); None writes no delete/ folder.
+    """
+
+    def __init__(self, folder: str, columns: tuple[Column, ...], restricts: tuple[str, ...] = (),
+                 numeric_restricts: tuple[str, ...] = (), crowding_tag: str | None = None, num_shards: int = 1,
+                 verdict=None, deleted=None):
+        super().__init__()
+        self._folder = folder.rstrip("/")
+        self._types = {column.name: column.type for column in columns}
+        self._restricts, self._numeric, self._crowding_tag = tuple(restricts), tuple(numeric_restricts), crowding_tag
+        self._num_shards, self._verdict, self._deleted = num_shards, verdict, deleted
+
+    def expand(self, rows):
+        gate = () if self._verdict is None else (beam.pvalue.AsSingleton(self._verdict),)
+        lines = rows | "ToDatapoint" >> beam.Map(_to_line, self._restricts, self._numeric, self._crowding_tag,
+                                                 self._types, *gate)
+        written = lines | "WriteDatapoints" >> beam.io.WriteToText(
+            f"{self._folder}/{DATAPOINTS_NAME}", file_name_suffix=".json", num_shards=self._num_shards)
+        if self._deleted is None:
+            return written
+        ids = self._deleted | "AfterCheck" >> beam.Map(_passed, *gate)
+        _ = ids | "WriteDeleted" >> beam.io.WriteToText(f"{self._folder}/{DELETE_FOLDER}/ids", file_name_suffix=".txt",
+                                                        num_shards=1)
+        return written
