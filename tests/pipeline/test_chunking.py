@@ -65,14 +65,21 @@ def test_inspect_shows_chunk_hits_with_their_document_and_passage(tmp_path, tiny
     assert first == f"long#0 (document long, characters 0-{end}): {docs['long'][:end]}"  # The passage, from --corpus.
 
 
-def test_incremental_chunked_runs_replace_every_chunk_of_a_changed_document(tmp_path, tiny_model_dir,
+def test_incremental_chunked_runs_replace_every_chunk_of_a_changed_document(tmp_path, tiny_model_dir, postgres_uri,
                                                                             write_jsonl_corpus, read_embeddings):
+    """TFRecord, Vertex AI Vector Search and PostgreSQL: a document that grows, shrinks or vanishes leaves no stale
+    chunk behind, and the output equals a full run's."""
+    import glob
+
+    import psycopg
+
     first = {"grows": _document(30), "shrinks": _document(70, 3), "vanishes": _document(40, 5),
              "stays": _document(50, 7)}
     second = {"grows": _document(70), "shrinks": _document(30, 3), "stays": first["stays"],
               "new": _document(20, 9)}
     root, flags = tmp_path / "emb", [f"--model_dir={tiny_model_dir}", "--chunking=windows"]
-    incremental_flags = [f"--previous_output={root}/run={{latest}}/part", *flags]
+    incremental_flags = [f"--previous_output={root}/run={{latest}}/part", f"--output_vertex={root}/run={{run_id}}/v",
+                         f"--output_postgres={postgres_uri}", "--postgres_table=chunks", *flags]
     _run(write_jsonl_corpus(tmp_path / "1.jsonl", first), f"{root}/run={{run_id}}/part", "--run_id=r1",
          *incremental_flags)
     first_rows = read_embeddings(_manifest_files(f"{root}/run=r1/part"), chunks=True)
@@ -89,6 +96,15 @@ def test_incremental_chunked_runs_replace_every_chunk_of_a_changed_document(tmp_
         for name in ("content_hash", "model", "chunk_count", "char_start", "char_end"):
             assert incremental_rows[record_id][name] == row[name], (record_id, name)
         np.testing.assert_allclose(incremental_rows[record_id]["embedding"], row["embedding"], atol=1e-6)
+    # Vertex: only the re-embedded documents' chunks, and every chunk id the update removes in delete/.
+    points = [json.loads(line)["id"] for path in glob.glob(f"{root}/run=r2/v/*.json") for line in open(path)]
+    assert sorted(points) == sorted(i for i, row in full_rows.items() if row["doc_id"] != "stays")
+    removed = [line.strip() for path in glob.glob(f"{root}/run=r2/v/delete/*") for line in open(path)]
+    assert sorted(removed) == sorted(set(first_rows) - set(full_rows))
+    assert any(i.startswith("shrinks#") for i in removed) and any(i.startswith("vanishes#") for i in removed)
+    with psycopg.connect(postgres_uri) as connection:
+        table = dict(connection.execute("SELECT id, doc_id FROM chunks").fetchall())
+    assert table == {i: row["doc_id"] for i, row in full_rows.items()}
     carried = [i for i in incremental_rows if incremental_rows[i]["doc_id"] == "stays"]
     assert carried and all(incremental_rows[i]["serialized"] == first_rows[i]["serialized"] for i in carried)
 
