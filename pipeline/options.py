@@ -296,10 +296,10 @@ def _add_sink_arguments(parser) -> None:
     group = parser.add_argument_group("Metadata and vector-store sinks")
     group.add_argument("--keep_fields", default=None,
                        help="Comma-separated fields of each input record (jsonl, csv, tsv, tfrecord) carried to the "
-                       "sinks beside the embedding, e.g. lang,source,date: TFRecord features, Parquet and "
+                       "sinks beside the embedding, e.g. lang,source,date: TFRecord features, BigQuery, Parquet and "
                        "PostgreSQL columns typed from the first records (string, integer, float, boolean, lists of "
                        "those; anything else as JSON text; csv/tsv values are strings). A field a record lacks is "
-                       "null. Not written to --output_bigquery yet.")
+                       "null. Chunks carry their document's fields.")
     group.add_argument("--output_parquet", default=None,
                        help="Output prefix, local or gs://: writes PREFIX-SSSSS-of-NNNNN.parquet files with id, "
                        "embedding (fixed-size list of float32), model, content_hash and the --keep_fields; "

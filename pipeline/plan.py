@@ -131,11 +131,13 @@ def validate(options: PipelineOptions) -> Plan:
                             if bigquery_table and opts.bigquery_method == "file_loads" else None]})
     inputs = _plan_inputs(opts)
     model = _plan_model(opts, pairs=inputs.pair_fields is not None)
-    incremental, outputs = _plan_run(options, bigquery_table, chunks=model.chunking is not None)
+    kept = _plan_kept_fields(opts, inputs)
+    table_shape = {"chunks": model.chunking is not None, "kept": kept}
+    incremental, outputs = _plan_run(options, bigquery_table, table_shape)
     if bigquery_table and not incremental.bigquery_update:
         outputs = dataclasses.replace(outputs, bigquery_table_exists=bigquery.check_table(
-            bigquery_table, options.view_as(GoogleCloudOptions).project, chunks=model.chunking is not None))
-    sinks = _plan_sinks(opts, inputs, model, incremental)
+            bigquery_table, options.view_as(GoogleCloudOptions).project, **table_shape))
+    sinks = _plan_sinks(opts, model, incremental, kept)
     return Plan(inputs=inputs, model=model, outputs=outputs, incremental=incremental,
                 max_failed_fraction=opts.max_failed_fraction, max_deleted_fraction=opts.max_deleted_fraction,
                 sinks=sinks)
@@ -243,8 +245,9 @@ def _plan_chunking(opts: EmbeddingOptions, encoder: str, pairs: bool, longest: i
 
 
 
-def _plan_run(options: PipelineOptions, bigquery_table, chunks: bool) -> tuple[IncrementalPlan, OutputPlan]:
-    """The run id, its outputs and the earlier output it updates: a TFRecord prefix or a BigQuery table."""
+def _plan_run(options: PipelineOptions, bigquery_table, table_shape: dict) -> tuple[IncrementalPlan, OutputPlan]:
+    """The run id, its outputs and the earlier output it updates: a TFRecord prefix or a BigQuery table (of
+    `table_shape`: bigquery.check_table's chunks and kept)."""
     from transforms import bigquery, incremental
 
     opts = options.view_as(EmbeddingOptions)
@@ -254,7 +257,7 @@ def _plan_run(options: PipelineOptions, bigquery_table, chunks: bool) -> tuple[I
     _check_writable({"--output_tfrecord": paths.output_tfrecord, "--output_failed": paths.output_failed})
     previous_output = paths.previous_output
     if previous_is_table:
-        previous_output = _resolve_previous_table(options, bigquery_table, chunks)
+        previous_output = _resolve_previous_table(options, bigquery_table, table_shape)
     outputs = OutputPlan(tfrecord=paths.output_tfrecord, sequence=opts.output_sequence, failed=paths.output_failed,
                          bigquery=bigquery_table.spec if bigquery_table else None,
                          bigquery_method=opts.bigquery_method, bigquery_table_exists=False,
@@ -292,7 +295,7 @@ def _resolve_bigquery(options: PipelineOptions):
     return table
 
 
-def _resolve_previous_table(options: PipelineOptions, output_table, chunks: bool) -> str | None:
+def _resolve_previous_table(options: PipelineOptions, output_table, table_shape: dict) -> str | None:
     """--previous_output naming a BigQuery table, cross-checked: the table to read, or None when there is none yet."""
     from transforms import bigquery
 
@@ -310,7 +313,7 @@ def _resolve_previous_table(options: PipelineOptions, output_table, chunks: bool
                          "--previous_output the run loads its complete set with load jobs; use --bigquery_method "
                          "file_loads (the default).")
     exists = bigquery.check_previous_table(previous, output_table, options.view_as(GoogleCloudOptions).project,
-                                           chunks=chunks)
+                                           **table_shape)
     if not exists:
         logging.info("--previous_output %s does not exist yet; embedding everything.", previous.spec)
     return previous.spec if exists else None
@@ -355,19 +358,22 @@ def _check_writable(paths_by_flag: dict) -> None:
             raise ValueError(f"{flag} {path}: cannot write to {directory} ({err.strerror or err}).") from err
 
 
-def _plan_sinks(opts: EmbeddingOptions, inputs: InputPlan, model: ModelPlan,
-                incremental: IncrementalPlan) -> SinkPlan:
+def _plan_kept_fields(opts: EmbeddingOptions, inputs: InputPlan) -> tuple:
+    """--keep_fields as records.Columns, typed from the input's first records."""
+    from transforms import preflight
+
+    names = parse_field_list(opts.keep_fields, "--keep_fields")
+    return tuple(preflight.kept_columns(list(inputs.patterns), inputs.input_format, names))
+
+
+def _plan_sinks(opts: EmbeddingOptions, model: ModelPlan, incremental: IncrementalPlan,
+                keep_fields: tuple) -> SinkPlan:
     """Kept fields typed from the input, and the typed sinks checked: flags that go together, the Vertex fields
     among the kept ones, the PostgreSQL table (created or checked) before anything runs."""
     import runtime
-    from transforms import postgres, preflight
+    from transforms import postgres
     from transforms.files import BeamFiles
 
-    names = parse_field_list(opts.keep_fields, "--keep_fields")
-    if names and opts.output_bigquery:
-        raise ValueError("--keep_fields is not written to --output_bigquery yet: drop one of them (TFRecord, "
-                         "Parquet, Vertex and PostgreSQL outputs carry kept fields).")
-    keep_fields = preflight.kept_columns(list(inputs.patterns), inputs.input_format, names)
     types = {column.name: column.type for column in keep_fields}
     restricts = parse_field_list(opts.vertex_restricts, "--vertex_restricts")
     numeric = parse_field_list(opts.vertex_numeric_restricts, "--vertex_numeric_restricts")

@@ -81,7 +81,8 @@ def _select_changed(pipeline: beam.Pipeline, plan: Plan, records):
 
     run = plan.incremental
     chunks = plan.model.chunking is not None
-    previous = pipeline | "ReadPrevious" >> (incremental.ReadPreviousTable(run.previous_output, chunks=chunks)
+    previous = pipeline | "ReadPrevious" >> (incremental.ReadPreviousTable(run.previous_output, chunks=chunks,
+                                                                           kept=plan.sinks.keep_fields)
                                              if run.bigquery_update else incremental.ReadPrevious(run.previous_files))
     selected = records | "SelectChanged" >> incremental.SelectChanged(
         previous, plan.model.fingerprint, with_sequence=plan.outputs.sequence and not run.bigquery_update)
@@ -98,7 +99,7 @@ def _write(embeddings, plan: Plan, verdict, carried_forward) -> None:
         # Rows embedded by this run only (their embedded_at stays true).
         refused_rows = embeddings | "WriteBigQuery" >> bigquery.WriteBigQuery(
             outputs.bigquery, fingerprint, run.run_id, method=outputs.bigquery_method,
-            table_exists=outputs.bigquery_table_exists, verdict=verdict, chunks=chunks)
+            table_exists=outputs.bigquery_table_exists, verdict=verdict, chunks=chunks, kept=plan.sinks.keep_fields)
         # Written apart from the others, which the check waits for; the name still matches PREFIX-*.jsonl.
         _ = refused_rows | "WriteBigQueryFailures" >> write.WriteFailures(outputs.failed + "-bigquery")
     if outputs.tfrecord:
@@ -111,7 +112,7 @@ def _write(embeddings, plan: Plan, verdict, carried_forward) -> None:
         # The run's complete set (embedded and carried forward) replaces the table's rows in one MERGE.
         _ = embeddings | "UpdateBigQuery" >> incremental.UpdateTable(
             outputs.bigquery, fingerprint, run.run_id, verdict=verdict, carried_forward=carried_forward,
-            chunks=chunks)
+            chunks=chunks, kept=plan.sinks.keep_fields)
 
 
 def _write_typed(embeddings, plan: Plan, verdict, selected, previous) -> None:

@@ -69,11 +69,11 @@ def parse_table(spec: str, flag: str = _FLAG) -> Table:
     return Table(match["project"], match["dataset"], match["table"])
 
 
-def beam_schema(chunks: bool = False) -> dict:
-    return {"fields": [{"name": name, "type": type_, "mode": mode} for name, type_, mode in schema(chunks)]}
+def beam_schema(chunks: bool = False, kept: tuple = ()) -> dict:
+    return {"fields": [{"name": name, "type": type_, "mode": mode} for name, type_, mode in schema(chunks, kept)]}
 
 
-def schema_problems(fields, chunks: bool = False) -> list[str]:
+def schema_problems(fields, chunks: bool = False, kept: tuple = ()) -> list[str]:
     """What stops rows of schema(chunks) from being appended to a table with these columns; empty when nothing
     does.
 
@@ -83,7 +83,7 @@ def schema_problems(fields, chunks: bool = False) -> list[str]:
     """
     existing = {field.name: field for field in fields}
     problems = []
-    for name, type_, mode in schema(chunks):
+    for name, type_, mode in schema(chunks, kept):
         field = existing.pop(name, None)
         if field is None:
             problems.append(f"no column {name}")
@@ -127,7 +127,7 @@ def _get_table(table: Table, billing_project: str | None, flag: str, missing_hin
         raise ValueError(f"{flag} {table.spec}: cannot check the table: {e}") from e
 
 
-def _check_schema(existing, table: Table, flag: str, chunks: bool) -> None:
+def _check_schema(existing, table: Table, flag: str, chunks: bool, kept: tuple) -> None:
     if existing.table_type not in (None, "TABLE"):
         raise ValueError(f"{flag} {table.spec} is a {existing.table_type}, not a table.")
     holds_chunks = any(field.name == "doc_id" for field in existing.schema)
@@ -136,14 +136,14 @@ def _check_schema(existing, table: Table, flag: str, chunks: bool) -> None:
                 "was written with" if holds_chunks else
                 "holds whole records (no chunk columns) and this --chunking run writes chunks")
         raise ValueError(f"{flag} {table.spec} {what}, or write to another table.")
-    problems = schema_problems(existing.schema, chunks)
+    problems = schema_problems(existing.schema, chunks, kept)
     if problems:
-        wanted = ", ".join(f"{name} {type_} {mode}" for name, type_, mode in schema(chunks))
+        wanted = ", ".join(f"{name} {type_} {mode}" for name, type_, mode in schema(chunks, kept))
         raise ValueError(f"{flag} {table.spec} exists with an incompatible schema ({'; '.join(problems)}). "
                          f"Write to a new table, or give this one the columns {wanted}.")
 
 
-def check_table(table: Table, billing_project: str | None = None, chunks: bool = False) -> bool:
+def check_table(table: Table, billing_project: str | None = None, chunks: bool = False, kept: tuple = ()) -> bool:
     """Checks, before the job starts, that rows can be written to `table`; returns whether it exists.
 
     A missing table is fine (the job creates it) but its dataset must exist. An existing table must accept
@@ -152,12 +152,12 @@ def check_table(table: Table, billing_project: str | None = None, chunks: bool =
     existing = _get_table(table, billing_project, _FLAG, " The table is created when missing.")
     if existing is None:
         return False
-    _check_schema(existing, table, _FLAG, chunks)
+    _check_schema(existing, table, _FLAG, chunks, kept)
     return True
 
 
 def check_previous_table(table: Table, output_table: Table, billing_project: str | None = None,
-                         chunks: bool = False) -> bool:
+                         chunks: bool = False, kept: tuple = ()) -> bool:
     """Checks the table an incremental run reads (--previous_output); returns whether there is one to read.
 
     The table the run keeps current (`output_table`) may be missing: that is the first run, which embeds
@@ -171,7 +171,7 @@ def check_previous_table(table: Table, output_table: Table, billing_project: str
             return False
         raise ValueError(f"{flag} {table.spec} does not exist. Name the table the earlier runs kept current (usually "
                          f"the --output_bigquery table, {output_table.spec}), which may be missing on the first run.")
-    _check_schema(existing, table, flag, chunks)
+    _check_schema(existing, table, flag, chunks, kept)
     return True
 
 
@@ -203,13 +203,13 @@ class WriteBigQuery(beam.PTransform):
     """
 
     def __init__(self, table: str, model_fingerprint: str, run_id: str, method: str = "file_loads",
-                 table_exists: bool = False, verdict=None, chunks: bool = False):
+                 table_exists: bool = False, verdict=None, chunks: bool = False, kept: tuple = ()):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)}, not {method!r}.")
         self._table, self._model, self._run_id = table, model_fingerprint, run_id
         self._method, self._table_exists = method, table_exists
-        self._verdict, self._chunks = verdict, chunks
+        self._verdict, self._chunks, self._kept = verdict, chunks, kept
 
     def expand(self, embeddings):
         rows = embeddings | "ToRow" >> beam.Map(embedded_row, self._model, self._run_id)
@@ -217,7 +217,7 @@ class WriteBigQuery(beam.PTransform):
             rows = rows | "AfterCheck" >> beam.Map(_passed, beam.pvalue.AsSingleton(self._verdict))
         result = rows | "Write" >> beam.io.WriteToBigQuery(
             self._table,
-            schema=None if self._table_exists else beam_schema(self._chunks),
+            schema=None if self._table_exists else beam_schema(self._chunks, self._kept),
             create_disposition="CREATE_NEVER" if self._table_exists else "CREATE_IF_NEEDED",
             write_disposition="WRITE_APPEND",
             method=METHODS[self._method],
@@ -235,9 +235,9 @@ class ReadTable(beam.PTransform):
     --temp_location, only the columns needed.
     """
 
-    def __init__(self, table: str, chunks: bool = False):
+    def __init__(self, table: str, chunks: bool = False, kept: tuple = ()):
         super().__init__()
-        self._table, self._chunks = parse_table(table), chunks
+        self._table, self._chunks, self._kept = parse_table(table), chunks, kept
 
     def expand(self, pbegin):
         from apache_beam.io.gcp.internal.clients.bigquery import DatasetReference
@@ -245,10 +245,10 @@ class ReadTable(beam.PTransform):
         return (pbegin
                 | "Read" >> beam.io.ReadFromBigQuery(
                     table=self._table.spec, method=beam.io.ReadFromBigQuery.Method.DIRECT_READ,
-                    selected_fields=[name for name, _, _ in schema(self._chunks)],
+                    selected_fields=[name for name, _, _ in schema(self._chunks, self._kept)],
                     # Reading a whole table creates no temporary dataset. Naming the table's own dataset stops the
                     # clean-up step from listing the project's datasets by a label and deleting the matches, which
                     # needs dataset permissions and, against bqemulator (it ignores the label filter), deletes
                     # every dataset; it now only tries to delete a temporary table that was never created.
                     temp_dataset=DatasetReference(projectId=self._table.project, datasetId=self._table.dataset))
-                | "ToRow" >> beam.Map(from_read_row, self._table.spec, self._chunks))
+                | "ToRow" >> beam.Map(from_read_row, self._table.spec, self._chunks, self._kept))

@@ -198,13 +198,13 @@ class ReadPreviousTable(beam.PTransform):
     """Reads the rows of an earlier run's BigQuery table (transforms.bigquery.ReadTable) into (document id,
     _Previous); `chunks`: the table holds chunks (records.CHUNK_SCHEMA's columns)."""
 
-    def __init__(self, table: str, chunks: bool = False):
+    def __init__(self, table: str, chunks: bool = False, kept: tuple = ()):
         super().__init__()
-        self._table, self._chunks = table, chunks
+        self._table, self._chunks, self._kept = table, chunks, kept
 
     def expand(self, pbegin):
         return (pbegin
-                | "ReadTable" >> bigquery.ReadTable(self._table, chunks=self._chunks)
+                | "ReadTable" >> bigquery.ReadTable(self._table, chunks=self._chunks, kept=self._kept)
                 | "KeyById" >> beam.Map(_key_previous_row))
 
 
@@ -314,7 +314,7 @@ def run_table(table: Table, run_id: str) -> Table:
     return Table(table.project, table.dataset, f"{table.table}{RUN_TABLE_INFIX}{run_id.replace('.', '_')}")
 
 
-def merge_sql(table: Table, run: Table, chunks: bool = False) -> str:
+def merge_sql(table: Table, run: Table, chunks: bool = False, kept: tuple = ()) -> str:
     """The MERGE that makes `table` hold exactly the rows of `run` (one per id), touching only what differs.
 
     A row is kept when every SCHEMA column but the embedding is equal (a carried-forward row keeps its
@@ -322,10 +322,13 @@ def merge_sql(table: Table, run: Table, chunks: bool = False) -> str:
     deleted and duplicated ones are deleted. The run table holds one row per record; an id the corpus holds
     twice keeps its most recently embedded row. With `chunks` the rows are chunks (schema(chunks)'s columns): a
     changed document's stale chunks differ in content_hash and are deleted. chunk_text, like the embedding,
-    follows from the others and is not compared (it may be NULL).
+    follows from the others and is not compared (it may be NULL). Kept fields (--keep_fields) are compared too, so
+    a row whose field changed is replaced: NULLs as equal, lists by their JSON text.
     """
-    columns = [name for name, _, _ in schema(chunks)]
-    keys = [name for name in columns if name not in ("embedding", "chunk_text")]
+    columns = [name for name, _, _ in schema(chunks, kept)]
+    kept_names = {column.name for column in kept}
+    keys = [name for name in columns if name not in ("embedding", "chunk_text") and name not in kept_names]
+    compared = [f"current.{key} = run.{key}" for key in keys] + [_same_field(column) for column in kept]
     listed = ", ".join(columns)
     return (
         f"MERGE `{table.table_id}` AS current\n"
@@ -335,17 +338,25 @@ def merge_sql(table: Table, run: Table, chunks: bool = False) -> str:
         f"        FROM `{run.table_id}`)\n"
         f"  WHERE copy = 1\n"
         f") AS run\n"
-        f"ON {' AND '.join(f'current.{key} = run.{key}' for key in keys)}\n"
+        f"ON {' AND '.join(compared)}\n"
         f"WHEN NOT MATCHED BY TARGET THEN\n"
         f"  INSERT ({listed}) VALUES ({', '.join(f'run.{name}' for name in columns)})\n"
         f"WHEN NOT MATCHED BY SOURCE THEN DELETE")
 
 
+def _same_field(column) -> str:
+    if column.type.startswith("list<"):
+        return f"TO_JSON_STRING(current.{column.name}) = TO_JSON_STRING(run.{column.name})"
+    return f"current.{column.name} IS NOT DISTINCT FROM run.{column.name}"
+
+
 class _MergeFn(beam.DoFn):
     """Once every load job into the run table is done: checks its row count, MERGEs it into the table, drops it."""
 
-    def __init__(self, table: Table, run: Table, billing_project: str | None, chunks: bool = False):
+    def __init__(self, table: Table, run: Table, billing_project: str | None, chunks: bool = False,
+                 kept: tuple = ()):
         self._table, self._run, self._billing_project, self._chunks = table, run, billing_project, chunks
+        self._kept = kept
         self._merged = counter("bigquery_rows_changed")
 
     def setup(self):
@@ -358,7 +369,8 @@ class _MergeFn(beam.DoFn):
         from google.api_core import exceptions
 
         bigquery, client = self._bigquery, self._client
-        columns = [bigquery.SchemaField(name, type_, mode=mode) for name, type_, mode in schema(self._chunks)]
+        columns = [bigquery.SchemaField(name, type_, mode=mode)
+                   for name, type_, mode in schema(self._chunks, self._kept)]
         if expected_rows == 0:
             # No rows means no load job, so nothing replaced what an earlier attempt may have left.
             client.delete_table(self._run.table_id, not_found_ok=True)
@@ -374,7 +386,7 @@ class _MergeFn(beam.DoFn):
             raise RuntimeError(f"Run table {self._run.spec} holds {found} rows, not the {expected_rows} this run "
                                f"wrote; {self._table.spec} is left as it was.")
         client.create_table(bigquery.Table(self._table.table_id, schema=columns), exists_ok=True)
-        job = client.query(merge_sql(self._table, self._run, self._chunks))
+        job = client.query(merge_sql(self._table, self._run, self._chunks, self._kept))
         job.result()
         changed = job.num_dml_affected_rows or 0
         self._merged.inc(changed)
@@ -401,10 +413,10 @@ class UpdateTable(beam.PTransform):
     """
 
     def __init__(self, table: str, model_fingerprint: str, run_id: str, verdict=None, carried_forward=None,
-                 chunks: bool = False):
+                 chunks: bool = False, kept: tuple = ()):
         super().__init__()
         self._table, self._model, self._run_id = bigquery.parse_table(table), model_fingerprint, run_id
-        self._verdict, self._carried_forward, self._chunks = verdict, carried_forward, chunks
+        self._verdict, self._carried_forward, self._chunks, self._kept = verdict, carried_forward, chunks, kept
 
     def expand(self, embeddings):
         run = run_table(self._table, self._run_id)
@@ -412,13 +424,13 @@ class UpdateTable(beam.PTransform):
         if self._carried_forward is not None:
             rows = (rows, self._carried_forward) | "WithCarriedForward" >> beam.Flatten()
         written = rows | "WriteRunTable" >> beam.io.WriteToBigQuery(
-            run.spec, schema=bigquery.beam_schema(self._chunks), create_disposition="CREATE_IF_NEEDED",
+            run.spec, schema=bigquery.beam_schema(self._chunks, self._kept), create_disposition="CREATE_IF_NEEDED",
             write_disposition="WRITE_TRUNCATE", method="FILE_LOADS")
         row_count = rows | "CountRows" >> beam.combiners.Count.Globally()
         # The job ids as side inputs: MergeIntoTable starts only when every load (and copy) job has finished.
         billing_project = embeddings.pipeline.options.view_as(GoogleCloudOptions).project
         gate = () if self._verdict is None else (beam.pvalue.AsSingleton(self._verdict),)
         return row_count | "MergeIntoTable" >> beam.ParDo(
-            _MergeFn(self._table, run, billing_project, self._chunks),
+            _MergeFn(self._table, run, billing_project, self._chunks, self._kept),
             beam.pvalue.AsList(written.destination_load_jobid_pairs),
             beam.pvalue.AsList(written.destination_copy_jobid_pairs), *gate)

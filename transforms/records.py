@@ -296,9 +296,18 @@ CHUNK_SCHEMA = (
 )
 
 
-def schema(chunks: bool = False) -> tuple:
-    """The table's columns: SCHEMA, and CHUNK_SCHEMA's after them for a chunked run."""
-    return SCHEMA + CHUNK_SCHEMA if chunks else SCHEMA
+def schema(chunks: bool = False, kept: tuple = ()) -> tuple:
+    """The table's columns: SCHEMA, CHUNK_SCHEMA's after them for a chunked run, then the kept fields (Columns,
+    --keep_fields): NULLABLE, or REPEATED for lists; json as STRING (JSON text)."""
+    columns = SCHEMA + (CHUNK_SCHEMA if chunks else ())
+    for column in kept:
+        repeated = column.type.startswith("list<")
+        base = column.type[5:-1] if repeated else column.type
+        columns += ((column.name, _BIGQUERY_TYPES[base], "REPEATED" if repeated else "NULLABLE"),)
+    return columns
+
+
+_BIGQUERY_TYPES = {"string": "STRING", "int64": "INT64", "float64": "FLOAT64", "bool": "BOOL", "json": "STRING"}
 
 
 def to_row(key: RecordKey, vector, model: str, run_id: str, embedded_at: datetime.datetime) -> dict:
@@ -313,10 +322,11 @@ def to_row(key: RecordKey, vector, model: str, run_id: str, embedded_at: datetim
     }
     if key.chunk is not None:
         row.update(_chunk_fields(key.chunk))
+    row.update(key.fields)
     return row
 
 
-def from_read_row(row: dict, source: str, chunks: bool = False) -> dict:
+def from_read_row(row: dict, source: str, chunks: bool = False, kept: tuple = ()) -> dict:
     """A row read back from a table as to_row would have built it (schema(chunks)'s columns), ready to be loaded
     again.
 
@@ -338,6 +348,7 @@ def from_read_row(row: dict, source: str, chunks: bool = False) -> dict:
     }
     if chunks:
         read.update({name: row.get(name) for name, _, _ in CHUNK_SCHEMA})
+    read.update({column.name: row.get(column.name) for column in kept})
     return read
 
 

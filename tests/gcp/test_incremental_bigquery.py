@@ -340,3 +340,33 @@ def test_a_table_of_the_other_shape_is_refused_up_front(chunked_table, dataset, 
     one_error_line(capsys.readouterr().err.strip().splitlines(), table.spec,
                    "holds chunks" if chunked_table else "holds whole records")
     assert bq.get_table(table.table_id).num_rows == 0
+
+
+def test_kept_fields_are_typed_columns_and_a_changed_field_alone_updates_its_row(
+        dataset, bq, tiny_model_dir, tmp_path):
+    table = f"test-project:{dataset}.kept"
+    docs = {"a": ("the cat sat", "en", 2020, ["x", "y"]), "b": ("a dog ran", "de", 2021, None),
+            "c": ("hello world", None, 2022, ["z"])}
+
+    def corpus(name, records):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"id": i, "text": t, "lang": lang, "year": year,
+                                            **({"tags": tags} if tags is not None else {})}) + "\n"
+                                for i, (t, lang, year, tags) in records.items()))
+        return str(path)
+
+    _run(corpus("1.jsonl", docs), table, "k1", tiny_model_dir, tmp_path, "--keep_fields=lang,year,tags")
+    columns = {field.name: (field.field_type, field.mode) for field in bq.get_table(table.replace(":", ".")).schema}
+    assert columns["lang"] == ("STRING", "NULLABLE") and columns["tags"] == ("STRING", "REPEATED")
+    assert columns["year"][0] in ("INT64", "INTEGER")
+    first = bq.rows(table)
+    assert (first["a"]["lang"], first["a"]["year"], first["a"]["tags"]) == ("en", 2020, ["x", "y"])
+    assert first["b"]["tags"] == [] and first["c"]["lang"] is None
+    changed = {**docs, "a": ("the cat sat", "fr", 2020, ["x", "y"]), "b": ("a dog barked", "de", 2021, None)}
+    counts = _run(corpus("2.jsonl", changed), table, "k2", tiny_model_dir, tmp_path, "--keep_fields=lang,year,tags")
+    assert _changes(counts) == {"new": 0, "changed": 1, "changed_model": 0, "unchanged": 2, "deleted": 0,
+                                "embedded": 1}
+    second = bq.rows(table)
+    assert second["a"]["lang"] == "fr" and second["a"]["run_id"] == "k1"  # Not re-embedded: the field alone.
+    assert second["a"]["embedding"] == first["a"]["embedding"] and second["c"] == first["c"]
+    assert second["b"]["run_id"] == "k2"
