@@ -370,3 +370,40 @@ def test_kept_fields_are_typed_columns_and_a_changed_field_alone_updates_its_row
     assert second["a"]["lang"] == "fr" and second["a"]["run_id"] == "k1"  # Not re-embedded: the field alone.
     assert second["a"]["embedding"] == first["a"]["embedding"] and second["c"] == first["c"]
     assert second["b"]["run_id"] == "k2"
+
+
+def test_every_sink_of_one_run_holds_the_same_ids_vectors_and_fields(dataset, bq, tiny_model_dir, tmp_path,
+                                                                      postgres_uri, read_embeddings):
+    """TFRecord, BigQuery, Parquet, Vertex AI Vector Search and PostgreSQL written by one run, chunked."""
+    import glob
+
+    import psycopg
+    import pyarrow.parquet as pq
+
+    table = f"test-project:{dataset}.every_sink"
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": _document(20 + 15 * i, i), "lang": f"l{i % 2}"})
+                              + "\n" for i in range(4)))
+    root = tmp_path / "out"
+    run_lib.run(["--runner=FnApiRunner", "--project=test-project", f"--input={corpus}",
+                 f"--model_dir={tiny_model_dir}", "--chunking=windows", "--chunk_tokens=16", "--keep_fields=lang",
+                 f"--output_tfrecord={root}/emb", f"--output_bigquery={table}", "--temp_location=gs://tests/tmp",
+                 f"--output_parquet={root}/parquet/emb", f"--output_vertex={root}/vertex",
+                 "--vertex_restricts=lang", f"--output_postgres={postgres_uri}", "--postgres_table=every_sink"])
+    tfrecord = {i: (row["embedding"], row["doc_id"]) for i, row in read_embeddings(f"{root}/emb", chunks=True).items()}
+    assert len(tfrecord) > 4
+    sinks = {
+        "bigquery": {i: (row["embedding"], row["doc_id"], row["lang"]) for i, row in bq.rows(table).items()},
+        "parquet": {row["id"]: (row["embedding"], row["doc_id"], row["lang"])
+                    for path in glob.glob(f"{root}/parquet/emb-*.parquet") for row in pq.read_table(path).to_pylist()},
+        "vertex": {point["id"]: (point["embedding"], point["id"].split("#")[0], point["restricts"][0]["allow"][0])
+                   for path in glob.glob(f"{root}/vertex/*.json") for point in map(json.loads, open(path))},
+    }
+    with psycopg.connect(postgres_uri) as connection:
+        sinks["postgres"] = {i: (json.loads(vector), doc_id, lang) for i, vector, doc_id, lang in connection.execute(
+            "SELECT id, embedding::text, doc_id, lang FROM every_sink").fetchall()}
+    for name, rows in sinks.items():
+        assert sorted(rows) == sorted(tfrecord), name
+        for record_id, (vector, doc_id, lang) in rows.items():
+            assert doc_id == tfrecord[record_id][1] and lang == f"l{int(doc_id[1:]) % 2}", (name, record_id)
+            np.testing.assert_allclose(vector, tfrecord[record_id][0], atol=1e-6, err_msg=f"{name} {record_id}")
