@@ -23,7 +23,8 @@ from pipeline.options import UsageError, check_argv, options_parser
 from pipeline.plan import Plan, validate
 from transforms import records as records_lib
 
-__all__ = ["build", "remove_partial_files", "counters", "summarize", "prepare", "launch", "run", "help_parser", "main"]
+__all__ = ["build", "remove_partial_files", "counters", "summarize", "prepare", "launch", "run", "help_parser", "main",
+           "exit_process"]
 
 _LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PrismRunner")
 _NOISY_LOGGERS = ("apache_beam", "absl", "tensorflow", "google", "urllib3", "h5py")
@@ -359,5 +360,18 @@ def main(argv=None) -> int:
     return 0
 
 
+def exit_process(code: int) -> None:
+    """Ends the command-line process with `code` once its exit handlers have run and its output is flushed,
+    skipping the interpreter's teardown: freeing a loaded model's graphs and TensorFlow's state object by object
+    takes seconds (see BENCHMARKS.md) and does nothing for a process that is done. For `python -m` only: code
+    that calls main() keeps its process."""
+    import atexit
+
+    atexit._run_exitfuncs()  # Beam's (shared-model servers, job servers) and logging's own flush.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

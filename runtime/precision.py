@@ -55,8 +55,17 @@ def load_encoder_call(path: str, *, precision: str = "fp32", cls_only: bool = Fa
     """
     import tensorflow as tf
 
-    encoder = tf.saved_model.load(path)
     onednn = devices.onednn_runs_on_cpu()
+    if precision == "bf16":
+        from model import export_lib
+
+        # The rebuilt module needs only the config and the variables: read without loading the SavedModel's
+        # functions, which takes seconds (see BENCHMARKS.md).
+        config = export_lib.read_config(path)
+        if config is not None:
+            return _bf16_call(export_lib.load_encoder(path, compute_dtype=tf.bfloat16, config=config), onednn,
+                              cls_only)
+    encoder = tf.saved_model.load(path)
     if precision != "bf16":
         for form, wanted in (("onednn_cls_call", cls_only and onednn), ("cls_call", cls_only),
                              ("onednn_call", onednn)):
@@ -66,11 +75,16 @@ def load_encoder_call(path: str, *, precision: str = "fp32", cls_only: bool = Fa
     if hasattr(encoder, "get_config"):
         from model import export_lib
 
-        module = export_lib.load_encoder(path, compute_dtype=tf.bfloat16, saved_model=encoder)
-        module.use_onednn_kernels(onednn)
-        module.freeze_matmul_weights()
-        return EncoderCall(module, "cls_outputs" if cls_only else "__call__", native_bf16=True)
+        return _bf16_call(export_lib.load_encoder(path, compute_dtype=tf.bfloat16, saved_model=encoder), onednn,
+                          cls_only)
     return EncoderCall(encoder)
+
+
+def _bf16_call(module, onednn: bool, cls_only: bool) -> EncoderCall:
+    """The rebuilt bfloat16 module, with oneDNN's kernels where oneDNN runs and its matmul weights frozen."""
+    module.use_onednn_kernels(onednn)
+    module.freeze_matmul_weights()
+    return EncoderCall(module, "cls_outputs" if cls_only else "__call__", native_bf16=True)
 
 
 def use_precision(precision: str, *, native_bf16: bool) -> None:

@@ -2,17 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
 import runtime
 from transforms import records
 from transforms.files import BeamFiles
 
 __all__ = ["EmbeddingModelHandler", "Embed", "EmbedTexts"]
+
+_MODEL_MANAGER = "apache_beam.ml.inference.model_manager"
+
+
+@contextlib.contextmanager
+def _without_model_manager():
+    """Imports RunInference's module without its ModelManager, which Beam 2.77 imports with it, and with that
+    torch and scipy wherever torch is installed: seconds of start-up (see BENCHMARKS.md) for a class that only
+    RunInference(use_model_manager=True) uses, and which Beam then imports itself. Beam's memory metric, which
+    that failed import also turns off, is turned back on."""
+    if "apache_beam.ml.inference.base" in sys.modules or _MODEL_MANAGER in sys.modules:
+        yield
+        return
+    sys.modules[_MODEL_MANAGER] = None  # An ImportError, which Beam catches.
+    try:
+        yield
+    finally:
+        del sys.modules[_MODEL_MANAGER]
+        base = sys.modules.get("apache_beam.ml.inference.base")
+        if base is not None and getattr(base, "resource", False) is None:
+            import resource
+
+            base.resource = resource
+
+
+with _without_model_manager():
+    from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
 
 
