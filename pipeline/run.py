@@ -43,7 +43,7 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
         model.encoder, model.preprocessor, seq_length=model.seq_length, pooling=model.pooling,
         normalize=model.normalize, with_sequence=outputs.sequence, max_batch_size=model.batch_size,
         token_budget=model.token_budget, large_model=model.large_model, model_copies=model.model_copies,
-        precision=model.precision)
+        precision=model.precision, pairs=bool(inputs.pair_fields))
     parsed, read_failures = pipeline | "ReadCorpus" >> read.ReadCorpus(
         list(inputs.patterns), inputs.input_format, id_field=inputs.id_field, text_field=inputs.text_field,
         pair_fields=inputs.pair_fields)
@@ -274,7 +274,9 @@ def _import_tensorflow_quietly() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, stderr)
-        import tensorflow as tf
+        from runtime import import_tensorflow
+
+        tf = import_tensorflow()
 
         tf.config.list_physical_devices("GPU")  # Device discovery logs "failed call to cuInit" on CPU machines.
     finally:

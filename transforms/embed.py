@@ -65,6 +65,8 @@ class EmbeddingModelHandler(ModelHandler[tuple, runtime.Embedding, Any]):
       token_budget: the most padded tokens encoded at once; batches are cut into length-sorted sub-batches.
       large_model: hold one copy of the models per machine, shared by every worker process.
       model_copies: hold exactly this many copies per machine.
+      pairs: whether every input is a pair (True) or a single text (False), when known: loading then warms up
+        only that form. None (unknown): both.
       precision: "fp32", or "bf16" to run the encoder's matrix multiplications in bfloat16 on CPUs with
         AVX512_BF16 or AMX (close to fp32 and faster, see BENCHMARKS.md). Encoders exported by model.export
         run rebuilt with frozen bfloat16 weights; any other SavedModel runs with TensorFlow's automatic mixed
@@ -77,7 +79,7 @@ class EmbeddingModelHandler(ModelHandler[tuple, runtime.Embedding, Any]):
     def __init__(self, encoder: str, preprocessor: str, seq_length: int = 128, pooling: str = "pooled",
                  normalize: bool = False, with_sequence: bool = False, max_batch_size: int = 512,
                  token_budget: int = 4096, large_model: bool = False, model_copies: int | None = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", pairs: bool | None = None):
         runtime.check_settings(pooling=pooling, precision=precision)
         # Whole batches, not Beam's adaptive sizes that start at 1: sorting a large batch is what keeps padding low.
         super().__init__(min_batch_size=max_batch_size, max_batch_size=max_batch_size, large_model=large_model,
@@ -85,12 +87,13 @@ class EmbeddingModelHandler(ModelHandler[tuple, runtime.Embedding, Any]):
         self._encoder_handle, self._preprocessor_handle = encoder, preprocessor
         self._seq_length, self._pooling, self._normalize = seq_length, pooling, normalize
         self._with_sequence, self._token_budget = with_sequence, token_budget
-        self._precision = precision
+        self._precision, self._pairs = precision, pairs
 
     def load_model(self) -> runtime.Embedder:
         return runtime.load(self._encoder_handle, self._preprocessor_handle, seq_length=self._seq_length,
                             pooling=self._pooling, normalize=self._normalize, precision=self._precision,
-                            with_sequence=self._with_sequence, token_budget=self._token_budget, files=BeamFiles())
+                            with_sequence=self._with_sequence, token_budget=self._token_budget, files=BeamFiles(),
+                            pairs=self._pairs)
 
     def run_inference(self, batch: Sequence[tuple], model: runtime.Embedder,
                       inference_args: dict | None = None) -> Iterable[PredictionResult]:
