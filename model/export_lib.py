@@ -61,7 +61,7 @@ from model import config as config_lib
 from model.encoder import Encoder
 
 __all__ = ["ENCODER_DIR", "PREPROCESSOR_DIR", "SENTENCE_CONFIG_PATH", "export_model", "export_encoder",
-           "write_sentence_config", "load_encoder"]
+           "write_sentence_config", "read_config", "load_encoder"]
 
 ENCODER_DIR, PREPROCESSOR_DIR = "encoder", "preprocessor"
 # Inside the encoder SavedModel: {"pooling": "mean"|"cls", "normalize": bool, "max_seq_length": int}, written for
@@ -203,7 +203,44 @@ def write_sentence_config(encoder_dir: str, *, sentence_config: dict) -> str:
     return path
 
 
-def load_encoder(encoder_dir: str, *, compute_dtype=tf.float32, saved_model=None) -> Encoder:
+def read_config(encoder_dir: str) -> config_lib.EncoderConfig | None:
+    """The architecture `get_config()` returns, read from saved_model.pb without loading the SavedModel.
+
+    Loading restores every exported function (seconds for a full-size encoder); the config is a constant in
+    `get_config`'s graph. None when the file holds no such function or not in the form export_encoder writes:
+    then load the SavedModel and ask it.
+
+    Args:
+      encoder_dir: the SavedModel's directory (local).
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = os.path.join(encoder_dir, "saved_model.pb")
+    if not tf.io.gfile.exists(path):  # E.g. saved_model.pbtxt.
+        return None
+    saved_model = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        saved_model.ParseFromString(f.read())
+    if len(saved_model.meta_graphs) != 1:
+        return None
+    meta_graph = saved_model.meta_graphs[0]
+    objects = meta_graph.object_graph_def
+    node_id = next((child.node_id for child in objects.nodes[0].children if child.local_name == "get_config"),
+                   None) if objects.nodes else None
+    if node_id is None or objects.nodes[node_id].WhichOneof("kind") != "function":
+        return None
+    names = list(objects.nodes[node_id].function.concrete_functions)
+    functions = [function for function in meta_graph.graph_def.library.function if function.signature.name in names]
+    if len(names) != 1 or len(functions) != 1:
+        return None
+    constants = [node.attr["value"].tensor.string_val for node in functions[0].node_def if node.op == "Const"]
+    if len(constants) != 1 or len(constants[0]) != 1:
+        return None
+    return config_lib.EncoderConfig(**json.loads(constants[0][0]))
+
+
+def load_encoder(encoder_dir: str, *, compute_dtype=tf.float32, saved_model=None,
+                 config: config_lib.EncoderConfig | None = None) -> Encoder:
     """Rebuilds the Encoder module of an encoder SavedModel that export_encoder wrote, with its weights.
 
     Args:
@@ -211,6 +248,7 @@ def load_encoder(encoder_dir: str, *, compute_dtype=tf.float32, saved_model=None
       compute_dtype: the module's compute dtype: tf.float32, or tf.bfloat16 for bfloat16 matrix multiplications
         on the float32 weights.
       saved_model: that SavedModel already loaded, if it is (it is only asked for its config).
+      config: its config (read_config), if known: then the SavedModel is not loaded at all.
 
     Returns:
       The module, its variables restored from the SavedModel.
@@ -219,11 +257,12 @@ def load_encoder(encoder_dir: str, *, compute_dtype=tf.float32, saved_model=None
       ValueError: for a SavedModel without `get_config` (not written by export_encoder), or whose variables do
         not cover the rebuilt module.
     """
-    loaded = saved_model if saved_model is not None else tf.saved_model.load(encoder_dir)
-    if not hasattr(loaded, "get_config"):
-        raise ValueError(f"{encoder_dir} was not exported by model.export (it has no get_config).")
-    config = config_lib.EncoderConfig(**json.loads(loaded.get_config().numpy()))
-    del loaded
+    if config is None:
+        loaded = saved_model if saved_model is not None else tf.saved_model.load(encoder_dir)
+        if not hasattr(loaded, "get_config"):
+            raise ValueError(f"{encoder_dir} was not exported by model.export (it has no get_config).")
+        config = config_lib.EncoderConfig(**json.loads(loaded.get_config().numpy()))
+        del loaded
     encoder = Encoder(config, seed=0, compute_dtype=compute_dtype)
     # The SavedModel's variables are a checkpoint of export_encoder's root object, whose `encoder` is the module.
     status = tf.train.Checkpoint(encoder=encoder).read(os.path.join(encoder_dir, "variables", "variables"))

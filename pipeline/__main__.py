@@ -1,7 +1,5 @@
 """`python -m pipeline` is `python -m pipeline.run`."""
 
-import sys
+from pipeline.run import exit_process, main
 
-from pipeline.run import main
-
-sys.exit(main())
+exit_process(main())

@@ -23,7 +23,8 @@ from pipeline.options import UsageError, check_argv, options_parser
 from pipeline.plan import Plan, validate
 from transforms import records as records_lib
 
-__all__ = ["build", "remove_partial_files", "counters", "summarize", "prepare", "launch", "run", "help_parser", "main"]
+__all__ = ["build", "remove_partial_files", "counters", "summarize", "prepare", "launch", "run", "help_parser", "main",
+           "exit_process"]
 
 _LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PrismRunner")
 _NOISY_LOGGERS = ("apache_beam", "absl", "tensorflow", "google", "urllib3", "h5py")
@@ -42,7 +43,7 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
         model.encoder, model.preprocessor, seq_length=model.seq_length, pooling=model.pooling,
         normalize=model.normalize, with_sequence=outputs.sequence, max_batch_size=model.batch_size,
         token_budget=model.token_budget, large_model=model.large_model, model_copies=model.model_copies,
-        precision=model.precision, chunking=model.chunking)
+        precision=model.precision, chunking=model.chunking, pairs=bool(inputs.pair_fields))
     parsed, read_failures = pipeline | "ReadCorpus" >> read.ReadCorpus(
         list(inputs.patterns), inputs.input_format, id_field=inputs.id_field, text_field=inputs.text_field,
         pair_fields=inputs.pair_fields, keep_fields=plan.sinks.keep_fields)
@@ -349,7 +350,9 @@ def _import_tensorflow_quietly() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, stderr)
-        import tensorflow as tf
+        from runtime import import_tensorflow
+
+        tf = import_tensorflow()
 
         tf.config.list_physical_devices("GPU")  # Device discovery logs "failed call to cuInit" on CPU machines.
     finally:
@@ -435,5 +438,18 @@ def main(argv=None) -> int:
     return 0
 
 
+def exit_process(code: int) -> None:
+    """Ends the command-line process with `code` once its exit handlers have run and its output is flushed,
+    skipping the interpreter's teardown: freeing a loaded model's graphs and TensorFlow's state object by object
+    takes seconds (see BENCHMARKS.md) and does nothing for a process that is done. For `python -m` only: code
+    that calls main() keeps its process."""
+    import atexit
+
+    atexit._run_exitfuncs()  # Beam's (shared-model servers, job servers) and logging's own flush.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -21,6 +21,7 @@ from runtime.handles import (
     resolve_settings,
     stage_locally,
 )
+from runtime.imports import import_tensorflow, register_text_ops
 from runtime.loader import check_settings, load
 from runtime.precision import PRECISIONS, EncoderCall, load_encoder_call, use_precision
 
@@ -30,5 +31,5 @@ __all__ = ["load", "check_settings", "Embedder", "Embedding", "EmbeddedBatch", "
            "SENTENCE_CONFIG_PATH", "DEFAULT_POOLING", "DEFAULT_SEQ_LENGTH", "MAX_SEQ_LENGTH", "Settings",
            "resolve_settings", "resolve_handle", "stage_locally", "model_defaults", "check_models",
            "check_seq_length", "model_max_seq_length", "model_fingerprint", "embedding_dimension", "Files",
-           "FileInfo", "LocalFiles", "LOCAL",
-           "allow_gpu_memory_growth", "onednn_runs_on_cpu", "cpu_has_bf16"]
+           "FileInfo", "LocalFiles", "LOCAL", "allow_gpu_memory_growth", "onednn_runs_on_cpu", "cpu_has_bf16",
+           "import_tensorflow", "register_text_ops"]

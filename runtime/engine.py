@@ -52,7 +52,7 @@ class Embedder:
         self._encoder = encoder
         self._seq_length, self._with_sequence = seq_length, with_sequence
         self._token_budget = max(token_budget, seq_length)
-        self._encoder_keys = self._accepted_encoder_keys()
+        self._encoder_keys = getattr(encoder, "input_keys", None) or self._accepted_encoder_keys()
         self._call_overhead = SUB_BATCH_OVERHEAD_TOKENS[precision]
         text_spec = tf.TensorSpec([None], tf.string)
         id_spec = tf.TensorSpec([None, None], tf.int32)

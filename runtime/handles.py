@@ -253,7 +253,8 @@ def check_models(encoder: str, preprocessor: str, *, files: Files = LOCAL) -> No
 def check_seq_length(preprocessor: str, seq_length: int, *, files: Files = LOCAL) -> None:
     """Refuses a --seq_length beyond what the preprocessor packs (its `max_seq_length`, as model.export writes).
 
-    Loads the preprocessor (small: a vocabulary and a graph); handles without that attribute are not checked.
+    Reads the attribute's value from the SavedModel's variables without loading its graph (a load takes seconds,
+    and the workers load the preprocessor anyway); handles without that attribute are not checked.
 
     Args:
       preprocessor: the preprocessor handle.
@@ -271,15 +272,25 @@ def check_seq_length(preprocessor: str, seq_length: int, *, files: Files = LOCAL
 
 def model_max_seq_length(preprocessor: str, *, files: Files = LOCAL) -> int | None:
     """The longest input the preprocessor packs (its `max_seq_length`, as model.export writes it), or None for
-    URL handles and preprocessors without that attribute. Loads the preprocessor (small: a vocabulary and a
-    graph)."""
+    URL handles and preprocessors without that attribute; read from its variables, without loading its graph."""
     if _is_url(preprocessor):
         return None
-    import tensorflow as tf
-    import tensorflow_text  # noqa: F401  Registers the preprocessor's ops.
+    limit = _root_variable(resolve_handle(preprocessor, files=files), "max_seq_length")
+    return None if limit is None else int(limit)
 
-    limit = getattr(tf.saved_model.load(resolve_handle(preprocessor, files=files)), "max_seq_length", None)
-    return None if limit is None else int(limit.numpy())
+
+def _root_variable(saved_model_dir: str, name: str):
+    """The value of the variable `name` held by a local SavedModel's root object, read from its variables
+    checkpoint (where the root's attribute NAME is saved as NAME/.ATTRIBUTES/VARIABLE_VALUE); None when there is
+    no such variable."""
+    import tensorflow as tf
+
+    try:
+        reader = tf.train.load_checkpoint(os.path.join(saved_model_dir, "variables", "variables"))
+    except (tf.errors.NotFoundError, ValueError):  # A SavedModel without variables.
+        return None
+    key = f"{name}/.ATTRIBUTES/VARIABLE_VALUE"
+    return reader.get_tensor(key) if reader.has_tensor(key) else None
 
 
 def model_fingerprint(encoder: str, preprocessor: str, pooling: str, normalize: bool, seq_length: int,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime import devices
+from runtime import devices, imports
 from runtime.engine import POOLING_MODES, Embedder
 from runtime.files import LOCAL, Files
 from runtime.handles import resolve_handle
@@ -25,12 +25,12 @@ def check_settings(*, pooling: str = "pooled", precision: str = "fp32") -> None:
 
 def load(encoder: str, preprocessor: str, *, seq_length: int = 128, pooling: str = "pooled",
          normalize: bool = False, precision: str = "fp32", with_sequence: bool = False, token_budget: int = 4096,
-         files: Files = LOCAL) -> Embedder:
+         files: Files = LOCAL, pairs: bool | None = None) -> Embedder:
     """Loads a preprocessor + encoder SavedModel pair, picks the encoder call to run, and warms it up.
 
-    Imports tensorflow_text first (its ops must be registered before the preprocessor loads) and lets GPU memory
-    grow. The encoder runs the fastest call that gives the outputs wanted (see load_encoder_call): for pooling
-    "pooled" or "cls" without token vectors, the [CLS]-only form where the export has one.
+    Registers tensorflow_text's ops first (they must be before the preprocessor loads) and lets GPU memory grow.
+    The encoder runs the fastest call that gives the outputs wanted (see load_encoder_call): for pooling "pooled"
+    or "cls" without token vectors, the [CLS]-only form where the export has one.
 
     Args:
       encoder: encoder SavedModel handle: local path, a URI `files` reads (gs://...), or TF Hub URL.
@@ -43,6 +43,8 @@ def load(encoder: str, preprocessor: str, *, seq_length: int = 128, pooling: str
       with_sequence: also return the unpadded token vectors.
       token_budget: the most padded tokens encoded at once (at least seq_length).
       files: reads handles that are not local paths or URLs; they are staged to local disk once per machine.
+      pairs: whether the inputs will be pairs (True) or single texts (False), when known: only that form is warmed
+        up, and the other traces at its first batch (seconds). None warms up both.
 
     Returns:
       The Embedder, its graph functions traced.
@@ -51,9 +53,8 @@ def load(encoder: str, preprocessor: str, *, seq_length: int = 128, pooling: str
       ValueError: for an unknown pooling or precision, or an encoder that takes no BERT-style inputs.
     """
     check_settings(pooling=pooling, precision=precision)
-    import tensorflow as tf
-    import tensorflow_text  # noqa: F401  Registers the ops the preprocessor's graph uses.
-
+    tf = imports.import_tensorflow()
+    imports.register_text_ops()
     devices.allow_gpu_memory_growth()
     loaded_preprocessor = tf.saved_model.load(resolve_handle(preprocessor, files=files))
     cls_only = pooling in ("pooled", "cls") and not with_sequence
@@ -64,6 +65,8 @@ def load(encoder: str, preprocessor: str, *, seq_length: int = 128, pooling: str
                         precision=precision)
     # The first call of each graph function traces and optimises it (about a second): pay that here, not in the
     # first batch. Later shapes need no retracing (every signature has unknown dimensions).
-    embedder.embed([("warm up",)])
-    embedder.embed([("warm", "up")])
+    if not pairs:
+        embedder.embed([("warm up",)])
+    if pairs is None or pairs:
+        embedder.embed([("warm", "up")])
     return embedder

@@ -9,6 +9,8 @@ from runtime import devices
 __all__ = ["PRECISIONS", "EncoderCall", "load_encoder_call", "use_precision"]
 
 PRECISIONS = ("fp32", "bf16")
+# What every call of an encoder model.export wrote takes (input_type_ids optional: DistilBERT ignores them).
+_EXPORTED_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
 
 
 class EncoderCall:
@@ -22,10 +24,13 @@ class EncoderCall:
       form: the name of the function run: "__call__", "onednn_call", "cls_call", "onednn_cls_call",
         or (a rebuilt module's) "cls_outputs".
       native_bf16: whether the function computes in bfloat16 by itself (else grappler must, see use_precision).
+      input_keys: the inputs it takes, when known (model.export's encoders take all three, see its docstring);
+        None: the Embedder tries a call to find out.
     """
 
-    def __init__(self, owner, form: str = "__call__", *, native_bf16: bool = False):
-        self.owner, self.form, self.native_bf16 = owner, form, native_bf16
+    def __init__(self, owner, form: str = "__call__", *, native_bf16: bool = False,
+                 input_keys: tuple[str, ...] | None = None):
+        self.owner, self.form, self.native_bf16, self.input_keys = owner, form, native_bf16, input_keys
         self._function = owner if form == "__call__" else getattr(owner, form)
 
     def __call__(self, inputs):
@@ -55,22 +60,38 @@ def load_encoder_call(path: str, *, precision: str = "fp32", cls_only: bool = Fa
     """
     import tensorflow as tf
 
-    encoder = tf.saved_model.load(path)
     onednn = devices.onednn_runs_on_cpu()
+    if precision == "bf16":
+        from model import export_lib
+
+        # The rebuilt module needs only the config and the variables: read without loading the SavedModel's
+        # functions, which takes seconds (see BENCHMARKS.md).
+        config = export_lib.read_config(path)
+        if config is not None:
+            return _bf16_call(export_lib.load_encoder(path, compute_dtype=tf.bfloat16, config=config), onednn,
+                              cls_only)
+    encoder = tf.saved_model.load(path)
     if precision != "bf16":
+        input_keys = _EXPORTED_INPUTS if hasattr(encoder, "get_config") else None
         for form, wanted in (("onednn_cls_call", cls_only and onednn), ("cls_call", cls_only),
                              ("onednn_call", onednn)):
             if wanted and hasattr(encoder, form):
-                return EncoderCall(encoder, form)
-        return EncoderCall(encoder)
+                return EncoderCall(encoder, form, input_keys=input_keys)
+        return EncoderCall(encoder, input_keys=input_keys)
     if hasattr(encoder, "get_config"):
         from model import export_lib
 
-        module = export_lib.load_encoder(path, compute_dtype=tf.bfloat16, saved_model=encoder)
-        module.use_onednn_kernels(onednn)
-        module.freeze_matmul_weights()
-        return EncoderCall(module, "cls_outputs" if cls_only else "__call__", native_bf16=True)
+        return _bf16_call(export_lib.load_encoder(path, compute_dtype=tf.bfloat16, saved_model=encoder), onednn,
+                          cls_only)
     return EncoderCall(encoder)
+
+
+def _bf16_call(module, onednn: bool, cls_only: bool) -> EncoderCall:
+    """The rebuilt bfloat16 module, with oneDNN's kernels where oneDNN runs and its matmul weights frozen."""
+    module.use_onednn_kernels(onednn)
+    module.freeze_matmul_weights()
+    return EncoderCall(module, "cls_outputs" if cls_only else "__call__", native_bf16=True,
+                       input_keys=_EXPORTED_INPUTS)
 
 
 def use_precision(precision: str, *, native_bf16: bool) -> None:

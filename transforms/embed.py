@@ -2,18 +2,47 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
 import runtime
 from transforms import records
 from transforms.files import BeamFiles
 
 __all__ = ["EmbeddingModelHandler", "Embed", "EmbedTexts", "chunk_records"]
+
+_MODEL_MANAGER = "apache_beam.ml.inference.model_manager"
+
+
+@contextlib.contextmanager
+def _without_model_manager():
+    """Imports RunInference's module without its ModelManager, which Beam 2.77 imports with it, and with that
+    torch and scipy wherever torch is installed: seconds of start-up (see BENCHMARKS.md) for a class that only
+    RunInference(use_model_manager=True) uses, and which Beam then imports itself. Beam's memory metric, which
+    that failed import also turns off, is turned back on."""
+    if "apache_beam.ml.inference.base" in sys.modules or _MODEL_MANAGER in sys.modules:
+        yield
+        return
+    sys.modules[_MODEL_MANAGER] = None  # An ImportError, which Beam catches.
+    try:
+        yield
+    finally:
+        del sys.modules[_MODEL_MANAGER]
+        base = sys.modules.get("apache_beam.ml.inference.base")
+        if base is not None and getattr(base, "resource", False) is None:
+            import resource
+
+            base.resource = resource
+
+
+with _without_model_manager():
+    from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+
 
 # With --chunking, the most text (code points) Beam hands to the model at once, whatever --batch_size says: a
 # batch of long documents stays within a bounded size (a longer document goes alone).
@@ -41,6 +70,8 @@ class EmbeddingModelHandler(ModelHandler[tuple, runtime.Embedding, Any]):
       token_budget: the most padded tokens encoded at once; batches are cut into length-sorted sub-batches.
       large_model: hold one copy of the models per machine, shared by every worker process.
       model_copies: hold exactly this many copies per machine.
+      pairs: whether every input is a pair (True) or a single text (False), when known: loading then warms up
+        only that form. None (unknown): both.
       precision: "fp32", or "bf16" to run the encoder's matrix multiplications in bfloat16 on CPUs with
         AVX512_BF16 or AMX (close to fp32 and faster, see BENCHMARKS.md). Encoders exported by model.export
         run rebuilt with frozen bfloat16 weights; any other SavedModel runs with TensorFlow's automatic mixed
@@ -55,7 +86,8 @@ class EmbeddingModelHandler(ModelHandler[tuple, runtime.Embedding, Any]):
     def __init__(self, encoder: str, preprocessor: str, seq_length: int = 128, pooling: str = "pooled",
                  normalize: bool = False, with_sequence: bool = False, max_batch_size: int = 512,
                  token_budget: int = 4096, large_model: bool = False, model_copies: int | None = None,
-                 precision: str = "fp32", chunking: runtime.ChunkSettings | None = None):
+                 precision: str = "fp32", chunking: runtime.ChunkSettings | None = None,
+                 pairs: bool | None = None):
         runtime.check_settings(pooling=pooling, precision=precision)
         batch_size, weight = max_batch_size, {}
         if chunking:
@@ -70,12 +102,13 @@ class EmbeddingModelHandler(ModelHandler[tuple, runtime.Embedding, Any]):
         self._encoder_handle, self._preprocessor_handle = encoder, preprocessor
         self._seq_length, self._pooling, self._normalize = seq_length, pooling, normalize
         self._with_sequence, self._token_budget = with_sequence, token_budget
-        self._precision = precision
+        self._precision, self._pairs = precision, pairs
 
     def load_model(self) -> runtime.Embedder:
         return runtime.load(self._encoder_handle, self._preprocessor_handle, seq_length=self._seq_length,
                             pooling=self._pooling, normalize=self._normalize, precision=self._precision,
-                            with_sequence=self._with_sequence, token_budget=self._token_budget, files=BeamFiles())
+                            with_sequence=self._with_sequence, token_budget=self._token_budget, files=BeamFiles(),
+                            pairs=self._pairs)
 
     def run_inference(self, batch: Sequence[tuple], model: runtime.Embedder,
                       inference_args: dict | None = None) -> Iterable[PredictionResult]:

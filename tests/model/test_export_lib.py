@@ -1,12 +1,14 @@
 """model.export_lib: the encoder's extra functions, BERT's pooler, and the module rebuilt by load_encoder."""
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from model import config as config_lib
 from model.encoder import Encoder
-from model.export_lib import export_encoder, load_encoder
+from model.export_lib import export_encoder, load_encoder, read_config
 
 
 def _inputs(ids, lengths):
@@ -35,6 +37,21 @@ def test_load_encoder_rebuilds_the_exported_module(preset, tmp_path):
                   input_type_ids=tf.constant([[0, 0, 1, 1, 0], [0, 0, 0, 0, 0]], tf.int32))
     for name, value in encoder(inputs).items():
         np.testing.assert_array_equal(rebuilt(inputs)[name], value)
+
+
+def test_read_config_reads_get_config_without_loading_and_rebuilds_the_same_module(tmp_path):
+    encoder = Encoder(config_lib.preset("bert_tiny"), seed=11)
+    export_encoder(str(tmp_path / "encoder"), encoder=encoder)
+    config = read_config(str(tmp_path / "encoder"))
+    assert config == encoder.config == config_lib.EncoderConfig(
+        **json.loads(tf.saved_model.load(str(tmp_path / "encoder")).get_config().numpy()))
+    rebuilt = load_encoder(str(tmp_path / "encoder"), config=config)
+    inputs = _inputs([[2, 5, 6, 3, 0], [2, 9, 3, 0, 0]], [4, 3])
+    np.testing.assert_array_equal(rebuilt(inputs)["pooled_output"], encoder(inputs)["pooled_output"])
+    other = tf.Module()
+    other.variable = tf.Variable(1.0)
+    tf.saved_model.save(other, str(tmp_path / "other"))
+    assert read_config(str(tmp_path / "other")) is None
 
 
 def test_the_exported_encoder_has_the_functions_of_the_contract(tmp_path):
