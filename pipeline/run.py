@@ -17,7 +17,7 @@ import warnings
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from pipeline.options import UsageError, check_argv, options_parser
 from pipeline.plan import Plan, validate
@@ -287,8 +287,9 @@ def launch(options: PipelineOptions, plan: Plan) -> beam.runners.runner.Pipeline
     note = plan.model.settings_note
     logging.info("%s.", note[:1].upper() + note[1:])
     vertex_files = plan.sinks.vertex and plan.sinks.vertex.rstrip("/") + "/embeddings"
-    remove_partial_files([prefix for prefix in (plan.outputs.tfrecord, plan.outputs.failed, plan.sinks.parquet,
-                                                vertex_files) if prefix])
+    if not options.view_as(TestOptions).dry_run:  # A dry run (Dataflow's translation only) writes nothing.
+        remove_partial_files([prefix for prefix in (plan.outputs.tfrecord, plan.outputs.failed, plan.sinks.parquet,
+                                                    vertex_files) if prefix])
     pipeline = beam.Pipeline(options=options)
     build(pipeline, plan)
     result = pipeline.run()

@@ -121,7 +121,8 @@ def test_a_failed_run_leaves_the_table_as_it_was_and_repeating_a_run_changes_not
     del corpus["d1"]
     changed_corpus = write_jsonl_corpus(tmp_path / "c2.jsonl", corpus)
     # The run's rows are loaded, then its MERGE fails: the table is left as it was.
-    monkeypatch.setattr(incremental_lib, "merge_sql", lambda table, run: f"SELECT * FROM `{table.table_id}_missing`")
+    monkeypatch.setattr(incremental_lib, "merge_sql",
+                        lambda table, run, *shape: f"SELECT * FROM `{table.table_id}_missing`")
     with pytest.raises(Exception, match="missing"):
         _run(changed_corpus, table, "r2", tiny_model_dir, tmp_path)
     assert bq.rows(table) == before
@@ -239,8 +240,8 @@ def test_an_incremental_bigquery_run_translates_for_dataflow(
     from apache_beam.io.gcp import gcsio
 
     monkeypatch.setattr(gcsio.GcsIO, "get_bucket", lambda self, name: types.SimpleNamespace(name=name))
-    monkeypatch.setattr(bigquery_lib, "check_table", lambda table, billing_project=None: True)
-    monkeypatch.setattr(bigquery_lib, "check_previous_table", lambda table, output, billing_project=None: True)
+    monkeypatch.setattr(bigquery_lib, "check_table", lambda table, billing_project=None, **shape: True)
+    monkeypatch.setattr(bigquery_lib, "check_previous_table", lambda table, output, billing_project=None, **shape: True)
     corpus = write_jsonl_corpus(tmp_path / "c.jsonl", {f"d{i}": synthetic_text(i) for i in range(3)})
     result = run_lib.run([
         "--runner=DataflowRunner", "--dry_run=True", "--project=test-project", "--region=us-central1",

@@ -143,7 +143,7 @@ def test_gpu_options_reach_the_job_request(tmp_path, tiny_model_dir):
 @pytest.mark.parametrize("table_exists", [False, True])
 def test_tfrecord_and_bigquery_sinks_translate_with_an_incremental_run(
         table_exists, tmp_path, tiny_model_dir, monkeypatch):
-    monkeypatch.setattr(bigquery, "check_table", lambda table, billing_project=None: table_exists)
+    monkeypatch.setattr(bigquery, "check_table", lambda table, billing_project=None, **shape: table_exists)
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": f"the cat sat {i}"}) + "\n" for i in range(3)))
     previous = tmp_path / "previous" / "part"
@@ -161,7 +161,7 @@ def test_tfrecord_and_bigquery_sinks_translate_with_an_incremental_run(
 
 
 def test_bigquery_as_the_only_sink_translates_with_streaming_inserts(tmp_path, tiny_model_dir, monkeypatch):
-    monkeypatch.setattr(bigquery, "check_table", lambda table, billing_project=None: False)
+    monkeypatch.setattr(bigquery, "check_table", lambda table, billing_project=None, **shape: False)
     corpus = tmp_path / "pairs.jsonl"
     corpus.write_text(json.dumps({"id": "p", "a": "the cat", "b": "a dog"}) + "\n")
     args = [arg for arg in dataflow_args() if not arg.startswith("--output_tfrecord")]
