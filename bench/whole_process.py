@@ -3,8 +3,8 @@
 Times, from the shell's point of view (process start to exit, everything included: imports, model load, warm-up,
 reading, writing), `python -m pipeline.run` against a sentence-transformers script that loads the same
 checkpoint and encodes the same texts, on a corpus of real text, fp32 and bf16 (sentence-transformers with the
-model cast to torch.bfloat16), and over 10 texts (start-up alone). Runs alternate, `--rounds` times each; the
-best of each is reported (the machine is shared: the best run is the least disturbed).
+model cast to torch.bfloat16). Start-up alone (10 texts, first record) is bench.startup's. Runs alternate,
+`--rounds` times each; the best of each is reported (the machine is shared: the best run is the least disturbed).
 
 The model is bench/models.py's full-size DistilBERT with random weights, `--pooling mean --seq_length 128` on
 both sides (sentence-transformers: Transformer + mean Pooling, max_seq_length 128).
@@ -111,8 +111,7 @@ def main(argv=None) -> int:
     if not os.path.exists(os.path.join(model_dir, "encoder", "saved_model.pb")):
         models.export_saved_models(models.build_checkpoint(checkpoint), model_dir)
     texts = docstrings(args.texts)
-    corpora = {len(texts): _write(texts, os.path.join(args.workdir, "docstrings.jsonl")),
-               10: _write(texts[:10], os.path.join(args.workdir, "ten.jsonl"))}
+    corpora = {len(texts): _write(texts, os.path.join(args.workdir, "docstrings.jsonl"))}
     rows = []
     for precision in args.precisions.split(","):
         for count, corpus in corpora.items():
