@@ -152,3 +152,41 @@ def test_inspect_reads_the_parquet_and_postgres_outputs(tmp_path, tiny_model_dir
     assert f"4 embeddings of dimension 32 in {mask(postgres_uri)} table {table}" in postgres_out
     # The same vectors give the same neighbours, whichever output they are read from.
     assert parquet_out.split("\n", 1)[1] == postgres_out.split("\n", 1)[1]
+
+
+def test_a_run_killed_midway_and_rerun_leaves_every_sink_complete_without_duplicates(
+        tmp_path, tiny_model_dir, postgres_uri, read_embeddings, synthetic_text):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    table = f"emb_{uuid.uuid4().hex[:8]}"
+    docs = {f"k{i:02d}": (synthetic_text(i), {"lang": "en", "year": 2000 + i, "tags": [], "score": 1.0})
+            for i in range(40)}
+    corpus = _corpus(tmp_path / "c.jsonl", docs)
+    root = tmp_path / "out"
+    argv = [f"--input={corpus}", f"--model_dir={tiny_model_dir}", "--seq_length=32", "--batch_size=4",
+            f"--output_tfrecord={root}/run={{run_id}}/emb", "--run_id=r1", "--keep_fields=lang,year,tags,score",
+            f"--output_parquet={root}/run={{run_id}}/parquet/emb", f"--output_vertex={root}/run={{run_id}}/vertex",
+            f"--output_postgres={postgres_uri}", f"--postgres_table={table}"]
+    # Killed as soon as it has begun writing: its spilled runs or Beam's temporary files appear.
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.run", *argv], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if (root / "run=r1").exists() and any((root / "run=r1").rglob("*")):
+            break
+        time.sleep(0.02)
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (root / "run=r1" / "emb-manifest.json").exists()  # Killed before it committed.
+
+    run_lib.run(["--runner=FnApiRunner", *argv])
+    run = root / "run=r1"
+    tfrecord, parquet, (points, deleted) = read_embeddings(f"{run}/emb"), _parquet(run), _vertex(run)
+    rows = _postgres(postgres_uri, table)
+    assert sorted(tfrecord) == sorted(parquet) == sorted(points) == sorted(rows) == sorted(docs) and not deleted
+    assert not [path for path in run.rglob("*") if "beam-temp" in str(path) or ".runs-" in str(path)]
