@@ -174,35 +174,55 @@ def _vector_text(values) -> str:
     return "[" + ",".join(repr(float(x)) for x in values) + "]"
 
 
-class _UpsertFn(beam.DoFn):
-    """Buffers rows and upserts each batch in one transaction: COPY into a temporary table, then one INSERT ...
-    ON CONFLICT (id) DO UPDATE. A retried bundle writes the same rows again over themselves: no duplicates."""
+class _BatchedFn(beam.DoFn):
+    """Buffers a bundle's elements and hands them to `_write` in batches of `batch_rows`, on one connection per
+    worker."""
 
-    def __init__(self, uri: str, table: str, columns: tuple[Column, ...], batch_rows: int):
-        self._uri, self._table, self._columns, self._batch_rows = uri, table, tuple(columns), batch_rows
-        self._upserted = counter("postgres_rows_upserted")
+    def __init__(self, uri: str, table: str, batch_rows: int):
+        self._uri, self._table, self._batch_rows = uri, table, batch_rows
 
     def setup(self):
         self._connection = connect(self._uri)
 
     def start_bundle(self):
-        self._rows = []
+        self._batch = []
 
-    def process(self, row, unused_verdict=None):
-        self._rows.append(row)
-        if len(self._rows) >= self._batch_rows:
+    def process(self, element, unused_verdict=None):
+        self._batch.append(element)
+        if len(self._batch) >= self._batch_rows:
             self._flush()
 
     def finish_bundle(self):
         self._flush()
 
     def _flush(self):
+        if self._batch:
+            self._write(self._batch)
+        self._batch = []
+
+    def _write(self, batch: list) -> None:
+        raise NotImplementedError
+
+    def teardown(self):
+        connection = getattr(self, "_connection", None)
+        if connection is not None:
+            connection.close()
+
+
+class _UpsertFn(_BatchedFn):
+    """Upserts each batch of rows in one transaction: COPY into a temporary table, then one INSERT ... ON CONFLICT
+    (id) DO UPDATE. A retried bundle writes the same rows again over themselves: no duplicates."""
+
+    def __init__(self, uri: str, table: str, columns: tuple[Column, ...], batch_rows: int):
+        super().__init__(uri, table, batch_rows)
+        self._columns = tuple(columns)
+        self._upserted = counter("postgres_rows_upserted")
+
+    def _write(self, batch: list) -> None:
         from psycopg import sql
 
-        if not self._rows:
-            return
         # One row per id within a batch: ON CONFLICT cannot touch the same row twice in one statement.
-        rows = list({row["id"]: row for row in self._rows}.values())
+        rows = list({row["id"]: row for row in batch}.values())
         names = [column.name for column in self._columns]
         listed = sql.SQL(", ").join(sql.Identifier(name) for name in names)
         table = _table_sql(parse_table_name(self._table))
@@ -220,51 +240,23 @@ class _UpsertFn(beam.DoFn):
                                    "ON CONFLICT (id) DO UPDATE SET {updates}").format(
                                        table=table, listed=listed, updates=updates))
         self._upserted.inc(len(rows))
-        self._rows = []
-
-    def teardown(self):
-        connection = getattr(self, "_connection", None)
-        if connection is not None:
-            connection.close()
 
 
-class _DeleteFn(beam.DoFn):
+class _DeleteFn(_BatchedFn):
     """Deletes ids in batches, one statement and transaction each; deleting an id twice is harmless."""
 
     def __init__(self, uri: str, table: str, batch_rows: int):
-        self._uri, self._table, self._batch_rows = uri, table, batch_rows
+        super().__init__(uri, table, batch_rows)
         self._deleted = counter("postgres_rows_deleted")
 
-    def setup(self):
-        self._connection = connect(self._uri)
-
-    def start_bundle(self):
-        self._ids = []
-
-    def process(self, record_id, unused_verdict=None):
-        self._ids.append(record_id)
-        if len(self._ids) >= self._batch_rows:
-            self._flush()
-
-    def finish_bundle(self):
-        self._flush()
-
-    def _flush(self):
+    def _write(self, batch: list) -> None:
         from psycopg import sql
 
-        if not self._ids:
-            return
         with self._connection.transaction():
             cursor = self._connection.execute(
                 sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(_table_sql(parse_table_name(self._table))),
-                (self._ids,))
+                (batch,))
             self._deleted.inc(cursor.rowcount)
-        self._ids = []
-
-    def teardown(self):
-        connection = getattr(self, "_connection", None)
-        if connection is not None:
-            connection.close()
 
 
 def _build_index(unused_counts, uri: str, table: str, kind: str, *unused_waits) -> str:
