@@ -84,7 +84,7 @@ def test_the_same_records_give_identical_files(tmp_path, num_shards, expected_sh
 
     records = read_embeddings(first, with_sequence=True)
     assert len(records) == len(embeddings)
-    for (record_id, content_hash, _), embedding in embeddings:
+    for (record_id, content_hash, *_), embedding in embeddings:
         parsed = records[record_id]
         np.testing.assert_array_equal(parsed["embedding"], embedding.vector)
         np.testing.assert_array_equal(parsed["sequence"], embedding.sequence.reshape(-1))
@@ -145,7 +145,7 @@ def test_a_rerun_removes_the_shards_and_temporary_files_of_an_earlier_write(tmp_
     prefix = str(tmp_path / "emb")
     for i in range(3):
         with tf.io.TFRecordWriter(f"{prefix}-{i:05d}-of-00003.tfrecord") as writer:
-            for (record_id, content_hash, _), embedding in embeddings[i::3]:
+            for (record_id, content_hash, *_), embedding in embeddings[i::3]:
                 writer.write(serialize_example({"id": [record_id.encode()], "embedding": embedding.vector,
                                                 "model": [b"old"], "content_hash": [content_hash.encode()]}))
     temp = f"{prefix}-00001-of-00003.tfrecord.temp-{'0' * 32}"
