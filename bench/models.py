@@ -27,8 +27,10 @@ def vocab_file() -> str:
     return str(pathlib.Path(spec.origin).parent / "model" / "vocab.txt")
 
 
-def build_checkpoint(out_dir: str, seed: int = 0) -> str:
-    """Writes a random-init full-size DistilBERT checkpoint (config, safetensors, vocab, tokenizer) to out_dir."""
+def build_checkpoint(out_dir: str, seed: int = 0, *, hidden: int = HIDDEN, layers: int = LAYERS, heads: int = HEADS,
+                     ffn: int = FFN) -> str:
+    """Writes a random-init DistilBERT checkpoint (config, safetensors, vocab, tokenizer) to out_dir: full-size
+    unless the sizes say otherwise."""
     import torch
     import transformers
 
@@ -37,8 +39,8 @@ def build_checkpoint(out_dir: str, seed: int = 0) -> str:
         tokens = {line.rstrip("\n"): i for i, line in enumerate(f)}
     vocab_size = len(tokens)
     torch.manual_seed(seed)
-    config = transformers.DistilBertConfig(vocab_size=vocab_size, dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS,
-                                           hidden_dim=FFN, max_position_embeddings=512)
+    config = transformers.DistilBertConfig(vocab_size=vocab_size, dim=hidden, n_layers=layers, n_heads=heads,
+                                           hidden_dim=ffn, max_position_embeddings=512)
     transformers.DistilBertModel(config).eval().save_pretrained(out_dir)
     # transformers 5 takes the vocabulary itself (a vocab_file argument is silently ignored) and saves
     # tokenizer.json only; model.export reads vocab.txt.
