@@ -56,74 +56,31 @@ import tempfile
 import tensorflow as tf
 import tensorflow_text as text
 
+from model.word_patterns import (
+    CLS,
+    MASK,
+    NONSPACING_REGEX,
+    PAD,
+    RAW_WORD_KEPT_REGEX,
+    RAW_WORD_SPLIT_REGEX,
+    REMOVED_REGEX,
+    SEP,
+    SPLIT_KEPT_REGEX,
+    SPLIT_REGEX,
+    UNK,
+    WHITESPACE_REGEX,
+)
+
 __all__ = ["RAW_WORD_KEPT_REGEX", "RAW_WORD_SPLIT_REGEX", "build_preprocessor", "export_preprocessor", "read_vocab"]
 
 _VOCAB_ASSET = "vocab.txt"
-_CLS, _SEP, _PAD, _MASK, _UNK = "[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]"
-_REQUIRED_TOKENS = (_CLS, _SEP, _PAD, _UNK)
+_REQUIRED_TOKENS = (CLS, SEP, PAD, UNK)
 # Hugging Face's max_input_chars_per_word. tensorflow_text counts bytes, so its own limit is set where no
 # word of 100 characters (4 UTF-8 bytes at most each) reaches it, and longer words are replaced by [UNK].
 _MAX_CHARS_PER_WORD = 100
 _MAX_BYTES_PER_WORD = 4 * _MAX_CHARS_PER_WORD
 
-# Hugging Face's `tokenizers` classifies characters with tables frozen at Unicode 8 (the unicode_categories
-# crate), RE2 with recent ones: characters encoded or reclassified since then need exceptions. Found by
-# comparing every code point (tensorflow-text 2.21, tokenizers 0.23); tests/model/test_preprocessor.py repeats that.
-# Code point ranges, hex. Format characters that Hugging Face keeps (it deletes the rest of category C):
-_KEPT_FORMAT = "890-891 8E2 110CD 13430-1343F"
-# Punctuation beyond ASCII as `tokenizers` knows it (category P of Unicode 8, and U+166D), listed in full:
-# RE2's \p{P} with exceptions would need a word-matching split, which is slower.
-_PUNCTUATION = (
-    "A1 A7 AB B6-B7 BB BF 37E 387 55A-55F 589-58A 5BE 5C0 5C3 5C6 5F3-5F4 609-60A 60C-60D 61B 61E-61F 66A-66D "
-    "6D4 700-70D 7F7-7F9 830-83E 85E 964-965 970 AF0 DF4 E4F E5A-E5B F04-F12 F14 F3A-F3D F85 FD0-FD4 FD9-FDA "
-    "104A-104F 10FB 1360-1368 1400 166D-166E 169B-169C 16EB-16ED 1735-1736 17D4-17D6 17D8-17DA 1800-180A "
-    "1944-1945 1A1E-1A1F 1AA0-1AA6 1AA8-1AAD 1B5A-1B60 1BFC-1BFF 1C3B-1C3F 1C7E-1C7F 1CC0-1CC7 1CD3 2010-2027 "
-    "2030-2043 2045-2051 2053-205E 207D-207E 208D-208E 2308-230B 2329-232A 2768-2775 27C5-27C6 27E6-27EF "
-    "2983-2998 29D8-29DB 29FC-29FD 2CF9-2CFC 2CFE-2CFF 2D70 2E00-2E2E 2E30-2E42 3001-3003 3008-3011 3014-301F "
-    "3030 303D 30A0 30FB A4FE-A4FF A60D-A60F A673 A67E A6F2-A6F7 A874-A877 A8CE-A8CF A8F8-A8FA A8FC A92E-A92F "
-    "A95F A9C1-A9CD A9DE-A9DF AA5C-AA5F AADE-AADF AAF0-AAF1 ABEB FD3E-FD3F FE10-FE19 FE30-FE52 FE54-FE61 FE63 "
-    "FE68 FE6A-FE6B FF01-FF03 FF05-FF0A FF0C-FF0F FF1A-FF1B FF1F-FF20 FF3B-FF3D FF3F FF5B FF5D FF5F-FF65 "
-    "10100-10102 1039F 103D0 1056F 10857 1091F 1093F 10A50-10A58 10A7F 10AF0-10AF6 10B39-10B3F 10B99-10B9C "
-    "11047-1104D 110BB-110BC 110BE-110C1 11140-11143 11174-11175 111C5-111C9 111CD 111DB 111DD-111DF "
-    "11238-1123D 112A9 114C6 115C1-115D7 11641-11643 1173C-1173E 12470-12474 16A6E-16A6F 16AF5 16B37-16B3B "
-    "16B44 1BC9F 1DA87-1DA8B")
-# Nonspacing marks (Mn, stripped with the accents) in Unicode 8 but no longer, and nonspacing marks since:
-_NONSPACING_EXTRA = "1734"
-_NOT_NONSPACING = (
-    "7FD 898-89F 8CA-8E1 9FE AFA-AFF B55 C04 C3C D00 D3B-D3C D81 EBA ECE 180F 1885-1886 1ABF-1ACE 1DF6-1DFB "
-    "A82C A8C5 A8FF A9BD 10D24-10D27 10EAB-10EAC 10EFD-10EFF 10F46-10F50 10F82-10F85 11070 11073-11074 110C2 "
-    "111C9 111CF 1123E 11241 1133B 11438-1143F 11442-11444 11446 1145E 1182F-11837 11839-1183A 1193B-1193C "
-    "1193E 11943 119D4-119D7 119DA-119DB 119E0 11A01-11A0A 11A33-11A38 11A3B-11A3E 11A47 11A51-11A56 "
-    "11A59-11A5B 11A8A-11A96 11A98-11A99 11C30-11C36 11C38-11C3D 11C3F 11C92-11CA7 11CAA-11CB0 11CB2-11CB3 "
-    "11CB5-11CB6 11D31-11D36 11D3A 11D3C-11D3D 11D3F-11D45 11D47 11D90-11D91 11D95 11D97 11EF3-11EF4 "
-    "11F00-11F01 11F36-11F3A 11F40 11F42 13440 13447-13455 16F4F 16FE4 1CF00-1CF2D 1CF30-1CF46 1E000-1E006 "
-    "1E008-1E018 1E01B-1E021 1E023-1E024 1E026-1E02A 1E08F 1E130-1E136 1E2AE 1E2EC-1E2EF 1E4EC-1E4EF "
-    "1E944-1E94A")
-# Hugging Face's CJK ideograph blocks, as `tokenizers` has them: its 2B920 where BERT has 2B820 is kept.
-_CJK = "4E00-9FFF 3400-4DBF 20000-2A6DF 2A700-2B73F 2B740-2B81F 2B920-2CEAF F900-FAFF 2F800-2FA1F"
-
-
-def _char_class(ranges: str) -> str:
-    """Turns "7FD 898-89F" into the inside of an RE2 character class, \\x{7FD}\\x{898}-\\x{89F}."""
-    return "".join("-".join(rf"\x{{{bound}}}" for bound in item.split("-")) for item in ranges.split())
-
-
-# BertNormalizer(clean_text=True): tab, newline, carriage return and category Z become a space; NUL, U+FFFD
-# and category C go. Unassigned code points (Cn) stay, as in Hugging Face; RE2's \p{C} has none of them. A
-# kept character matches the group and is written back; RE2 has no class subtraction.
-_WHITESPACE_REGEX = r"[\t\n\r\p{Z}]"
-_REMOVED_REGEX = rf"([{_char_class(_KEPT_FORMAT)}])|[\p{{C}}\x{{FFFD}}]"
-_NONSPACING_REGEX = rf"([{_char_class(_NOT_NONSPACING)}])|[\p{{Mn}}{_char_class(_NONSPACING_EXTRA)}]"
-# BertPreTokenizer: words end at whitespace (only spaces are left after cleaning); each punctuation character
-# (ASCII symbols and _PUNCTUATION) and each CJK ideograph is a word of its own.
-_SPLIT_KEPT_REGEX = rf"[!-/:-@\[-`{{-~{_char_class(_PUNCTUATION)}{_char_class(_CJK)}]"
-_SPLIT_REGEX = rf" +|{_SPLIT_KEPT_REGEX}"
-# Step 4's word boundaries as they fall in the raw text, for callers that cut texts between words
-# (runtime.chunking): runs of whitespace separate words; each special token, punctuation character and CJK
-# ideograph is a word of its own. Cleaning and lowercasing never move a boundary, so the words of a text are
-# those of its tokenization.
-RAW_WORD_KEPT_REGEX = "|".join(re.escape(token) for token in (_CLS, _SEP, _PAD, _MASK, _UNK)) + "|" + _SPLIT_KEPT_REGEX
-RAW_WORD_SPLIT_REGEX = rf"{_WHITESPACE_REGEX}+|{RAW_WORD_KEPT_REGEX}"
+# The character classes (model.word_patterns) come from comparing every code point with `tokenizers`.
 # Stands in for a special token through normalization and splitting: one character that is punctuation,
 # hence always exactly one word of one wordpiece, whose id is then overwritten.
 _PLACEHOLDER = "!"
@@ -164,12 +121,12 @@ def _special_tokens_dict(vocab: list[str]) -> dict[str, int]:
     ids = {token: i for i, token in enumerate(vocab)}
     result = {
         "vocab_size": len(vocab),
-        "start_of_sequence_id": ids[_CLS],
-        "end_of_segment_id": ids[_SEP],
-        "padding_id": ids[_PAD],
+        "start_of_sequence_id": ids[CLS],
+        "end_of_segment_id": ids[SEP],
+        "padding_id": ids[PAD],
     }
-    if _MASK in ids:
-        result["mask_id"] = ids[_MASK]
+    if MASK in ids:
+        result["mask_id"] = ids[MASK]
     return result
 
 
@@ -192,7 +149,7 @@ class _Tokenize(tf.Module):
     def __init__(self, vocab_file: str, vocab: list[str], do_lower_case: bool):
         super().__init__(name="tokenize")
         self._special_tokens = _special_tokens_dict(vocab)
-        self._special_strings = [token for token in (_CLS, _SEP, _PAD, _MASK, _UNK) if token in set(vocab)]
+        self._special_strings = [token for token in (CLS, SEP, PAD, MASK, UNK) if token in set(vocab)]
         self._special_regex = "|".join(re.escape(token) for token in self._special_strings)
         self._special_ids = [vocab.index(token) for token in self._special_strings]
         self._lowercase = _lowercase_table() if do_lower_case else None
@@ -207,7 +164,7 @@ class _Tokenize(tf.Module):
         self._vocab_table = tf.lookup.StaticHashTable(initializer, default_value=-1, experimental_is_anonymous=True)
         self._wordpiece_tokenizer = text.WordpieceTokenizer(
             self._vocab_table, max_bytes_per_word=_MAX_BYTES_PER_WORD, token_out_type=tf.int64,
-            unknown_token=_UNK)
+            unknown_token=UNK)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="sentences")], autograph=False)
     def __call__(self, sentences: tf.Tensor) -> tf.RaggedTensor:
@@ -222,9 +179,9 @@ class _Tokenize(tf.Module):
         special_ids = tf.reduce_sum(
             tf.cast(matches, tf.int64) * tf.constant(self._special_ids, tf.int64)[None, :], axis=1)  # [pieces]
         texts = tf.where(is_special, _PLACEHOLDER, pieces.flat_values)  # [pieces]
-        words = text.regex_split(self._normalize(texts), _SPLIT_REGEX, _SPLIT_KEPT_REGEX)  # [pieces, (words)]
+        words = text.regex_split(self._normalize(texts), SPLIT_REGEX, SPLIT_KEPT_REGEX)  # [pieces, (words)]
         too_long = tf.strings.length(words.flat_values, unit="UTF8_CHAR") > _MAX_CHARS_PER_WORD
-        words = words.with_flat_values(tf.where(too_long, _UNK, words.flat_values))
+        words = words.with_flat_values(tf.where(too_long, UNK, words.flat_values))
         wordpieces = self._wordpiece_tokenizer.tokenize(words)  # [pieces, (words), (wordpieces)]
         # A special piece became one word of one wordpiece: give it the special token's id. Only integers are
         # gathered per wordpiece: gathering the piece strings copied a whole text once per wordpiece (quadratic).
@@ -244,11 +201,11 @@ class _Tokenize(tf.Module):
 
     def _normalize(self, texts: tf.Tensor) -> tf.Tensor:
         """Hugging Face's BertNormalizer: clean the text; if uncased, strip accents, then lowercase."""
-        texts = tf.strings.regex_replace(texts, _WHITESPACE_REGEX, " ")
-        texts = tf.strings.regex_replace(texts, _REMOVED_REGEX, r"\1")
+        texts = tf.strings.regex_replace(texts, WHITESPACE_REGEX, " ")
+        texts = tf.strings.regex_replace(texts, REMOVED_REGEX, r"\1")
         if self._lowercase is None:
             return texts
-        texts = tf.strings.regex_replace(text.normalize_utf8(texts, "NFD"), _NONSPACING_REGEX, r"\1")
+        texts = tf.strings.regex_replace(text.normalize_utf8(texts, "NFD"), NONSPACING_REGEX, r"\1")
         chars = tf.strings.unicode_decode(texts, "UTF-8")  # [texts, (chars)]
         lowered = self._lowercase.lookup(tf.cast(chars.flat_values, tf.int64))
         lowered = tf.where(lowered >= 0, tf.cast(lowered, tf.int32), chars.flat_values)

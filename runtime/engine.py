@@ -281,18 +281,23 @@ class Embedder:
     def _split_words_function(self):
         """The graph that splits texts into words with byte offsets and tokenizes each word alone."""
         import tensorflow as tf
-        import tensorflow_text as text
 
-        from model.preprocessor import RAW_WORD_KEPT_REGEX, RAW_WORD_SPLIT_REGEX
+        from model.word_patterns import RAW_WORD_KEPT_REGEX, RAW_WORD_SPLIT_REGEX
+        from runtime import imports
+
+        # tensorflow_text's op itself, as its regex_split_with_offsets calls it on a flat input (each pattern in
+        # a group): importing the package for its wrapper would import Keras, seconds of start-up.
+        regex_split = imports.text_op_library("_regex_split_ops").regex_split_with_offsets
+        split_pattern, kept_pattern = f"({RAW_WORD_SPLIT_REGEX})", f"({RAW_WORD_KEPT_REGEX})"
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def split_words(texts):
             # regex_split ends a string at NUL; \x01 is deleted by the tokenizer's cleaning just the same and
             # keeps every byte offset.
             texts = tf.strings.regex_replace(texts, r"\x00", "\x01")
-            words, starts, ends = text.regex_split_with_offsets(texts, RAW_WORD_SPLIT_REGEX, RAW_WORD_KEPT_REGEX)
-            pieces = self._preprocessor.tokenize(words.flat_values).merge_dims(1, 2)  # [words, (wordpieces)]
-            return words.row_splits, starts.flat_values, ends.flat_values, pieces.row_lengths(), pieces.flat_values
+            words, starts, ends, word_splits = regex_split(texts, split_pattern, kept_pattern)
+            pieces = self._preprocessor.tokenize(words).merge_dims(1, 2)  # [words, (wordpieces)]
+            return word_splits, starts, ends, pieces.row_lengths(), pieces.flat_values
 
         return split_words
 

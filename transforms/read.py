@@ -257,27 +257,41 @@ class ReadCorpus(beam.PTransform):
                 | "ReadTFRecord" >> beam.ParDo(_ReadTFRecordsFn())
             )
         else:
-            skip_header = self._input_format in _CSV_DIALECTS
-            plain, compressed = files | "SplitCompressed" >> beam.Partition(_by_compression, 2)
-            # Plain files keep Beam's splittable reader.
-            plain_lines = plain | "ReadText" >> beam.io.ReadAllFromText(
-                coder=beam.coders.BytesCoder(),
-                skip_header_lines=1 if skip_header else 0,
-                with_filename=True,
-            )
-            # Beam's CompressedFile ends silently where a compressed stream breaks off (the rest of the file
-            # is lost without a word) and raises on corrupt data (failing the run); compressed files cannot
-            # be split anyway, so they are read here, one per element, and a break is one dead letter.
-            compressed_lines = (
-                compressed
-                | "ReshuffleCompressed" >> beam.Reshuffle()
-                | "ReadCompressedText" >> beam.ParDo(_ReadCompressedLinesFn(skip_header))
-            )
-            keyed_raw = (plain_lines, compressed_lines) | "AllLines" >> beam.Flatten()
+            keyed_raw = self._read_lines(files, _compressions(self._patterns))
         return keyed_raw | "ParseRecords" >> beam.ParDo(
             _ParseRecordsFn(self._input_format, self._id_field, self._text_field, self._pair_fields,
                             self._keep_fields)
         ).with_outputs(FAILED_TAG, main=RECORDS_TAG)
+
+    def _read_lines(self, files, compressions: set[bool]):
+        """Matched text files -> (path, line) pairs and the Failures of files that break off.
+
+        Plain files keep Beam's splittable reader. Beam's CompressedFile ends silently where a compressed stream
+        breaks off (the rest of the file is lost without a word) and raises on corrupt data (failing the run);
+        compressed files cannot be split anyway, so they are read here, one per element, and a break is one
+        dead letter. Only an input of both kinds gets both readers: a local runner holds in memory every element
+        that crosses a Flatten of the two, so the whole corpus. (A file of the other kind that appears after
+        the pipeline was built is still read: the compressed reader reads plain files, Beam's reader
+        decompresses.)
+        """
+        skip_header = self._input_format in _CSV_DIALECTS
+        if compressions == {False}:
+            return files | "ReadText" >> self._plain_reader(skip_header)
+        if compressions == {True}:
+            return files | "ReadCompressedText" >> self._compressed_reader(skip_header)
+        plain, compressed = files | "SplitCompressed" >> beam.Partition(_by_compression, 2)
+        return ((plain | "ReadText" >> self._plain_reader(skip_header),
+                 compressed | "ReadCompressedText" >> self._compressed_reader(skip_header))
+                | "AllLines" >> beam.Flatten())
+
+    @staticmethod
+    def _plain_reader(skip_header: bool):
+        return beam.io.ReadAllFromText(coder=beam.coders.BytesCoder(), skip_header_lines=1 if skip_header else 0,
+                                       with_filename=True)
+
+    @staticmethod
+    def _compressed_reader(skip_header: bool):
+        return "Reshuffle" >> beam.Reshuffle() | "Read" >> beam.ParDo(_ReadCompressedLinesFn(skip_header))
 
 
 def read_file_records(
@@ -332,6 +346,16 @@ def read_file_records(
             for output in parse.process(element):
                 # Outside a pipeline the Beam counters the parser bumps count nothing.
                 yield output.value if isinstance(output, beam.pvalue.TaggedOutput) else output
+
+
+def _compressions(patterns: list[str]) -> set[bool]:
+    """Whether the files the patterns match now are compressed: {False}, {True}, or both (or nothing matched)."""
+    try:
+        paths = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
+    except BeamIOError:
+        paths = []
+    kinds = {framing.is_compressed(path) for path in paths}
+    return kinds or {False, True}
 
 
 def _by_compression(metadata, _partitions: int) -> int:

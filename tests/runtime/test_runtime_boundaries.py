@@ -49,3 +49,19 @@ def test_every_public_name_of_runtime_is_exported():
 
     for name in runtime.__all__:
         assert hasattr(runtime, name), name
+
+
+def test_loading_and_chunking_import_neither_keras_nor_tensorflow_texts_package(tiny_model_dir):
+    """tensorflow_text's package imports its Keras layers, and TensorFlow its Keras optimizers: seconds of every
+    run's start-up (BENCHMARKS.md, Levers). The runtime loads the text op libraries alone."""
+    code = f"""
+import sys
+import runtime
+embedder = runtime.load("{tiny_model_dir}/encoder", "{tiny_model_dir}/preprocessor", seq_length=32, pooling="mean")
+embedder.embed([("a short text",)])
+embedder.embed_documents(["a long text " * 40], runtime.ChunkSettings("late", 16, 4))
+print(sorted({{m.split('.')[0] for m in sys.modules}} & {{'keras', 'tf_keras', 'tensorflow_text', 'sklearn'}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

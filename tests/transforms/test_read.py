@@ -203,6 +203,36 @@ def test_text_gzip_and_byte_order_mark(tmp_path):
     _run_read([path], "text", [_record(None, ["ﬁrst line"], path), _record(None, ["second ✓"], path)], [])
 
 
+def test_plain_and_compressed_files_read_together_and_each_kind_alone(tmp_path):
+    plain = _write_lines(tmp_path / "a.txt", ["one", "two"])
+    packed = tmp_path / "b.txt.gz"
+    packed.write_bytes(gzip.compress(b"three\n"))
+    expected = {plain: [_record(None, ["one"], plain), _record(None, ["two"], plain)],
+                packed: [_record(None, ["three"], packed)]}
+    for paths in ([plain], [packed], [plain, packed]):
+        _run_read(paths, "text", [record for path in paths for record in expected[path]], [])
+
+
+@pytest.mark.parametrize("kinds,flattened", [(("a.txt",), False), (("b.txt.gz",), False),
+                                             (("a.txt", "b.txt.gz"), True)])
+def test_only_an_input_of_both_kinds_flattens_two_readers(tmp_path, kinds, flattened):
+    """A local runner holds every element that crosses a Flatten of two inputs in memory: the corpus's lines
+    may cross one only where plain and compressed files are read together."""
+    for name in kinds:
+        (tmp_path / name).write_bytes(gzip.compress(b"x\n") if name.endswith(".gz") else b"x\n")
+    pipeline = beam.Pipeline()
+    _ = pipeline | ReadCorpus([str(tmp_path / name) for name in kinds], "text")
+    labels = []
+
+    class Labels(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node):
+            if isinstance(node.transform, beam.Flatten):
+                labels.append(node.full_label)
+
+    pipeline.visit(Labels())
+    assert bool(labels) == flattened, labels
+
+
 def test_jsonl_ids_given_and_derived(tmp_path):
     path = _write_lines(
         tmp_path / "corpus.jsonl",
