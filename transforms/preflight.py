@@ -145,21 +145,49 @@ def check_sample(patterns: list[str], input_format: str, text_fields: tuple[str,
 
 
 def estimate_records(patterns: list[str], input_format: str) -> int | None:
-    """About how many records the input holds: its bytes over the bytes per record of a sample of its first
-    records. None for compressed input, whose size says little about its records."""
+    """About how many records the input holds: its bytes over the bytes per record of a sample. Line formats are
+    sampled in blocks spread through each sampled file (its first lines may not be typical: a corpus sorted by
+    length), TFRecord files by their first records. None for compressed input, whose size says little about its
+    records."""
     files = [metadata for result in FileSystems.match(list(patterns)) for metadata in result.metadata_list]
     if not files or any(CompressionTypes.detect_compression_type(m.path) != CompressionTypes.UNCOMPRESSED
                         for m in files):
         return None
+    sampled = {m.path: m.size_in_bytes for m in files}
     sampled_bytes = sampled_records = 0
     for path in _sample_files(patterns):
-        records = _first_records(path, SAMPLE_RECORDS * 5, input_format)
-        # Framing per record: length and two CRCs, or a line end.
-        sampled_bytes += sum(len(record) + (16 if input_format == "tfrecord" else 1) for record in records)
-        sampled_records += len(records)
+        if input_format == "tfrecord":
+            records = _first_records(path, SAMPLE_RECORDS * 5, input_format)
+            # Framing per record: length and two CRCs.
+            sampled_bytes += sum(len(record) + 16 for record in records)
+            sampled_records += len(records)
+        else:
+            sampled_bytes += sampled[path]
+            sampled_records += _estimate_lines(path, sampled[path])
     if not sampled_records or not sampled_bytes:
         return None
     return round(sum(m.size_in_bytes for m in files) * sampled_records / sampled_bytes)
+
+
+_BLOCK_BYTES, _BLOCKS = 1 << 15, 8
+
+
+def _estimate_lines(path: str, size: int) -> float:
+    """About how many lines a plain file holds: counted in a small file; in a large one, estimated part by part
+    from a block read in the middle of each of _BLOCKS equal parts (each part at its own bytes per line)."""
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            if size <= _BLOCK_BYTES * _BLOCKS:
+                data = handle.read()
+                return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+            lines = 0.0
+            for part in range(_BLOCKS):
+                handle.seek(size * (2 * part + 1) // (2 * _BLOCKS) - _BLOCK_BYTES // 2)
+                data = handle.read(_BLOCK_BYTES)
+                lines += size / _BLOCKS * data.count(b"\n") / max(len(data), 1)
+            return lines
+    except OSError:
+        return 0.0
 
 
 def kept_columns(patterns: list[str], input_format: str, names: tuple[str, ...]) -> tuple:

@@ -37,3 +37,11 @@ def test_the_total_is_estimated_from_the_bytes_and_unknown_when_compressed(tmp_p
     with gzip.open(tmp_path / "c.jsonl.gz", "wt") as f:
         f.writelines(lines)
     assert preflight.estimate_records([str(tmp_path / "c.jsonl.gz")], "jsonl") is None
+
+
+def test_the_total_is_estimated_from_the_whole_file_not_its_first_lines(tmp_path):
+    """A corpus sorted by length: its first records are the shortest, so they alone would overestimate."""
+    lines = [json.dumps({"id": i, "text": "word " * (1 + i // 200)}) + "\n" for i in range(20000)]
+    (tmp_path / "sorted.jsonl").write_text("".join(lines))
+    estimate = preflight.estimate_records([str(tmp_path / "sorted.jsonl")], "jsonl")
+    assert 17000 <= estimate <= 23000, estimate
