@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-__all__ = ["MEDIAN_TOKENS", "SIGMA", "sample_lengths", "make_texts", "write_jsonl", "length_stats"]
+__all__ = ["MEDIAN_TOKENS", "SIGMA", "sample_lengths", "word_distribution", "make_texts", "write_jsonl", "length_stats"]
 
 MEDIAN_TOKENS = 24
 SIGMA = 1.014
@@ -38,11 +38,16 @@ def _words(vocab_file: str) -> list[str]:
     return words
 
 
+def word_distribution(vocab_file: str) -> tuple[np.ndarray, np.ndarray]:
+    """The whole lowercase words of `vocab_file` and the probability of drawing each: Zipf over vocabulary rank."""
+    words = np.array(_words(vocab_file))
+    weights = 1.0 / (np.arange(len(words)) + 10.0)
+    return words, weights / weights.sum()
+
+
 def make_texts(vocab_file: str, n: int, seed: int = 0) -> list[str]:
     """n texts of words from `vocab_file`, lengths from sample_lengths(n, seed)."""
-    words = np.array(_words(vocab_file))
-    weights = 1.0 / (np.arange(len(words)) + 10.0)  # Zipf over vocabulary rank.
-    weights /= weights.sum()
+    words, weights = word_distribution(vocab_file)
     rng = np.random.default_rng(seed + 1)
     return [" ".join(rng.choice(words, size=int(length), p=weights)) for length in sample_lengths(n, seed)]
 

@@ -42,9 +42,7 @@ def make_documents(vocab_file: str, n: int, seed: int = 0) -> list[str]:
     """n documents of vocabulary words (one wordpiece each), lengths log-normal around 1,200 wordpieces."""
     rng = np.random.default_rng(seed)
     lengths = np.clip(np.rint(np.exp(rng.normal(np.log(_MEDIAN_PIECES), _SIGMA, n))), _LEAST, _MOST)
-    words = np.array(corpus_lib._words(vocab_file))
-    weights = 1.0 / (np.arange(len(words)) + 10.0)
-    weights /= weights.sum()
+    words, weights = corpus_lib.word_distribution(vocab_file)
     # Sentences of 8 to 30 words, so documents have punctuation where chunks may end.
     documents = []
     for length in lengths.astype(int):

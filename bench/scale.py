@@ -43,9 +43,7 @@ print(json.dumps({"wall_s": time.time() - start,
 
 def write_corpus(vocab_file: str, n: int, path: str, seed: int = 0) -> str:
     """n generated short texts as JSONL, drawn in one vectorised pass (a million in seconds)."""
-    words = np.array(corpus_lib._words(vocab_file))
-    weights = 1.0 / (np.arange(len(words)) + 10.0)  # Zipf over vocabulary rank, as bench.corpus.
-    weights /= weights.sum()
+    words, weights = corpus_lib.word_distribution(vocab_file)
     lengths = corpus_lib.sample_lengths(n, seed)
     picked = np.random.default_rng(seed + 1).choice(len(words), size=int(lengths.sum()), p=weights)
     ends = np.cumsum(lengths)

@@ -61,8 +61,6 @@ from model.word_patterns import (
     MASK,
     NONSPACING_REGEX,
     PAD,
-    RAW_WORD_KEPT_REGEX,
-    RAW_WORD_SPLIT_REGEX,
     REMOVED_REGEX,
     SEP,
     SPLIT_KEPT_REGEX,
@@ -71,7 +69,7 @@ from model.word_patterns import (
     WHITESPACE_REGEX,
 )
 
-__all__ = ["RAW_WORD_KEPT_REGEX", "RAW_WORD_SPLIT_REGEX", "build_preprocessor", "export_preprocessor", "read_vocab"]
+__all__ = ["build_preprocessor", "export_preprocessor", "read_vocab"]
 
 _VOCAB_ASSET = "vocab.txt"
 _REQUIRED_TOKENS = (CLS, SEP, PAD, UNK)
