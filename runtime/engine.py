@@ -30,7 +30,8 @@ class Embedder:
     when one copy serves every process on a machine. runtime.load builds one from two handles and warms it up.
 
     Args:
-      preprocessor: the loaded preprocessor SavedModel (tokenize and bert_pack_inputs).
+      preprocessor: the loaded preprocessor SavedModel (tokenize and bert_pack_inputs), or None until set through
+        the `preprocessor` property (runtime.load warms the encoder up while the preprocessor loads).
       encoder: what runs a batch: an EncoderCall (runtime.load_encoder_call), a loaded encoder SavedModel or any
         callable with its call convention. A [CLS]-only form returns pooled_output and cls_output only, so it
         serves pooling "pooled" and "cls" without token vectors.
@@ -94,6 +95,28 @@ class Embedder:
         self._normalize = normalize
         self._special_ids = None
         self._split_words = None
+
+    @property
+    def preprocessor(self):
+        """The loaded preprocessor SavedModel; None until set, when the Embedder was made without it."""
+        return self._preprocessor
+
+    @preprocessor.setter
+    def preprocessor(self, loaded) -> None:
+        self._preprocessor = loaded
+
+    def warm_up_encoder(self) -> None:
+        """Traces and runs the encode function once on a tiny input: its first call optimises the graph (seconds
+        for bf16, mostly in TensorFlow's C++ without the GIL). Needs no preprocessor."""
+        ids = np.zeros((1, 2), np.int32)
+        self._encode(ids, np.ones_like(ids), ids)
+
+    def warm_up_packing(self, pairs: bool | None = None) -> None:
+        """Traces and runs the packing of single texts (pairs False), of pairs (True) or of both (None)."""
+        if not pairs:
+            self.pack(["warm up"])
+        if pairs is None or pairs:
+            self.pack(["warm"], ["up"])
 
     @property
     def encoder(self):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+
 from runtime import devices, imports
 from runtime.engine import POOLING_MODES, Embedder
 from runtime.files import LOCAL, Files
@@ -28,7 +30,8 @@ def load(encoder: str, preprocessor: str, *, seq_length: int = 128, pooling: str
          files: Files = LOCAL, pairs: bool | None = None) -> Embedder:
     """Loads a preprocessor + encoder SavedModel pair, picks the encoder call to run, and warms it up.
 
-    Registers tensorflow_text's ops first (they must be before the preprocessor loads) and lets GPU memory grow.
+    Registers tensorflow_text's ops first (they must be before the preprocessor loads), lets GPU memory grow and,
+    on a CPU, skips grappler's passes for GPU and training graphs (devices.skip_training_rewrites).
     The encoder runs the fastest call that gives the outputs wanted (see load_encoder_call): for pooling "pooled"
     or "cls" without token vectors, the [CLS]-only form where the export has one.
 
@@ -56,17 +59,21 @@ def load(encoder: str, preprocessor: str, *, seq_length: int = 128, pooling: str
     tf = imports.import_tensorflow()
     imports.register_text_ops()
     devices.allow_gpu_memory_growth()
-    loaded_preprocessor = tf.saved_model.load(resolve_handle(preprocessor, files=files))
+    devices.skip_training_rewrites()
     cls_only = pooling in ("pooled", "cls") and not with_sequence
     encoder_call = load_encoder_call(resolve_handle(encoder, files=files), precision=precision, cls_only=cls_only)
     use_precision(precision, native_bf16=encoder_call.native_bf16)
-    embedder = Embedder(loaded_preprocessor, encoder_call, seq_length=seq_length, pooling=pooling,
-                        normalize=normalize, with_sequence=with_sequence, token_budget=token_budget,
-                        precision=precision)
-    # The first call of each graph function traces and optimises it (about a second): pay that here, not in the
-    # first batch. Later shapes need no retracing (every signature has unknown dimensions).
-    if not pairs:
-        embedder.embed([("warm up",)])
-    if pairs is None or pairs:
-        embedder.embed([("warm", "up")])
+    embedder = Embedder(None, encoder_call, seq_length=seq_length, pooling=pooling, normalize=normalize,
+                        with_sequence=with_sequence, token_budget=token_budget, precision=precision)
+    # The first call of each graph function traces and optimises it: pay that here, not in the first batch.
+    # Later shapes need no retracing (every signature has unknown dimensions). The encoder's first call is
+    # mostly grappler in C++, which releases the GIL (seconds for bf16's constant weights): it runs in a thread
+    # while this one loads the preprocessor, which is Python (see BENCHMARKS.md). Tracing is Python too: done
+    # first, here.
+    embedder.encode.get_concrete_function()
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warm-up-encoder") as pool:
+        encoder_warmed = pool.submit(embedder.warm_up_encoder)
+        embedder.preprocessor = tf.saved_model.load(resolve_handle(preprocessor, files=files))
+        embedder.warm_up_packing(pairs)
+        encoder_warmed.result()
     return embedder

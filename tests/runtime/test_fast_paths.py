@@ -102,6 +102,28 @@ def test_new_shapes_after_warm_up_do_not_retrace(embedder):
     assert embedder.encode.experimental_get_tracing_count() == traces
 
 
+def test_functions_run_without_grapplers_memory_and_layout_passes_in_every_thread(embedder):
+    """On a CPU the two passes only cost start-up (2 s of the bf16 encoder's first call, BENCHMARKS.md). Beam
+    runs bundles in threads of its own, started after the load: they must call functions with the same config,
+    or each would optimise the encoder afresh."""
+    import threading
+
+    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+    from tensorflow.python.eager import context
+
+    def rewrites_of_this_thread():
+        serialized = context.context().function_call_options.config_proto_serialized
+        return config_pb2.ConfigProto.FromString(serialized).graph_options.rewrite_options
+
+    in_new_thread = []
+    thread = threading.Thread(target=lambda: in_new_thread.append(rewrites_of_this_thread()))
+    thread.start()
+    thread.join()
+    for rewrites in (rewrites_of_this_thread(), in_new_thread[0]):
+        assert rewrites.memory_optimization == rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
+        assert rewrites.layout_optimizer == rewriter_config_pb2.RewriterConfig.OFF
+
+
 @pytest.fixture(scope="module")
 def foreign_model_dir(tiny_model_dir, tmp_path_factory):
     """The tiny encoder saved without model.export's get_config and extra functions, like any other TF Hub-style
