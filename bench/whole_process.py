@@ -3,7 +3,9 @@
 Times, from the shell's point of view (process start to exit, everything included: imports, model load, warm-up,
 reading, writing), `python -m pipeline.run` against a sentence-transformers script that loads the same
 checkpoint and encodes the same texts, on a corpus of real text, fp32 and bf16 (sentence-transformers with the
-model cast to torch.bfloat16). Start-up alone (10 texts, first record) is bench.startup's. Runs alternate,
+model cast to torch.bfloat16). With --steady, instead: the pipeline's steady state (the whole run less one
+over the first 64 texts) against the engine alone on the same texts, and the whole process's CPU share. Start-up
+alone (10 texts, first record) is bench.startup's. Runs alternate,
 `--rounds` times each; the best of each is reported (the machine is shared: the best run is the least disturbed).
 
 The model is bench/models.py's full-size DistilBERT with random weights, `--pooling mean --seq_length 128` on
@@ -21,6 +23,7 @@ import importlib
 import json
 import os
 import pkgutil
+import resource
 import subprocess
 import sys
 import time
@@ -50,6 +53,23 @@ with torch.inference_mode():
     vectors = model.encode(texts, batch_size=32, convert_to_numpy=False, show_progress_bar=False)
 print(json.dumps({"loaded_s": loaded - start, "texts": len(vectors)}))
 """
+
+
+# The engine alone on the same texts, in a fresh process: batches of 512 in file order as the pipeline's, timed
+# after the load and warm-up; prints the seconds and the real tokens of all texts and of the first `first`.
+_ENGINE_SCRIPT = """
+import json, sys, time
+import runtime
+model_dir, corpus, precision, first = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+texts = [(json.loads(line)["text"],) for line in open(corpus, encoding="utf-8")]
+embedder = runtime.load(model_dir + "/encoder", model_dir + "/preprocessor", seq_length=128, pooling="mean",
+                        precision=precision, pairs=False)
+start, tokens = time.time(), []
+for i in range(0, len(texts), 512):
+    tokens += [e.tokens for e in embedder.embed(texts[i:i + 512]).embeddings]
+print(json.dumps({"seconds": time.time() - start, "tokens": sum(tokens), "first_tokens": sum(tokens[:first])}))
+"""
+_FIRST = 64  # The short run whose time, taken from the whole run's, leaves the steady state.
 
 
 def docstrings(n: int) -> list[str]:
@@ -84,12 +104,43 @@ def _write(texts: list[str], path: str) -> str:
     return path
 
 
-def _ours(corpus: str, model_dir: str, out: str, precision: str) -> float:
-    start = time.time()
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _ours(corpus: str, model_dir: str, out: str, precision: str, cpu: list | None = None) -> float:
+    """The whole process's wall seconds; with `cpu`, appends its CPU seconds."""
+    start, cpu_start = time.time(), _children_cpu_seconds()
     subprocess.run([sys.executable, "-m", "pipeline.run", f"--input={corpus}", f"--model_dir={model_dir}",
                     "--pooling=mean", "--seq_length=128", f"--precision={precision}", f"--output_tfrecord={out}",
                     f"--run_id=r{int(start * 1000)}"], check=True, cwd=_ROOT, capture_output=True)
-    return time.time() - start
+    wall = time.time() - start
+    if cpu is not None:
+        cpu.append(_children_cpu_seconds() - cpu_start)
+    return wall
+
+
+def _steady_state(texts: list[str], workdir: str, model_dir: str, precision: str, rounds: int) -> dict:
+    """The pipeline's rate beyond its first _FIRST texts (whole runs of all and of the first _FIRST, the best of
+    `rounds` each) against the engine's on the same texts; real tokens, [CLS] and [SEP] included."""
+    corpus = _write(texts, os.path.join(workdir, "docstrings.jsonl"))
+    short = _write(texts[:_FIRST], os.path.join(workdir, "first.jsonl"))
+    out, whole, first, whole_cpu, first_cpu = os.path.join(workdir, "out", "steady"), [], [], [], []
+    for _ in range(rounds):
+        whole.append(_ours(corpus, model_dir, out, precision, whole_cpu))
+        first.append(_ours(short, model_dir, out, precision, first_cpu))
+    engine = json.loads(subprocess.run([sys.executable, "-c", _ENGINE_SCRIPT, model_dir, corpus, precision,
+                                        str(_FIRST)], check=True, cwd=_ROOT, capture_output=True,
+                                       text=True).stdout.splitlines()[-1])
+    best, best_first = whole.index(min(whole)), first.index(min(first))
+    pipeline_rate = (engine["tokens"] - engine["first_tokens"]) / (whole[best] - first[best_first])
+    engine_rate = engine["tokens"] / engine["seconds"]
+    cores = os.cpu_count()
+    return {"precision": precision, "whole_s": whole, "first_s": first, "pipeline_tok_s": pipeline_rate,
+            "engine_tok_s": engine_rate, "ratio": pipeline_rate / engine_rate,
+            "cpu_share": [c / w / cores for c, w in zip(whole_cpu, whole, strict=True)],
+            "steady_cpu_share": (whole_cpu[best] - first_cpu[best_first]) / (whole[best] - first[best_first]) / cores}
 
 
 def _sentence_transformers(corpus: str, checkpoint: str, precision: str) -> float:
@@ -105,12 +156,18 @@ def main(argv=None) -> int:
     parser.add_argument("--texts", type=int, default=1500, help="Real texts in the corpus. Default: 1500.")
     parser.add_argument("--rounds", type=int, default=2, help="Alternating runs of each. Default: 2.")
     parser.add_argument("--precisions", default="fp32,bf16", help="Default: fp32,bf16.")
+    parser.add_argument("--steady", action="store_true",
+                        help=f"Instead: the pipeline's steady state (all texts against the first {_FIRST}, whole "
+                        "processes) against the engine alone on the same texts, and the CPU share. Default: off.")
     args = parser.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
     checkpoint, model_dir = os.path.join(args.workdir, "checkpoint"), os.path.join(args.workdir, "model")
     if not os.path.exists(os.path.join(model_dir, "encoder", "saved_model.pb")):
         models.export_saved_models(models.build_checkpoint(checkpoint), model_dir)
     texts = docstrings(args.texts)
+    if args.steady:
+        return _print_steady([_steady_state(texts, args.workdir, model_dir, precision, args.rounds)
+                              for precision in args.precisions.split(",")], len(texts), args.rounds)
     corpora = {len(texts): _write(texts, os.path.join(args.workdir, "docstrings.jsonl"))}
     rows = []
     for precision in args.precisions.split(","):
@@ -130,6 +187,19 @@ def main(argv=None) -> int:
     for row in rows:
         print(f"| {row['texts']} | {row['precision']} | {', '.join(f'{s:.1f}' for s in row['ours_s'])} | "
               f"{', '.join(f'{s:.1f}' for s in row['st_s'])} | {row['speedup']:.2f} |")
+    return 0
+
+
+def _print_steady(rows: list[dict], count: int, rounds: int) -> int:
+    print(f"Steady state: {count} standard-library docstrings against their first {_FIRST}, whole processes, best "
+          f"of {rounds} alternating runs; the engine: runtime.load + embed over the same texts in batches of 512.\n")
+    print("| precision | all texts (s) | first texts (s) | pipeline, beyond the first (real tok/s) | engine (real "
+          "tok/s) | ratio (target 0.9) | CPU share, beyond the first (whole process) |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['precision']} | {', '.join(f'{s:.1f}' for s in row['whole_s'])} | "
+              f"{', '.join(f'{s:.1f}' for s in row['first_s'])} | {row['pipeline_tok_s']:,.0f} | "
+              f"{row['engine_tok_s']:,.0f} | {row['ratio']:.2f} | {row['steady_cpu_share']:.2f} ({', '.join(f'{c:.2f}' for c in row['cpu_share'])}) |")
     return 0
 
 
