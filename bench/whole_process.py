@@ -199,7 +199,8 @@ def _print_steady(rows: list[dict], count: int, rounds: int) -> int:
     for row in rows:
         print(f"| {row['precision']} | {', '.join(f'{s:.1f}' for s in row['whole_s'])} | "
               f"{', '.join(f'{s:.1f}' for s in row['first_s'])} | {row['pipeline_tok_s']:,.0f} | "
-              f"{row['engine_tok_s']:,.0f} | {row['ratio']:.2f} | {row['steady_cpu_share']:.2f} ({', '.join(f'{c:.2f}' for c in row['cpu_share'])}) |")
+              f"{row['engine_tok_s']:,.0f} | {row['ratio']:.2f} | {row['steady_cpu_share']:.2f} "
+              f"({', '.join(f'{c:.2f}' for c in row['cpu_share'])}) |")
     return 0
 
 
