@@ -105,14 +105,24 @@ class Embedder:
     def preprocessor(self, loaded) -> None:
         self._preprocessor = loaded
 
-    def warm_up_encoder(self) -> None:
-        """Traces and runs the encode function once on a tiny input: its first call optimises the graph (seconds
-        for bf16, mostly in TensorFlow's C++ without the GIL). Needs no preprocessor."""
-        ids = np.zeros((1, 2), np.int32)
-        self._encode(ids, np.ones_like(ids), ids)
+    def trace_encoder(self, token_vectors: bool = False) -> None:
+        """Traces the encode function, or with `token_vectors` the one late chunking runs, without running it."""
+        (self._encode_tokens if token_vectors else self._encode).get_concrete_function()
 
-    def warm_up_packing(self, pairs: bool | None = None) -> None:
-        """Traces and runs the packing of single texts (pairs False), of pairs (True) or of both (None)."""
+    def warm_up_encoder(self, token_vectors: bool = False) -> None:
+        """Runs the encode function (or late chunking's) once on a tiny input, tracing it first if need be: its
+        first call optimises the graph (seconds for bf16, mostly in TensorFlow's C++ without the GIL). Needs no
+        preprocessor."""
+        ids = np.zeros((1, 2), np.int32)
+        (self._encode_tokens if token_vectors else self._encode)(ids, np.ones_like(ids), ids)
+
+    def warm_up_inputs(self, pairs: bool | None = None, chunking: bool = False) -> None:
+        """Traces and runs what turns texts into encoder inputs: with `chunking`, the word splitting and
+        tokenizing that embed_documents runs; else the packing of single texts (pairs False), of pairs (True) or
+        of both (None)."""
+        if chunking:
+            list(self._tokenize_call(["warm up"]))
+            return
         if not pairs:
             self.pack(["warm up"])
         if pairs is None or pairs:

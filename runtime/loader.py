@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 
 from runtime import devices, imports
+from runtime.chunking import ChunkSettings
 from runtime.engine import POOLING_MODES, Embedder
 from runtime.files import LOCAL, Files
 from runtime.handles import resolve_handle
@@ -27,7 +28,7 @@ def check_settings(*, pooling: str = "pooled", precision: str = "fp32") -> None:
 
 def load(encoder: str, preprocessor: str, *, seq_length: int = 128, pooling: str = "pooled",
          normalize: bool = False, precision: str = "fp32", with_sequence: bool = False, token_budget: int = 4096,
-         files: Files = LOCAL, pairs: bool | None = None) -> Embedder:
+         files: Files = LOCAL, pairs: bool | None = None, chunking: ChunkSettings | None = None) -> Embedder:
     """Loads a preprocessor + encoder SavedModel pair, picks the encoder call to run, and warms it up.
 
     Registers tensorflow_text's ops first (they must be before the preprocessor loads), lets GPU memory grow and,
@@ -48,6 +49,8 @@ def load(encoder: str, preprocessor: str, *, seq_length: int = 128, pooling: str
       files: reads handles that are not local paths or URLs; they are staged to local disk once per machine.
       pairs: whether the inputs will be pairs (True) or single texts (False), when known: only that form is warmed
         up, and the other traces at its first batch (seconds). None warms up both.
+      chunking: how documents will be cut (Embedder.embed_documents), when they will be: the functions it runs
+        are warmed up instead (the late mode's token vectors, the word splitting).
 
     Returns:
       The Embedder, its graph functions traced.
@@ -70,10 +73,11 @@ def load(encoder: str, preprocessor: str, *, seq_length: int = 128, pooling: str
     # mostly grappler in C++, which releases the GIL (seconds for bf16's constant weights): it runs in a thread
     # while this one loads the preprocessor, which is Python (see BENCHMARKS.md). Tracing is Python too: done
     # first, here.
-    embedder.encode.get_concrete_function()
+    late = chunking is not None and chunking.mode == "late"
+    embedder.trace_encoder(token_vectors=late)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warm-up-encoder") as pool:
-        encoder_warmed = pool.submit(embedder.warm_up_encoder)
+        encoder_warmed = pool.submit(embedder.warm_up_encoder, late)
         embedder.preprocessor = tf.saved_model.load(resolve_handle(preprocessor, files=files))
-        embedder.warm_up_packing(pairs)
+        embedder.warm_up_inputs(pairs, chunking=chunking is not None)
         encoder_warmed.result()
     return embedder

@@ -108,7 +108,7 @@ class EmbeddingModelHandler(ModelHandler[tuple, runtime.Embedding, Any]):
         return runtime.load(self._encoder_handle, self._preprocessor_handle, seq_length=self._seq_length,
                             pooling=self._pooling, normalize=self._normalize, precision=self._precision,
                             with_sequence=self._with_sequence, token_budget=self._token_budget, files=BeamFiles(),
-                            pairs=self._pairs)
+                            pairs=self._pairs, chunking=self.chunking)
 
     def run_inference(self, batch: Sequence[tuple], model: runtime.Embedder,
                       inference_args: dict | None = None) -> Iterable[PredictionResult]:

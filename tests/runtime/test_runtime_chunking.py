@@ -131,6 +131,19 @@ def test_windows_vectors_are_the_texts_own_and_a_short_text_is_as_unchunked(tiny
     np.testing.assert_allclose(short[0].vector, embedder.embed([("a dog ran",)]).embeddings[0].vector, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["windows", "late"])
+def test_loading_for_chunking_traces_what_chunking_runs_so_documents_trace_nothing(tiny_model_dir, mode):
+    """The encode function of the mode and the word splitting are traced and run once in the load (their first
+    call optimises the graph: seconds at bf16, BENCHMARKS.md), not in the first batch of documents."""
+    settings = ChunkSettings(mode, 16, 4)
+    embedder = runtime.load(f"{tiny_model_dir}/encoder", f"{tiny_model_dir}/preprocessor", seq_length=34,
+                            pooling="mean", chunking=settings)
+    functions = [embedder._encode_tokens if mode == "late" else embedder.encode, embedder._split_words]
+    assert [function.experimental_get_tracing_count() for function in functions] == [1, 1]
+    embedder.embed_documents([_HOSTILE * 2, "a dog ran"], settings)
+    assert [function.experimental_get_tracing_count() for function in functions] == [1, 1]
+
+
 @pytest.mark.slow
 def test_chunks_match_sentence_transformers_and_late_chunks_match_transformers(minilm_dir, tmp_path):
     """Real all-MiniLM-L6-v2: windows against sentence-transformers on each chunk's text; late chunking against
