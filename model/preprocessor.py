@@ -48,6 +48,7 @@ budget, the first gets the extra token, where Hugging Face's "longest_first" giv
 """
 
 import collections
+import contextlib
 import os
 import re
 import sys
@@ -258,6 +259,10 @@ class _BertPackInputs(tf.Module):
                 seq_length, self._max_seq_length,
                 message=f"seq_length must be at most max_seq_length={self._max_seq_length}"),
         ]
+        if len(segments) == 2:
+            checks.append(tf.debugging.assert_equal(
+                segments[0].nrows(out_type=tf.int32), segments[1].nrows(out_type=tf.int32),
+                message="bert_pack_inputs' two segments must have the same number of rows"))
         with tf.control_dependencies(checks):
             seq_length = tf.identity(seq_length)
         segments = [segment.merge_dims(1, -1) if segment.ragged_rank > 1 else segment for segment in segments]
@@ -335,9 +340,37 @@ def export_preprocessor(output_dir: str, *, vocab_file: str, do_lower_case: bool
         max_seq_length: The largest `seq_length` that `bert_pack_inputs` accepts.
     """
     # A local copy under a fixed name: the asset is then always assets/vocab.txt, whatever the source.
-    with tempfile.TemporaryDirectory() as tmpdir:
+    with tempfile.TemporaryDirectory() as tmpdir, _int64_checks_left_out():
         local_vocab_file = os.path.join(tmpdir, _VOCAB_ASSET)
         tf.io.gfile.copy(vocab_file, local_vocab_file)
         preprocessor = build_preprocessor(local_vocab_file, do_lower_case, default_seq_length, max_seq_length)
         signatures = {"serving_default": preprocessor.__call__.get_concrete_function()}
         tf.saved_model.save(preprocessor, output_dir, signatures=signatures)
+
+
+@contextlib.contextmanager
+def _int64_checks_left_out():
+    """Traces graphs without the asserts on int64 data, which TensorFlow builds as a cond of two functions.
+
+    Ragged tensors check their int64 row partitions wherever they are built, in tensorflow_text's ops as in
+    TensorFlow's, and tf.debugging.Assert guards any data but int32 and strings with a cond: about 300 of the
+    preprocessor's 340 functions were the branches of such checks, and loading a SavedModel turns every function
+    back into a Python graph, about a second of every run's start (see BENCHMARKS.md). They check row partitions
+    that the ops themselves have just made. The checks a caller can trip stay, as asserts on int32 data:
+    seq_length's range and the two segments' row counts. No public switch turns these checks off, so the export
+    swaps TensorFlow's Assert (which tf.debugging's asserts call) while it traces.
+    """
+    from tensorflow.python.ops import control_flow_assert
+
+    checked = control_flow_assert.Assert
+
+    def assert_unless_guarded(condition, data, summarize=None, name=None):
+        if tf.executing_eagerly() or all(tf.convert_to_tensor(item).dtype in (tf.int32, tf.string) for item in data):
+            return checked(condition, data, summarize, name)
+        return tf.no_op(name=name)
+
+    control_flow_assert.Assert = assert_unless_guarded
+    try:
+        yield
+    finally:
+        control_flow_assert.Assert = checked
