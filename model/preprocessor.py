@@ -365,7 +365,7 @@ def _int64_checks_left_out():
     checked = control_flow_assert.Assert
 
     def assert_unless_guarded(condition, data, summarize=None, name=None):
-        if tf.executing_eagerly() or all(tf.convert_to_tensor(item).dtype in (tf.int32, tf.string) for item in data):
+        if tf.executing_eagerly() or all(_dtype(item) in (tf.int32, tf.string) for item in data):
             return checked(condition, data, summarize, name)
         return tf.no_op(name=name)
 
@@ -374,3 +374,10 @@ def _int64_checks_left_out():
         yield
     finally:
         control_flow_assert.Assert = checked
+
+
+def _dtype(item) -> tf.DType:
+    """The dtype tf.debugging.Assert would convert `item` to, without adding a constant to the graph."""
+    if isinstance(item, (str, bytes)):
+        return tf.string
+    return tf.as_dtype(item.dtype) if hasattr(item, "dtype") else tf.convert_to_tensor(item).dtype
