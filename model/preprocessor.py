@@ -380,4 +380,7 @@ def _dtype(item) -> tf.DType:
     """The dtype tf.debugging.Assert would convert `item` to, without adding a constant to the graph."""
     if isinstance(item, (str, bytes)):
         return tf.string
-    return tf.as_dtype(item.dtype) if hasattr(item, "dtype") else tf.convert_to_tensor(item).dtype
+    try:
+        return tf.as_dtype(item.dtype)
+    except (AttributeError, TypeError):  # A Python value, or a numpy dtype TensorFlow names otherwise (unicode).
+        return tf.convert_to_tensor(item).dtype

@@ -105,8 +105,11 @@ def test_new_shapes_after_warm_up_do_not_retrace(embedder):
 def test_functions_run_without_grapplers_memory_and_layout_passes_in_every_thread(embedder):
     """On a CPU the two passes only cost start-up (2 s of the bf16 encoder's first call, BENCHMARKS.md). Beam
     runs bundles in threads of its own, started after the load: they must call functions with the same config,
-    or each would optimise the encoder afresh."""
+    or each would optimise the encoder afresh. Where a GPU is visible TensorFlow's defaults stay."""
     import threading
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("the passes stay on where a GPU is visible")
 
     from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
     from tensorflow.python.eager import context
