@@ -134,13 +134,14 @@ def _steady_state(texts: list[str], workdir: str, model_dir: str, precision: str
                                         str(_FIRST)], check=True, cwd=_ROOT, capture_output=True,
                                        text=True).stdout.splitlines()[-1])
     best, best_first = whole.index(min(whole)), first.index(min(first))
-    pipeline_rate = (engine["tokens"] - engine["first_tokens"]) / (whole[best] - first[best_first])
+    steady_s = whole[best] - first[best_first]
+    pipeline_rate = (engine["tokens"] - engine["first_tokens"]) / steady_s
     engine_rate = engine["tokens"] / engine["seconds"]
     cores = os.cpu_count()
     return {"precision": precision, "whole_s": whole, "first_s": first, "pipeline_tok_s": pipeline_rate,
             "engine_tok_s": engine_rate, "ratio": pipeline_rate / engine_rate,
             "cpu_share": [c / w / cores for c, w in zip(whole_cpu, whole, strict=True)],
-            "steady_cpu_share": (whole_cpu[best] - first_cpu[best_first]) / (whole[best] - first[best_first]) / cores}
+            "steady_cpu_share": (whole_cpu[best] - first_cpu[best_first]) / steady_s / cores}
 
 
 def _sentence_transformers(corpus: str, checkpoint: str, precision: str) -> float:

@@ -107,14 +107,18 @@ class Embedder:
 
     def trace_encoder(self, token_vectors: bool = False) -> None:
         """Traces the encode function, or with `token_vectors` the one late chunking runs, without running it."""
-        (self._encode_tokens if token_vectors else self._encode).get_concrete_function()
+        self._encode_function(token_vectors).get_concrete_function()
 
     def warm_up_encoder(self, token_vectors: bool = False) -> None:
         """Runs the encode function (or late chunking's) once on a tiny input, tracing it first if need be: its
         first call optimises the graph (seconds for bf16, mostly in TensorFlow's C++ without the GIL). Needs no
         preprocessor."""
         ids = np.zeros((1, 2), np.int32)
-        (self._encode_tokens if token_vectors else self._encode)(ids, np.ones_like(ids), ids)
+        self._encode_function(token_vectors)(ids, np.ones_like(ids), ids)
+
+    def _encode_function(self, token_vectors: bool):
+        """encode_tokens (late chunking's: unpooled token vectors) or encode (pooled vectors)."""
+        return self._encode_tokens if token_vectors else self._encode
 
     def warm_up_inputs(self, pairs: bool | None = None, chunking: bool = False) -> None:
         """Traces and runs what turns texts into encoder inputs: with `chunking`, the word splitting and
