@@ -213,6 +213,6 @@ def load_weights(encoder: Encoder, tensors: dict) -> None:
 
 def encoder_from_checkpoint(checkpoint: Checkpoint) -> Encoder:
     """Builds an Encoder for `checkpoint.config` and fills it with the checkpoint's weights."""
-    encoder = Encoder(checkpoint.config, seed=0)
+    encoder = Encoder(checkpoint.config, random_init=False)
     load_weights(encoder, checkpoint.tensors)
     return encoder

@@ -155,6 +155,13 @@ class _TransformerBlock(tf.Module):
         return self.output_layer_norm(x + transformed)
 
 
+def _random_normal(stddev: float, seed: int | None):
+    """An initializer drawing from N(0, stddev^2), seeded or not."""
+    generator = (tf.random.Generator.from_seed(seed) if seed is not None
+                 else tf.random.Generator.from_non_deterministic_state())
+    return lambda shape: generator.normal(shape, stddev=stddev)
+
+
 class Encoder(tf.Module):
     """A DistilBERT- or BERT-family encoder with the TF Hub text-encoder call convention.
 
@@ -168,17 +175,16 @@ class Encoder(tf.Module):
       config: the architecture.
       seed: seeds the random initialisation (normal with stddev `initializer_range`, like Hugging Face).
       compute_dtype: tf.float32, or tf.bfloat16 to run matmuls in reduced precision (weights stay float32).
+      random_init: False starts every weight at zero, for a module whose weights are restored or copied next:
+        drawing a full-size model's random weights takes seconds of its load (see BENCHMARKS.md).
     """
 
-    def __init__(self, config: EncoderConfig, seed: int | None = None, compute_dtype=tf.float32, name=None):
+    def __init__(self, config: EncoderConfig, seed: int | None = None, compute_dtype=tf.float32, name=None, *,
+                 random_init: bool = True):
         super().__init__(name=name or "encoder")
         self.config = config
         self.compute_dtype = tf.as_dtype(compute_dtype)
-        generator = (tf.random.Generator.from_seed(seed) if seed is not None
-                     else tf.random.Generator.from_non_deterministic_state())
-
-        def init(shape):
-            return generator.normal(shape, stddev=config.initializer_range)
+        init = _random_normal(config.initializer_range, seed) if random_init else tf.zeros
 
         with self.name_scope, tf.name_scope("embeddings"):
             self.word_embeddings = tf.Variable(init([config.vocab_size, config.hidden_size]),

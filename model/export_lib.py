@@ -263,7 +263,7 @@ def load_encoder(encoder_dir: str, *, compute_dtype=tf.float32, saved_model=None
             raise ValueError(f"{encoder_dir} was not exported by model.export (it has no get_config).")
         config = config_lib.EncoderConfig(**json.loads(loaded.get_config().numpy()))
         del loaded
-    encoder = Encoder(config, seed=0, compute_dtype=compute_dtype)
+    encoder = Encoder(config, compute_dtype=compute_dtype, random_init=False)
     # The SavedModel's variables are a checkpoint of export_encoder's root object, whose `encoder` is the module.
     status = tf.train.Checkpoint(encoder=encoder).read(os.path.join(encoder_dir, "variables", "variables"))
     try:

@@ -1,7 +1,7 @@
 """Runs an exported preprocessor + encoder pair on this machine: staging, checks, engine, precision; no Beam."""
 
 from runtime.chunking import CHUNKING_MODES, ChunkSettings
-from runtime.devices import allow_gpu_memory_growth, cpu_has_bf16, onednn_runs_on_cpu, skip_training_rewrites
+from runtime.devices import allow_gpu_memory_growth, cpu_has_bf16, onednn_runs_on_cpu, skip_needless_rewrites
 from runtime.embedding import ChunkEmbedding, EmbeddedBatch, EmbeddedDocuments, Embedding
 from runtime.engine import POOLING_MODES, SUB_BATCH_OVERHEAD_TOKENS, Embedder, plan_sub_batches
 from runtime.files import LOCAL, FileInfo, Files, LocalFiles
@@ -31,5 +31,5 @@ __all__ = ["load", "check_settings", "Embedder", "Embedding", "EmbeddedBatch", "
            "SENTENCE_CONFIG_PATH", "DEFAULT_POOLING", "DEFAULT_SEQ_LENGTH", "MAX_SEQ_LENGTH", "Settings",
            "resolve_settings", "resolve_handle", "stage_locally", "model_defaults", "check_models",
            "check_seq_length", "model_max_seq_length", "model_fingerprint", "embedding_dimension", "Files",
-           "FileInfo", "LocalFiles", "LOCAL", "allow_gpu_memory_growth", "skip_training_rewrites",
+           "FileInfo", "LocalFiles", "LOCAL", "allow_gpu_memory_growth", "skip_needless_rewrites",
            "onednn_runs_on_cpu", "cpu_has_bf16", "import_tensorflow", "register_text_ops"]

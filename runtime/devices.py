@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["allow_gpu_memory_growth", "skip_training_rewrites", "onednn_runs_on_cpu", "cpu_has_bf16"]
+__all__ = ["allow_gpu_memory_growth", "skip_needless_rewrites", "onednn_runs_on_cpu", "cpu_has_bf16"]
 
 
 def allow_gpu_memory_growth() -> None:
@@ -22,19 +22,22 @@ def allow_gpu_memory_growth() -> None:
             logging.debug("GPU memory growth left as it is for %s: %s", gpu.name, err)
 
 
-def skip_training_rewrites() -> None:
-    """Turns off two of grappler's passes that only cost time for these graphs on a CPU, for the whole process.
+def skip_needless_rewrites() -> None:
+    """Turns off the graph passes that only cost time for these graphs on a CPU, for the whole process.
 
-    Grappler optimises each traced function at its first call. Two of its default passes do nothing for an
-    encoder run on a CPU: the memory optimizer (swaps tensors to host memory and recomputes them, for GPU and
-    training graphs) and the layout optimizer (transposes convolutions and pooling between NHWC and NCHW; an
-    encoder has neither). Over the bf16 encoder, whose matmul weights are constants in its graph, they took 2 s
-    of its first call (see BENCHMARKS.md). Where a GPU is visible, TensorFlow's defaults stay.
+    Grappler optimises each traced function at its first call. Four of its default passes do nothing for an
+    encoder or a preprocessor run on a CPU: the memory optimizer (swaps tensors to host memory and recomputes
+    them, for GPU and training graphs), the layout optimizer (transposes convolutions and pooling between NHWC
+    and NCHW; neither has any), and the two MLIR (TFG) pipelines, which convert the whole graph to MLIR and back
+    to sort it, infer shapes and sink ops into conditionals: the graph that comes out is the same, node for
+    node. Over the bf16 encoder, whose matmul weights are constants in its graph, each conversion copies them:
+    together these passes took most of its first call (see BENCHMARKS.md). Where a GPU is visible,
+    TensorFlow's defaults stay.
 
     TensorFlow derives each thread's function-call config from the context's config at the thread's first call,
-    so this must come before any function runs (runtime.load calls it first). No public API turns the memory
-    optimizer off: it is set in the context's base config, where TensorFlow keeps what
-    tf.compat.v1.enable_eager_execution(config=...) gives; a TensorFlow without that attribute keeps it on.
+    so this must come before any function runs (runtime.load calls it first). No public API turns these passes
+    off: they are set in the context's base config, where TensorFlow keeps what
+    tf.compat.v1.enable_eager_execution(config=...) gives; a TensorFlow without that attribute keeps them on.
     """
     import tensorflow as tf
 
@@ -46,10 +49,13 @@ def skip_training_rewrites() -> None:
 
         eager = context.context()
         base = eager._config if eager._config is not None else config_pb2.ConfigProto()  # noqa: SLF001
-        base.graph_options.rewrite_options.memory_optimization = rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
+        rewrites = base.graph_options.rewrite_options
+        rewrites.memory_optimization = rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
+        rewrites.disable_tfg_optimizer = True
+        rewrites.experimental_conditional_code_motion = rewriter_config_pb2.RewriterConfig.OFF
         eager._config = base  # noqa: SLF001
     except (ImportError, AttributeError) as err:
-        logging.debug("grappler's memory optimizer left on: %s", err)
+        logging.debug("grappler's memory optimizer and TFG passes left on: %s", err)
     # Public; it also makes this thread re-read the context's config for its next function call.
     tf.config.optimizer.set_experimental_options({"layout_optimizer": False})
 

@@ -58,15 +58,15 @@ class Embedder:
         text_spec = tf.TensorSpec([None], tf.string)
         id_spec = tf.TensorSpec([None, None], tf.int32)
 
-        @tf.function(input_signature=[text_spec])
+        @tf.function(input_signature=[text_spec], autograph=False)
         def pack_one(texts):
             return self._pack([texts])
 
-        @tf.function(input_signature=[text_spec, text_spec])
+        @tf.function(input_signature=[text_spec, text_spec], autograph=False)
         def pack_two(first, second):
             return self._pack([first, second])
 
-        @tf.function(input_signature=[id_spec, id_spec, id_spec])
+        @tf.function(input_signature=[id_spec, id_spec, id_spec], autograph=False)
         def encode(word_ids, mask, type_ids):
             inputs = {"input_word_ids": word_ids, "input_mask": mask, "input_type_ids": type_ids}
             outputs = self._encoder({key: inputs[key] for key in self._encoder_keys})
@@ -83,7 +83,7 @@ class Embedder:
                 vectors = tf.math.l2_normalize(vectors, axis=-1)
             return (vectors, outputs["sequence_output"]) if with_sequence else (vectors,)
 
-        @tf.function(input_signature=[id_spec, id_spec, id_spec])
+        @tf.function(input_signature=[id_spec, id_spec, id_spec], autograph=False)
         def encode_tokens(word_ids, mask, type_ids):
             inputs = {"input_word_ids": word_ids, "input_mask": mask, "input_type_ids": type_ids}
             return tf.cast(self._encoder({key: inputs[key] for key in self._encoder_keys})["sequence_output"],
@@ -327,7 +327,7 @@ class Embedder:
         regex_split = imports.text_op_library("_regex_split_ops").regex_split_with_offsets
         split_pattern, kept_pattern = f"({RAW_WORD_SPLIT_REGEX})", f"({RAW_WORD_KEPT_REGEX})"
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
         def split_words(texts):
             # regex_split ends a string at NUL; \x01 is deleted by the tokenizer's cleaning just the same and
             # keeps every byte offset.

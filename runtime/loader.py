@@ -32,7 +32,7 @@ def load(encoder: str, preprocessor: str, *, seq_length: int = 128, pooling: str
     """Loads a preprocessor + encoder SavedModel pair, picks the encoder call to run, and warms it up.
 
     Registers tensorflow_text's ops first (they must be before the preprocessor loads), lets GPU memory grow and,
-    on a CPU, skips grappler's passes for GPU and training graphs (devices.skip_training_rewrites).
+    on a CPU, skips graph passes that do nothing for these graphs (devices.skip_needless_rewrites).
     The encoder runs the fastest call that gives the outputs wanted (see load_encoder_call): for pooling "pooled"
     or "cls" without token vectors, the [CLS]-only form where the export has one.
 
@@ -62,7 +62,7 @@ def load(encoder: str, preprocessor: str, *, seq_length: int = 128, pooling: str
     tf = imports.import_tensorflow()
     imports.register_text_ops()
     devices.allow_gpu_memory_growth()
-    devices.skip_training_rewrites()
+    devices.skip_needless_rewrites()
     cls_only = pooling in ("pooled", "cls") and not with_sequence
     encoder_call = load_encoder_call(resolve_handle(encoder, files=files), precision=precision, cls_only=cls_only)
     use_precision(precision, native_bf16=encoder_call.native_bf16)

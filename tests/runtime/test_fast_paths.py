@@ -102,8 +102,27 @@ def test_new_shapes_after_warm_up_do_not_retrace(embedder):
     assert embedder.encode.experimental_get_tracing_count() == traces
 
 
-def test_functions_run_without_grapplers_memory_and_layout_passes_in_every_thread(embedder):
-    """On a CPU the two passes only cost start-up (2 s of the bf16 encoder's first call, BENCHMARKS.md). Beam
+def test_tracing_converts_no_code_with_autograph(tiny_model_dir, monkeypatch):
+    """The Embedder's functions and the encoder module have no tensor-dependent Python control flow: tracing
+    them without autograph's source conversion halved the bf16 encoder's trace (BENCHMARKS.md)."""
+    from tensorflow.python.autograph.impl import api
+
+    embedder = runtime.load(tiny_model_dir + "/encoder", tiny_model_dir + "/preprocessor", pooling="mean",
+                            precision="bf16", pairs=False)
+
+    def converted_call(*args, **kwargs):
+        raise AssertionError("autograph converted code")
+
+    monkeypatch.setattr(api, "converted_call", converted_call)
+    for token_vectors in (False, True):
+        embedder.trace_encoder(token_vectors=token_vectors)
+    embedder.pack(["a new trace"], ["of pairs"])
+    list(embedder._tokenize_call(["split words"]))  # noqa: SLF001
+
+
+def test_functions_run_without_needless_graph_passes_in_every_thread(embedder):
+    """On a CPU grappler's memory and layout passes and its two TFG pipelines only cost start-up (most of the
+    bf16 encoder's first call, BENCHMARKS.md). Beam
     runs bundles in threads of its own, started after the load: they must call functions with the same config,
     or each would optimise the encoder afresh. Where a GPU is visible TensorFlow's defaults stay."""
     import threading
@@ -125,6 +144,8 @@ def test_functions_run_without_grapplers_memory_and_layout_passes_in_every_threa
     for rewrites in (rewrites_of_this_thread(), in_new_thread[0]):
         assert rewrites.memory_optimization == rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
         assert rewrites.layout_optimizer == rewriter_config_pb2.RewriterConfig.OFF
+        assert rewrites.disable_tfg_optimizer
+        assert rewrites.experimental_conditional_code_motion == rewriter_config_pb2.RewriterConfig.OFF
 
 
 @pytest.fixture(scope="module")
