@@ -16,13 +16,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["CHUNKING_MODES", "DEFAULT_CHUNK_TOKENS", "DEFAULT_CHUNK_OVERLAP", "ChunkSettings", "Chunk", "Window",
-           "check_chunking", "default_chunk_tokens", "plan_chunks", "plan_windows", "char_offsets", "text_segments"]
+__all__ = ["CHUNKING_MODES", "DEFAULT_CHUNK_TOKENS", "DEFAULT_CHUNK_OVERLAP", "LATE_WINDOW_OVERLAP", "ChunkSettings",
+           "Chunk", "Window", "check_chunking", "default_chunk_tokens", "plan_chunks", "plan_windows", "char_offsets",
+           "text_segments"]
 
 CHUNKING_MODES = ("none", "windows", "late")
 # Common practice for retrieval chunks (LangChain's and LlamaIndex's token splitters, most RAG guides).
 DEFAULT_CHUNK_TOKENS = 256
 DEFAULT_CHUNK_OVERLAP = 32
+# Late chunking: wordpieces shared by consecutive windows of a long document (plan_windows). Each wordpiece sees
+# at least half of it as context on either side; more costs encoder time (see BENCHMARKS.md).
+LATE_WINDOW_OVERLAP = 32
 _SPECIAL_TOKENS = 2  # [CLS] and [SEP] around every encoded chunk or window.
 # Characters a text may be cut just before without moving a word boundary: whitespace ends a word, and these
 # punctuation characters and CJK ideographs are always words of their own (no special token holds them).
@@ -39,7 +43,9 @@ class ChunkSettings(NamedTuple):
 
     def describe(self) -> str:
         """What the model fingerprint hashes of it."""
-        return f"chunking={self.mode};chunk_tokens={self.tokens};chunk_overlap={self.overlap}"
+        described = f"chunking={self.mode};chunk_tokens={self.tokens};chunk_overlap={self.overlap}"
+        # Late chunking's windows (plan_windows) change its vectors: a new layout is a new fingerprint.
+        return described + (f";late_windows=owned,{LATE_WINDOW_OVERLAP}" if self.mode == "late" else "")
 
 
 class Chunk(NamedTuple):
@@ -60,11 +66,13 @@ class Chunk(NamedTuple):
 
 
 class Window(NamedTuple):
-    """A run of a document's wordpieces encoded at once for late chunking, and the chunks pooled from it."""
+    """A run of a document's wordpieces encoded at once for late chunking, and the part of it whose token vectors
+    are kept: consecutive windows overlap, and each wordpiece's vector comes from the one window that owns it."""
 
     piece_start: int
     piece_end: int
-    chunks: tuple[int, ...]  # Indexes into the document's chunks, each wholly inside the window.
+    own_start: int
+    own_end: int
 
 
 def default_chunk_tokens(model_seq_length: int | None) -> int:
@@ -171,27 +179,27 @@ def plan_chunks(word_pieces: np.ndarray, word_starts: np.ndarray, word_ends: np.
             for index, (first, last, begin, end) in enumerate(spans)]
 
 
-def plan_windows(chunks: list[Chunk], pieces: int, width: int) -> list[Window]:
-    """Groups a document's chunks into windows of at most `width` wordpieces for late chunking.
+def plan_windows(pieces: int, width: int, overlap: int | None = None) -> list[Window]:
+    """Covers a document's wordpieces with windows of at most `width` for late chunking.
 
-    Consecutive chunks share a window while their span fits; each window is as wide as allowed and centred on
-    its chunks, so they see context on both sides where the document has it. A document of at most `width`
-    wordpieces is one window. Every wordpiece is encoded about once (more only where chunks overlap).
+    Consecutive windows overlap by `overlap` wordpieces and split the overlap between them: each wordpiece's token
+    vector is taken from the window that owns it, where it has at least overlap // 2 wordpieces of context on
+    each side (fewer only at the document's ends), and a chunk is pooled from its wordpieces' vectors whichever
+    windows own them. So every wordpiece is encoded about width / (width - overlap) times, less than windows of
+    whole chunks cost (see BENCHMARKS.md), as the late chunking paper's "long late chunking" does. A document
+    of at most `width` wordpieces is one window.
 
     Args:
-      chunks: plan_chunks' chunks, each at most `width` wordpieces.
       pieces: the document's wordpieces.
       width: wordpieces per window (--seq_length less [CLS] and [SEP]).
+      overlap: wordpieces shared by consecutive windows, less than width. Default: LATE_WINDOW_OVERLAP, or an
+        eighth of a narrow window.
     """
+    if overlap is None:
+        overlap = min(LATE_WINDOW_OVERLAP, width // 8)
     if pieces <= width:
-        return [Window(0, pieces, tuple(range(len(chunks))))]
-    windows, first = [], 0
-    while first < len(chunks):
-        last = first
-        while last + 1 < len(chunks) and chunks[last + 1].piece_end - chunks[first].piece_start <= width:
-            last += 1
-        span_start, span_end = chunks[first].piece_start, chunks[last].piece_end
-        start = min(max(0, span_start - (width - (span_end - span_start)) // 2), pieces - width)
-        windows.append(Window(start, start + width, tuple(range(first, last + 1))))
-        first = last + 1
-    return windows
+        return [Window(0, pieces, 0, pieces)]
+    stride = width - overlap
+    starts = list(range(0, pieces - overlap, stride))  # The last window ends at the document's end, shorter.
+    cuts = [0] + [start + overlap // 2 for start in starts[1:]] + [pieces]
+    return [Window(start, min(start + width, pieces), cuts[i], cuts[i + 1]) for i, start in enumerate(starts)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
 import numpy as np
@@ -218,16 +219,16 @@ class Embedder:
           Each text's chunk embeddings, in order, and the padded tokens the encoder computed.
         """
         documents = self.chunk_documents(texts, settings)
-        rows = []  # (document, piece start, piece end, [(chunk, start, end) within the row's pieces])
+        late = settings.mode == "late"
+        rows = []  # (document, piece start, piece end, the late window or the chunk)
         for number, (pieces, chunks) in enumerate(documents):
-            if settings.mode == "late":
-                for window in chunking.plan_windows(chunks, len(pieces), self._seq_length - 2):
-                    rows.append((number, window.piece_start, window.piece_end,
-                                 [(chunks[i], chunks[i].piece_start - window.piece_start,
-                                   chunks[i].piece_end - window.piece_start) for i in window.chunks]))
+            if late:
+                rows += [(number, window.piece_start, window.piece_end, window)
+                         for window in chunking.plan_windows(len(pieces), self._seq_length - 2)]
             else:
-                rows += [(number, chunk.piece_start, chunk.piece_end, [(chunk, None, None)]) for chunk in chunks]
+                rows += [(number, chunk.piece_start, chunk.piece_end, chunk) for chunk in chunks]
         results: list[list[ChunkEmbedding | None]] = [[None] * len(chunks) for _, chunks in documents]
+        pooled = _LatePooling(documents, self._normalize) if late else None
         lengths = np.array([end - start + 2 for _, start, end, _ in rows], np.int64)
         tokens_computed = 0
         for sub_batch in plan_sub_batches(lengths, self._token_budget, self._call_overhead):
@@ -236,31 +237,21 @@ class Embedder:
             batch_rows = [rows[i] for i in sub_batch]
             word_ids, mask = self._pack_pieces([documents[number][0][start:end]
                                                 for number, start, end, _ in batch_rows], width)
-            if settings.mode == "late":
-                self._pool_late(batch_rows, self._encode_tokens(word_ids, mask, np.zeros_like(word_ids)).numpy(),
-                                results)
+            if late:
+                sequences = self._encode_tokens(word_ids, mask, np.zeros_like(word_ids)).numpy()
+                for (number, _, _, window), sequence in zip(batch_rows, sequences, strict=True):
+                    pooled.add(number, window, sequence)
             else:
                 vectors = self._encode(word_ids, mask, np.zeros_like(word_ids))[0].numpy()
-                for (number, start, end, [(chunk, _, _)]), vector in zip(batch_rows, vectors, strict=True):
+                for (number, start, end, chunk), vector in zip(batch_rows, vectors, strict=True):
                     results[number][chunk.index] = _chunk_embedding(vector, end - start + 2, chunk)
-        return EmbeddedDocuments(results, tokens_computed)
+        return EmbeddedDocuments(pooled.results() if late else results, tokens_computed)
 
     def chunk_documents(self, texts: Sequence[str], settings: ChunkSettings) -> list[tuple[np.ndarray, list[Chunk]]]:
         """Tokenizes each text and cuts it into chunks of whole words (runtime.chunking.plan_chunks), without
         encoding: per text, its wordpiece ids (int32, [CLS] and [SEP] not included) and its chunks."""
         return [(ids, chunking.plan_chunks(lengths, starts, ends, settings.tokens, settings.overlap))
                 for ids, lengths, starts, ends in self._tokenize_words(texts)]
-
-    def _pool_late(self, batch_rows, sequences: np.ndarray, results) -> None:
-        """Each chunk's vector: the mean of its wordpieces' token vectors within its window (row)."""
-        for (number, _, _, chunks), sequence in zip(batch_rows, sequences, strict=True):
-            for chunk, start, end in chunks:
-                # Position 0 is [CLS]. A chunk of no wordpieces (a text without any) takes [CLS] and [SEP].
-                tokens = sequence[1 + start:1 + end] if end > start else sequence[:2]
-                vector = tokens.mean(axis=0)
-                if self._normalize:
-                    vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
-                results[number][chunk.index] = _chunk_embedding(vector, end - start, chunk)
 
     def _pack_pieces(self, rows: list[np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
         """[CLS] pieces [SEP] per row, padded to `width`: (word_ids, mask), int32 [rows, width]."""
@@ -341,6 +332,44 @@ class Embedder:
 
 def _pairwise(bounds: list[int]):
     return zip(bounds[:-1], bounds[1:], strict=True)
+
+
+class _LatePooling:
+    """Late chunking's chunk vectors: the mean of each chunk's wordpiece vectors, each wordpiece's vector taken
+    from the window that owns it (chunking.plan_windows), whichever sub-batches the windows come in."""
+
+    def __init__(self, documents, normalize: bool):
+        self._documents, self._normalize = documents, normalize
+        self._sums: dict[tuple[int, int], np.ndarray] = {}
+        self._chunk_ends: dict[int, list[int]] = {}  # Per document, increasing (plan_chunks always moves on).
+
+    def add(self, number: int, window: chunking.Window, sequence: np.ndarray) -> None:
+        """Adds the owned part of one window's token vectors (sequence: [CLS] pieces [SEP] padding) to the sums
+        of the document's chunks it overlaps."""
+        pieces, chunks = self._documents[number]
+        if len(pieces) == 0:  # A text without wordpieces: its one chunk takes the mean of [CLS] and [SEP].
+            self._sums[number, 0] = sequence[:2].mean(axis=0)
+            return
+        ends = self._chunk_ends.setdefault(number, [chunk.piece_end for chunk in chunks])
+        for chunk in chunks[bisect.bisect_right(ends, window.own_start):]:  # The first ending past own_start.
+            if chunk.piece_start >= window.own_end:
+                break
+            start, end = max(chunk.piece_start, window.own_start), min(chunk.piece_end, window.own_end)
+            if start < end:
+                part = sequence[1 + start - window.piece_start:1 + end - window.piece_start].sum(axis=0)
+                key = (number, chunk.index)
+                self._sums[key] = self._sums[key] + part if key in self._sums else part
+
+    def results(self) -> list[list[ChunkEmbedding]]:
+        results = []
+        for number, (_, chunks) in enumerate(self._documents):
+            results.append([])
+            for chunk in chunks:
+                vector = self._sums[number, chunk.index] / max(chunk.piece_end - chunk.piece_start, 1)
+                if self._normalize:
+                    vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+                results[-1].append(_chunk_embedding(vector, chunk.piece_end - chunk.piece_start, chunk))
+        return results
 
 
 def _chunk_embedding(vector: np.ndarray, tokens: int, chunk: Chunk) -> ChunkEmbedding:

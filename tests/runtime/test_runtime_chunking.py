@@ -53,20 +53,53 @@ def test_a_text_without_wordpieces_is_one_empty_chunk():
     assert [(c.piece_start, c.piece_end, c.char_start, c.char_end) for c in _plan([0, 0], 8, 2)] == [(0, 0, 0, 15)]
 
 
-def test_late_windows_hold_whole_chunks_centred_in_their_context():
-    chunks = _plan([1] * 1000, 64, 8)
-    windows = plan_windows(chunks, 1000, 126)
-    assert sorted(i for window in windows for i in window.chunks) == list(range(len(chunks)))
+@pytest.mark.parametrize("pieces,width,overlap", [(1000, 126, 16), (1618, 510, 32), (511, 510, 32), (127, 126, 16),
+                                                 (126, 126, 16), (0, 126, 16), (5000, 510, 63)])
+def test_late_windows_own_every_wordpiece_once_with_context_on_both_sides(pieces, width, overlap):
+    windows = plan_windows(pieces, width, overlap)
+    assert windows[0].own_start == 0 and windows[-1].own_end == windows[-1].piece_end == pieces
+    for previous, window in zip(windows, windows[1:], strict=False):
+        assert window.own_start == previous.own_end  # The owned parts tile the document.
+        assert previous.piece_end - window.piece_start == overlap
     for window in windows:
-        assert window.piece_end - window.piece_start == 126
-        inside = [chunks[i] for i in window.chunks]
-        assert window.piece_start <= inside[0].piece_start and inside[-1].piece_end <= window.piece_end
-        context = (inside[0].piece_start - window.piece_start, window.piece_end - inside[-1].piece_end)
-        if 0 < window.piece_start and window.piece_end < 1000:
-            assert abs(context[0] - context[1]) <= 1
-    # About one encoding per wordpiece: only chunk overlaps and the context around them are encoded twice.
-    assert sum(w.piece_end - w.piece_start for w in windows) <= 1.3 * 1000
-    assert plan_windows(chunks[:1], 60, 126) == [runtime.chunking.Window(0, 60, (0,))]
+        assert 0 < window.piece_end - window.piece_start <= width or pieces == 0
+        assert window.piece_start <= window.own_start <= window.own_end <= window.piece_end
+        # Each owned wordpiece sees at least half the overlap on either side, but at the document's ends.
+        assert window.own_start - window.piece_start >= (overlap // 2 if window.piece_start > 0 else 0)
+        assert window.piece_end - window.own_end >= (overlap // 2 if window.piece_end < pieces else 0)
+    # Each wordpiece is encoded once, and the overlaps once more: less than chunks of windows mode cost.
+    assert sum(w.piece_end - w.piece_start for w in windows) <= pieces + overlap * (len(windows) - 1)
+    assert len(windows) == max(1, math.ceil((pieces - overlap) / (width - overlap)))
+
+
+def test_late_windows_default_to_an_eighth_of_a_narrow_window():
+    assert plan_windows(1000, 510)[1].piece_start == 510 - 32
+    assert plan_windows(1000, 126)[1].piece_start == 126 - 15
+
+
+def test_late_chunks_of_a_long_text_pool_each_wordpiece_from_the_window_that_owns_it(tiny_model_dir):
+    """Several windows: every chunk, straddling windows or not, is the mean of its wordpieces' vectors, each as
+    the window owning it computed it ([CLS] window [SEP] through the encoder alone)."""
+    embedder = runtime.load(f"{tiny_model_dir}/encoder", f"{tiny_model_dir}/preprocessor", seq_length=34,
+                            pooling="mean", normalize=False)
+    text = _HOSTILE * 3
+    settings = ChunkSettings("late", 12, 4)
+    chunks = embedder.embed_documents([text, "a dog ran"], settings).documents[0]
+    [(pieces, planned)] = embedder.chunk_documents([text], settings)
+    windows = plan_windows(len(pieces), 32)
+    assert len(windows) > 3 and any(w.own_start < c.piece_start < w.own_end < c.piece_end
+                                    for w in windows for c in planned)  # Some chunk straddles two windows.
+    vectors = np.zeros((len(pieces), chunks[0].vector.shape[0]), np.float32)
+    for window in windows:
+        word_ids, mask = embedder._pack_pieces([pieces[window.piece_start:window.piece_end]],  # noqa: SLF001
+                                               window.piece_end - window.piece_start + 2)
+        sequence = embedder._encode_tokens(word_ids, mask, np.zeros_like(word_ids)).numpy()[0]  # noqa: SLF001
+        own = slice(1 + window.own_start - window.piece_start, 1 + window.own_end - window.piece_start)
+        vectors[window.own_start:window.own_end] = sequence[own]
+    assert [(c.char_start, c.char_end) for c in chunks] == [(c.char_start, c.char_end) for c in planned]
+    for chunk, plan in zip(chunks, planned, strict=True):
+        np.testing.assert_allclose(chunk.vector, vectors[plan.piece_start:plan.piece_end].mean(0), atol=1e-5)
+        assert chunk.tokens == plan.piece_end - plan.piece_start
 
 
 @pytest.mark.parametrize("tokens,overlap,seq_length,flags", [
