@@ -96,9 +96,10 @@ class EngineBench:
 
         import runtime
 
-        # The whole encoder as the pipeline runs it (fp32: the export's onednn_call on this CPU; bf16: the
-        # module rebuilt with bfloat16 weights); the form it runs for --pooling pooled, whose last block
-        # computes [CLS] alone (fp32_cls: onednn_cls_call); for comparison, the SavedModel's own __call__.
+        # The whole encoder as the pipeline runs it (the module rebuilt from the export's variables, with
+        # oneDNN's fused LayerNorms on this CPU; bf16 with bfloat16 weights); the form it runs for --pooling
+        # pooled, whose last block computes [CLS] alone (fp32_cls: cls_outputs); for comparison, the
+        # SavedModel's own __call__.
         self._encode = {"fp32": _encode_fn(tf, runtime.load_encoder_call(encoder_dir, precision="fp32")),
                         "fp32_cls": _encode_fn(tf, runtime.load_encoder_call(encoder_dir, precision="fp32",
                                                                              cls_only=True)),

@@ -247,11 +247,11 @@ def _rows(r: dict) -> list[tuple[str, str, str, str, str]]:
         ("Matmul ceiling fp32, 32x128 (eager tf.matmul of the encoder's shapes)",
          f"{eng['ceiling_fp32']:,.0f} tok/s = {eng['gflops']['ceiling_fp32']:.0f} GFLOP/s "
          f"(CPU-normalised {eng['ceiling_fp32_cpu']:,.0f})", "", "", "info"),
-        ("Engine fp32, 32x128 (as the pipeline runs it: the export's `onednn_call`, LayerNorms fused)",
+        ("Engine fp32, 32x128 (as the pipeline runs it: the module rebuilt from the export, LayerNorms fused)",
          f"{eng['engine_fp32']:,.0f} tok/s = {eng['gflops']['engine_fp32']:.0f} GFLOP/s in its matmuls "
          f"(CPU-normalised {eng['engine_fp32_cpu']:,.0f})", ">= 0.9 x ceiling",
          _ratio(eng, "engine_fp32", eng, "ceiling_fp32"), verdict(eng['engine_fp32'] >= 0.9 * eng['ceiling_fp32'])),
-        ("Engine fp32 for [CLS] vectors only, 32x128 (the export's `onednn_cls_call`, as the pipeline runs "
+        ("Engine fp32 for [CLS] vectors only, 32x128 (the rebuilt module's `cls_outputs`, as the pipeline runs "
          "--pooling pooled and cls: the last block computes the [CLS] token alone)",
          f"{eng['engine_fp32_cls']:,.0f} tok/s (CPU-normalised {eng['engine_fp32_cls_cpu']:,.0f})",
          "(info) vs engine fp32", _ratio(eng, "engine_fp32_cls", eng, "engine_fp32"), "info"),

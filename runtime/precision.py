@@ -21,8 +21,7 @@ class EncoderCall:
 
     Attributes:
       owner: the loaded SavedModel, or the Encoder module rebuilt from it.
-      form: the name of the function run: "__call__", "onednn_call", "cls_call", "onednn_cls_call",
-        or (a rebuilt module's) "cls_outputs".
+      form: the name of the function run: "__call__", or a rebuilt module's "cls_outputs".
       native_bf16: whether the function computes in bfloat16 by itself (else grappler must, see use_precision).
       input_keys: the inputs it takes, when known (model.export's encoders take all three, see its docstring);
         None: the Embedder tries a call to find out.
@@ -40,57 +39,39 @@ class EncoderCall:
 def load_encoder_call(path: str, *, precision: str = "fp32", cls_only: bool = False) -> EncoderCall:
     """Loads the encoder SavedModel at local `path` and picks the fastest call that gives the outputs wanted.
 
-    fp32: the SavedModel's `onednn_call` (model.export writes one: each LayerNorm fused into one kernel, faster)
-    where oneDNN runs the graph on CPU, else its `__call__`. bf16, for an encoder model.export wrote: its module
-    rebuilt from the SavedModel (model.export_lib.load_encoder) in bfloat16, with the matmul weights frozen as
-    bfloat16 constants (oneDNN's AMX kernels only take those) and, where oneDNN runs, LayerNorm and softmax as
-    oneDNN's bfloat16 kernels (no casts). bf16 for another SavedModel: the float32 graph, which use_precision
-    then hands to grappler. How much faster each is: see BENCHMARKS.md.
+    An encoder model.export wrote is rebuilt as its Encoder module from its config and variables
+    (model.export_lib.load_encoder), without loading the SavedModel's functions, which takes seconds (see
+    BENCHMARKS.md); where oneDNN runs, its LayerNorms (and in bf16 its softmax) trace as oneDNN's fused kernels:
+    the graph of the export's `onednn_call`, the same vectors. bf16 computes in bfloat16 with the matmul weights
+    frozen as bfloat16 constants (oneDNN's AMX kernels only take those). Any other SavedModel: its `__call__`,
+    which for bf16 use_precision then hands to grappler. How much faster each is: see BENCHMARKS.md.
 
     Args:
       path: a local encoder SavedModel directory (runtime.resolve_handle makes one of any handle).
       precision: one of PRECISIONS.
       cls_only: only [CLS] vectors are wanted (pooling "pooled" or "cls", no token vectors). An encoder that
-        model.export wrote then runs the form whose last block computes the [CLS] token alone (`onednn_cls_call`
-        or `cls_call`; bf16: the module's `cls_outputs`): the same vectors, faster. That form returns
-        pooled_output and cls_output only.
+        model.export wrote then runs `cls_outputs`, whose last block computes the [CLS] token alone: the same
+        vectors, faster. That form returns pooled_output and cls_output only.
 
     Returns:
       The call, with its owner, form and whether it computes bf16 by itself.
     """
     import tensorflow as tf
 
-    onednn = devices.onednn_runs_on_cpu()
-    if precision == "bf16":
-        from model import export_lib
+    from model import export_lib
 
-        # The rebuilt module needs only the config and the variables: read without loading the SavedModel's
-        # functions, which takes seconds (see BENCHMARKS.md).
-        config = export_lib.read_config(path)
-        if config is not None:
-            return _bf16_call(export_lib.load_encoder(path, compute_dtype=tf.bfloat16, config=config), onednn,
-                              cls_only)
-    encoder = tf.saved_model.load(path)
-    if precision != "bf16":
-        input_keys = _EXPORTED_INPUTS if hasattr(encoder, "get_config") else None
-        for form, wanted in (("onednn_cls_call", cls_only and onednn), ("cls_call", cls_only),
-                             ("onednn_call", onednn)):
-            if wanted and hasattr(encoder, form):
-                return EncoderCall(encoder, form, input_keys=input_keys)
-        return EncoderCall(encoder, input_keys=input_keys)
-    if hasattr(encoder, "get_config"):
-        from model import export_lib
-
-        return _bf16_call(export_lib.load_encoder(path, compute_dtype=tf.bfloat16, saved_model=encoder), onednn,
-                          cls_only)
-    return EncoderCall(encoder)
-
-
-def _bf16_call(module, onednn: bool, cls_only: bool) -> EncoderCall:
-    """The rebuilt bfloat16 module, with oneDNN's kernels where oneDNN runs and its matmul weights frozen."""
-    module.use_onednn_kernels(onednn)
-    module.freeze_matmul_weights()
-    return EncoderCall(module, "cls_outputs" if cls_only else "__call__", native_bf16=True,
+    config, saved_model = export_lib.read_config(path), None
+    if config is None:  # Not model.export's, or its config not where read_config looks: load and ask.
+        saved_model = tf.saved_model.load(path)
+        if not hasattr(saved_model, "get_config"):
+            return EncoderCall(saved_model)
+    bf16 = precision == "bf16"
+    module = export_lib.load_encoder(path, compute_dtype=tf.bfloat16 if bf16 else tf.float32, config=config,
+                                     saved_model=saved_model)
+    module.use_onednn_kernels(devices.onednn_runs_on_cpu())
+    if bf16:
+        module.freeze_matmul_weights()
+    return EncoderCall(module, "cls_outputs" if cls_only else "__call__", native_bf16=bf16,
                        input_keys=_EXPORTED_INPUTS)
 
 
