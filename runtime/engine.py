@@ -227,8 +227,9 @@ class Embedder:
                          for window in chunking.plan_windows(len(pieces), self._seq_length - 2)]
             else:
                 rows += [(number, chunk.piece_start, chunk.piece_end, chunk) for chunk in chunks]
-        results: list[list[ChunkEmbedding | None]] = [[None] * len(chunks) for _, chunks in documents]
+        # Late runs pool into _LatePooling; windows fill each chunk's place in `results`.
         pooled = _LatePooling(documents, self._normalize) if late else None
+        results: list[list[ChunkEmbedding | None]] = [] if late else [[None] * len(chunks) for _, chunks in documents]
         lengths = np.array([end - start + 2 for _, start, end, _ in rows], np.int64)
         tokens_computed = 0
         for sub_batch in plan_sub_batches(lengths, self._token_budget, self._call_overhead):

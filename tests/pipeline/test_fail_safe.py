@@ -114,6 +114,29 @@ def test_an_incremental_run_that_would_delete_most_of_the_corpus_is_refused(tmp_
     assert (root / "run=r2" / "part-manifest.json").exists()
 
 
+def test_check_run_counts_empty_parts_as_zero_without_a_default_per_count():
+    """Every part may be empty (no failures, no earlier run): its count is 0, its reasons {}. The defaults come
+    from the side inputs, not from a Create + FlatMap per combine, which made most of a run's graph and cost a
+    second of its start to build and translate."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from transforms.records import make_failure
+
+    pipeline = beam.Pipeline(runner="FnApiRunner")
+    parts = {"parsed": pipeline | "Parsed" >> beam.Create(["a", "b", "c"]),
+             "read_failures": pipeline | "ReadFailures" >> beam.Create([]),
+             "embedded": pipeline | "Embedded" >> beam.Create(["a", "b"]),
+             "failures": pipeline | "Failures" >> beam.Create([make_failure("f.jsonl", "bad_json", "", "{x")])}
+    tally = parts | guard.CheckRun(0.5, 0.5, "failed-*")
+    expected = guard.Tally(records=3, failed=1, reasons={"bad_json": (1, "{x")}, embedded=2, carried=0, previous=0,
+                           deleted=0)
+    assert_that(tally, equal_to([expected]))
+    graph = pipeline.to_runner_api().components.transforms.values()
+    assert not [t.unique_name for t in graph if "InjectDefault" in t.unique_name]
+    pipeline.run().wait_until_finish()
+
+
 def test_decide_counts_carried_records_as_done_and_guards_deletions():
     ok = guard.Tally(records=10, failed=0, reasons={}, embedded=0, carried=10, previous=10, deleted=0)
     assert guard.decide(ok, 0.1, 0.5, "f") == ok
