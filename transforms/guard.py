@@ -111,7 +111,7 @@ def _combined(pcoll, label: str, combine_fn: beam.CombineFn, empty):
     """The one value of `combine_fn` over `pcoll`, as a side input; `empty` where pcoll has no element.
 
     Without CombineGlobally's own default (a Create, a side input and a FlatMap per combine), whose machinery
-    made up most of the run's graph: the eight combines here then took about a second of every run's start to
+    made up a quarter of the run's graph: the eight combines here then took about half a second of every run's start to
     build and translate (see BENCHMARKS.md). The side input supplies the default instead.
     """
     combined = pcoll | label >> beam.CombineGlobally(combine_fn).without_defaults()

@@ -116,8 +116,8 @@ def test_an_incremental_run_that_would_delete_most_of_the_corpus_is_refused(tmp_
 
 def test_check_run_counts_empty_parts_as_zero_without_a_default_per_count():
     """Every part may be empty (no failures, no earlier run): its count is 0, its reasons {}. The defaults come
-    from the side inputs, not from a Create + FlatMap per combine, which made most of a run's graph and cost a
-    second of its start to build and translate."""
+    from the side inputs, not from a Create + FlatMap per combine, which made a quarter of a run's graph and cost
+    half a second of its start to build and translate."""
     import apache_beam as beam
     from apache_beam.testing.util import assert_that, equal_to
 
