@@ -44,10 +44,12 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
         normalize=model.normalize, with_sequence=outputs.sequence, max_batch_size=model.batch_size,
         token_budget=model.token_budget, large_model=model.large_model, model_copies=model.model_copies,
         precision=model.precision, chunking=model.chunking, pairs=bool(inputs.pair_fields))
-    parsed, read_failures = pipeline | "ReadCorpus" >> read.ReadCorpus(
-        list(inputs.patterns), inputs.input_format, id_field=inputs.id_field, text_field=inputs.text_field,
-        pair_fields=inputs.pair_fields, keep_fields=plan.sinks.keep_fields)
-    records, duplicates = parsed | "DropDuplicateIds" >> dedupe.DropDuplicateIds()
+    reader = read.ReadCorpus(list(inputs.patterns), inputs.input_format, id_field=inputs.id_field,
+                             text_field=inputs.text_field, pair_fields=inputs.pair_fields,
+                             keep_fields=plan.sinks.keep_fields)
+    parsed, read_failures = pipeline | "ReadCorpus" >> reader
+    records, duplicates = parsed | "DropDuplicateIds" >> dedupe.DropDuplicateIds(reader.records_again(),
+                                                                                 inputs.estimated_records)
     selected, previous = _select_changed(pipeline, plan, records) if incremental.previous_output else (None, None)
     to_embed = selected.to_embed if selected else records
     keyed_texts = to_embed | "KeyByRecord" >> beam.Map(_key_by_record)

@@ -2,13 +2,15 @@
 
 import base64
 import csv
+import functools
 import json
 import os
 import typing
 
 import apache_beam as beam
-from apache_beam.io import fileio
-from apache_beam.io.filesystem import BeamIOError
+from apache_beam.io import fileio, textio
+from apache_beam.io.filebasedsource import ReadAllFiles
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import framing
@@ -75,6 +77,7 @@ _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".deflate", ".zst", ".zstd", ".xz", ".lz
 
 # CSV follows RFC 4180 quoting; TSV follows the IANA text/tab-separated-values definition (no quoting at all),
 # so a text that starts with a quote keeps it.
+_DESIRED_BUNDLE_SIZE = 64 * 1024 * 1024  # Plain files split into ranges of this size, as Beam's text readers do.
 _CSV_DIALECTS = {
     "csv": {"delimiter": ",", "strict": True},
     "tsv": {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "strict": True},
@@ -200,6 +203,7 @@ class ReadCorpus(beam.PTransform):
         text_field: str = "text",
         pair_fields: tuple[str, str] | None = None,
         keep_fields: tuple[Column, ...] = (),
+        counted: bool = True,
     ):
         """Initialises the transform.
 
@@ -210,6 +214,7 @@ class ReadCorpus(beam.PTransform):
             text_field: The field that holds the text to embed; unused in pair mode.
             pair_fields: Two fields whose texts are embedded as a pair, or None for one text per record.
             keep_fields: Fields carried to the sinks beside the embedding, with their column types.
+            counted: Whether the Beam counters count what is read; False for a second read of the same input.
 
         Raises:
             ValueError: If there are no patterns, the format is unknown, or pair mode or kept fields are asked
@@ -239,6 +244,13 @@ class ReadCorpus(beam.PTransform):
         self._text_field = text_field
         self._pair_fields = pair_fields
         self._keep_fields = tuple(keep_fields)
+        self._counted = counted
+
+    def records_again(self) -> beam.PTransform:
+        """PBegin -> the same records read once more, uncounted, without their failures (see dedupe)."""
+        again = ReadCorpus(self._patterns, self._input_format, self._id_field, self._text_field, self._pair_fields,
+                           self._keep_fields, counted=False)
+        return _RecordsOnly(again)
 
     def expand(self, pbegin):
         # A pattern that matches nothing reads as empty, as in Beam's ReadAll transforms (see check_inputs_exist).
@@ -260,7 +272,7 @@ class ReadCorpus(beam.PTransform):
             keyed_raw = self._read_lines(files, _compressions(self._patterns))
         return keyed_raw | "ParseRecords" >> beam.ParDo(
             _ParseRecordsFn(self._input_format, self._id_field, self._text_field, self._pair_fields,
-                            self._keep_fields)
+                            self._keep_fields, self._counted)
         ).with_outputs(FAILED_TAG, main=RECORDS_TAG)
 
     def _read_lines(self, files, compressions: set[bool]):
@@ -286,12 +298,39 @@ class ReadCorpus(beam.PTransform):
 
     @staticmethod
     def _plain_reader(skip_header: bool):
-        return beam.io.ReadAllFromText(coder=beam.coders.BytesCoder(), skip_header_lines=1 if skip_header else 0,
-                                       with_filename=True)
+        # As beam.io.ReadAllFromText(coder=BytesCoder(), with_filename=True) reads, each line with its position.
+        source = functools.partial(_PositionedTextSource, min_bundle_size=0, compression_type=CompressionTypes.AUTO,
+                                   strip_trailing_newlines=True, coder=beam.coders.BytesCoder(), validate=False,
+                                   skip_header_lines=1 if skip_header else 0)
+        return ReadAllFiles(True, CompressionTypes.AUTO, _DESIRED_BUNDLE_SIZE, 0, source, False)
 
     @staticmethod
     def _compressed_reader(skip_header: bool):
         return "Reshuffle" >> beam.Reshuffle() | "Read" >> beam.ParDo(_ReadCompressedLinesFn(skip_header))
+
+
+class _PositionedTextSource(textio._TextSource):  # noqa: SLF001  No public reader gives a line's position.
+    """Beam's text source, each line as `(file name, byte offset of its start, line)`.
+
+    Beam's reader claims every line's start offset in the range tracker before it reads the line, so the
+    tracker's last claimed start is the position of the line just yielded. Beam's text readers give no positions,
+    and the duplicate-id check needs them to tell identical copies apart (see transforms.dedupe).
+    """
+
+    def read_records(self, file_name, range_tracker):
+        for line in super().read_records(file_name, range_tracker):
+            yield file_name, range_tracker.last_record_start, line
+
+
+class _RecordsOnly(beam.PTransform):
+    """PBegin -> the records of a ReadCorpus, its failures left out."""
+
+    def __init__(self, read: ReadCorpus):
+        super().__init__()
+        self._read = read
+
+    def expand(self, pbegin):
+        return (pbegin | "Read" >> self._read)[RECORDS_TAG]
 
 
 def read_file_records(
@@ -338,11 +377,11 @@ def read_file_records(
                 header = next(items, None)
                 if isinstance(header, framing.Damage):
                     items = iter([header])
-        for item in items:
+        for index, item in enumerate(items, start=int(input_format in _CSV_DIALECTS)):
             if isinstance(item, framing.Damage):
                 element = _failure(path, _Rejected(item.reason, item.detail), item.data, kind)
             else:
-                element = (path, item)
+                element = (path, index, item)
             for output in parse.process(element):
                 # Outside a pipeline the Beam counters the parser bumps count nothing.
                 yield output.value if isinstance(output, beam.pvalue.TaggedOutput) else output
@@ -364,7 +403,7 @@ def _by_compression(metadata, _partitions: int) -> int:
 
 
 class _ReadTFRecordsFn(beam.DoFn):
-    """Reads the TFRecord files it is given into `(path, record)` pairs, and damaged records into Failures."""
+    """Reads the TFRecord files it is given into `(path, index, record)`, and damaged records into Failures."""
 
     def process(self, metadata):
         path = metadata.path
@@ -372,15 +411,15 @@ class _ReadTFRecordsFn(beam.DoFn):
         FileSystems.report_source_lineage(path)
         size = None if framing.is_compressed(path) else metadata.size_in_bytes
         with framing.open_file(path) as handle:
-            for item in framing.read_tfrecords(handle, path, size):
+            for index, item in enumerate(framing.read_tfrecords(handle, path, size)):
                 if isinstance(item, framing.Damage):
                     yield _failure(path, _Rejected(item.reason, item.detail), item.data, "tfrecord")
                 else:
-                    yield path, item
+                    yield path, index, item
 
 
 class _ReadCompressedLinesFn(beam.DoFn):
-    """Reads the compressed text files it is given into `(path, line)` pairs, and a broken stream into a Failure."""
+    """Reads the compressed text files it is given into `(path, index, line)`, and a broken stream into a Failure."""
 
     def __init__(self, skip_header: bool):
         self._skip_header = skip_header
@@ -395,11 +434,11 @@ class _ReadCompressedLinesFn(beam.DoFn):
                 header = next(lines, None)
                 if isinstance(header, framing.Damage):
                     lines = iter([header])
-            for item in lines:
+            for index, item in enumerate(lines, start=int(self._skip_header)):
                 if isinstance(item, framing.Damage):
                     yield _failure(path, _Rejected(item.reason, item.detail), item.data, "text")
                 else:
-                    yield path, item
+                    yield path, index, item
 
 
 class _Rejected(Exception):
@@ -411,8 +450,18 @@ class _Rejected(Exception):
         self.detail = detail
 
 
+class _Uncounted:
+    """A counter that counts nothing, for a second read of the same input."""
+
+    def __init__(self, _name: str):
+        pass
+
+    def inc(self, n: int = 1) -> None:
+        pass
+
+
 class _ParseRecordsFn(beam.DoFn):
-    """Parses `(file name, raw line or TFRecord)` pairs into Records, and the rest into tagged Failures.
+    """Parses `(file name, position, raw line or TFRecord)` into Records, and the rest into tagged Failures.
 
     The readers' own Failures (a file that breaks off, a TFRecord that fails its CRC) pass through, counted.
     """
@@ -420,15 +469,17 @@ class _ParseRecordsFn(beam.DoFn):
     def __init__(
         self, input_format: str, id_field: str, text_field: str, pair_fields: tuple[str, str] | None,
         keep_fields: tuple[Column, ...] = (),
+        counted: bool = True,
     ):
         self._input_format = input_format
         self._id_field = id_field
         self._text_fields = pair_fields or (text_field,)
         self._keep_fields = tuple(keep_fields)
-        self._records_read = counter(RECORDS_READ)
-        self._mismatches = counter(KEPT_FIELD_MISMATCH)
+        count = counter if counted else _Uncounted
+        self._records_read = count(RECORDS_READ)
+        self._mismatches = count(KEPT_FIELD_MISMATCH)
         self._failed = {
-            reason: counter(FAILED_PREFIX + reason)
+            reason: count(FAILED_PREFIX + reason)
             for reason in FAILURE_REASONS
         }
 
@@ -441,7 +492,7 @@ class _ParseRecordsFn(beam.DoFn):
             self._failed[element.reason].inc()
             yield beam.pvalue.TaggedOutput(FAILED_TAG, element)
             return
-        source, raw = element
+        source, position, raw = element
         try:
             record_id, texts, fields = self._parse(source, raw)
             self._check_encodable(record_id, texts)
@@ -453,7 +504,8 @@ class _ParseRecordsFn(beam.DoFn):
         if not record_id:
             record_id = derived_id(digest)
         self._records_read.inc()
-        yield Record(id=record_id, texts=texts, content_hash=digest, source=source, fields=self._kept(fields))
+        yield Record(id=record_id, texts=texts, content_hash=digest, source=source, fields=self._kept(fields),
+                     position=position)
 
     def _kept(self, fields) -> tuple[tuple[str, object], ...]:
         """The kept fields' values, typed; None for a missing field or one of another type (counted)."""

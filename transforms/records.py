@@ -102,6 +102,9 @@ class Record(NamedTuple):
         fields: The --keep_fields values of the record, as (name, value) pairs in the order of the flag, each
             already of its column's type (typed_value); None where the record lacks the field. Empty without
             --keep_fields. Not part of the content hash: a changed field alone does not re-embed.
+        position: Where the record starts in `source`: the byte offset of its line in a plain text file, its
+            line's or record's index in a compressed or TFRecord file. It tells identical copies apart
+            (transforms.dedupe); nothing is written from it.
     """
 
     id: str
@@ -109,6 +112,7 @@ class Record(NamedTuple):
     content_hash: str
     source: str
     fields: tuple[tuple[str, object], ...] = ()
+    position: int = 0
 
     @property
     def key(self) -> RecordKey:

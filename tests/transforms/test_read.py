@@ -89,6 +89,8 @@ def _run_read(patterns, input_format, records, failures, **kwargs):
     read_records, read_failures = pipeline | "ReadCorpus" >> ReadCorpus(
         [str(p) for p in patterns], input_format, **kwargs
     )
+    # Positions have their own test (test_each_record_knows_its_position_in_its_file).
+    read_records = read_records | "WithoutPositions" >> beam.Map(lambda record: record._replace(position=0))
     assert_that(read_records, records if callable(records) else equal_to(records), label="CheckRecords")
     assert_that(read_failures, failures if callable(failures) else equal_to(failures), label="CheckFailures")
     result = pipeline.run()
@@ -211,6 +213,23 @@ def test_plain_and_compressed_files_read_together_and_each_kind_alone(tmp_path):
                 packed: [_record(None, ["three"], packed)]}
     for paths in ([plain], [packed], [plain, packed]):
         _run_read(paths, "text", [record for path in paths for record in expected[path]], [])
+
+
+def test_each_record_knows_its_position_in_its_file(tmp_path):
+    """Byte offsets in plain files (Beam's reader splits them), indexes in compressed and TFRecord files."""
+    plain = _write_lines(tmp_path / "a.csv", ["id,text", "1,one", "2,two", "3,three"])
+    packed = tmp_path / "b.csv.gz"
+    packed.write_bytes(gzip.compress(b"id,text\n4,four\n5,five\n"))
+    examples = _write_tfrecord(tmp_path / "c.tfrecord", [_example(id=[b"6"], text=[b"six"]),
+                                                          _example(id=[b"7"], text=[b"seven"])])
+    _run_positions([plain, packed], "csv", {"1": 8, "2": 14, "3": 20, "4": 1, "5": 2})
+    _run_positions([examples], "tfrecord", {"6": 0, "7": 1})
+
+
+def _run_positions(paths, input_format, expected):
+    with test_pipeline.TestPipeline(runner="FnApiRunner") as pipeline:
+        records, _ = pipeline | ReadCorpus([str(p) for p in paths], input_format)
+        assert_that(records | beam.Map(lambda r: (r.id, r.position)), equal_to(sorted(expected.items())))
 
 
 @pytest.mark.parametrize("kinds,flattened", [(("a.txt",), False), (("b.txt.gz",), False),
