@@ -111,7 +111,7 @@ def _combined(pcoll, label: str, combine_fn: beam.CombineFn, empty):
     """The one value of `combine_fn` over `pcoll`, as a side input; `empty` where pcoll has no element.
 
     Without CombineGlobally's own default (a Create, a side input and a FlatMap per combine), whose machinery
-    made up a quarter of the run's graph: the eight combines here then took about half a second of every run's start to
+    made up a quarter of the run's graph: the combines here then took about half a second of every run's start to
     build and translate (see BENCHMARKS.md). The side input supplies the default instead.
     """
     combined = pcoll | label >> beam.CombineGlobally(combine_fn).without_defaults()
@@ -138,14 +138,14 @@ class CheckRun(beam.PTransform):
         counts = {name: _combined(parts.get(name, empty), f"Count{name.title()}", beam.combiners.CountCombineFn(), 0)
                   for name in ("parsed", "read_failures", "embedded", "carried", "previous", "deleted")}
         failure_lines = parts["failures"]
-        failed = _combined(failure_lines, "CountFailed", beam.combiners.CountCombineFn(), 0)
         reasons = _combined(failure_lines, "FailureReasons", _FailureReasons(), {})
         after = beam.pvalue.AsList(parts.get("after", empty))
         return (pipeline
                 | "One" >> beam.Create([None])
-                | "Decide" >> beam.Map(self._decide, failed=failed, reasons=reasons, after=after, **counts))
+                | "Decide" >> beam.Map(self._decide, reasons=reasons, after=after, **counts))
 
-    def _decide(self, _, parsed, read_failures, failed, reasons, embedded, carried, previous, deleted, after):
+    def _decide(self, _, parsed, read_failures, reasons, embedded, carried, previous, deleted, after):
+        failed = sum(count for count, _example in reasons.values())  # Every failure counts under its reason.
         tally = Tally(records=parsed + read_failures, failed=failed, reasons=reasons, embedded=embedded,
                       carried=carried, previous=previous, deleted=deleted)
         return decide(tally, self._max_failed, self._max_deleted, self._failures)

@@ -127,10 +127,12 @@ def test_check_run_counts_empty_parts_as_zero_without_a_default_per_count():
     parts = {"parsed": pipeline | "Parsed" >> beam.Create(["a", "b", "c"]),
              "read_failures": pipeline | "ReadFailures" >> beam.Create([]),
              "embedded": pipeline | "Embedded" >> beam.Create(["a", "b"]),
-             "failures": pipeline | "Failures" >> beam.Create([make_failure("f.jsonl", "bad_json", "", "{x")])}
-    tally = parts | guard.CheckRun(0.5, 0.5, "failed-*")
-    expected = guard.Tally(records=3, failed=1, reasons={"bad_json": (1, "{x")}, embedded=2, carried=0, previous=0,
-                           deleted=0)
+             "failures": pipeline | "Failures" >> beam.Create([make_failure("f.jsonl", "bad_json", "", "{y"),
+                                                               make_failure("f.jsonl", "empty_text", "", ""),
+                                                               make_failure("f.jsonl", "bad_json", "", "{x")])}
+    tally = parts | guard.CheckRun(1.0, 0.5, "failed-*")
+    expected = guard.Tally(records=3, failed=3, reasons={"bad_json": (2, "{x"), "empty_text": (1, "")}, embedded=2,
+                           carried=0, previous=0, deleted=0)
     assert_that(tally, equal_to([expected]))
     graph = pipeline.to_runner_api().components.transforms.values()
     assert not [t.unique_name for t in graph if "InjectDefault" in t.unique_name]
