@@ -247,9 +247,10 @@ class ReadCorpus(beam.PTransform):
         self._counted = counted
 
     def records_again(self) -> beam.PTransform:
-        """PBegin -> the same records read once more, uncounted, without their failures (see dedupe)."""
+        """PBegin -> the same records read once more, uncounted, without their failures or kept fields (see
+        transforms.dedupe, which needs ids, sources, content hashes and positions)."""
         again = ReadCorpus(self._patterns, self._input_format, self._id_field, self._text_field, self._pair_fields,
-                           self._keep_fields, counted=False)
+                           counted=False)
         return _RecordsOnly(again)
 
     def expand(self, pbegin):
