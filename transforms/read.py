@@ -245,12 +245,14 @@ class ReadCorpus(beam.PTransform):
         self._pair_fields = pair_fields
         self._keep_fields = tuple(keep_fields)
         self._counted = counted
+        self._kinds: set[bool] = set()  # Whether the matched files are compressed; shared with records_again().
 
     def records_again(self) -> beam.PTransform:
         """PBegin -> the same records read once more, uncounted, without their failures or kept fields (see
         transforms.dedupe, which needs ids, sources, content hashes and positions)."""
         again = ReadCorpus(self._patterns, self._input_format, self._id_field, self._text_field, self._pair_fields,
                            counted=False)
+        again._kinds = self._kinds  # The same readers, and the patterns matched once (a listing on GCS).
         return _RecordsOnly(again)
 
     def expand(self, pbegin):
@@ -270,7 +272,9 @@ class ReadCorpus(beam.PTransform):
                 | "ReadTFRecord" >> beam.ParDo(_ReadTFRecordsFn())
             )
         else:
-            keyed_raw = self._read_lines(files, _compressions(self._patterns))
+            if not self._kinds:
+                self._kinds.update(_compressions(self._patterns))
+            keyed_raw = self._read_lines(files, set(self._kinds))
         return keyed_raw | "ParseRecords" >> beam.ParDo(
             _ParseRecordsFn(self._input_format, self._id_field, self._text_field, self._pair_fields,
                             self._keep_fields, self._counted)

@@ -107,3 +107,18 @@ def test_a_local_run_holds_no_record_in_the_runners_buffers(tmp_path, tiny_model
                 if counter.key.metric.name.endswith("data_channel:read_index:v1")}
     assert buffered, "the runner reports no buffers: the check below would pass vacuously"
     assert max(buffered.values()) < n // 10, sorted(buffered.items(), key=lambda item: -item[1])[:3]
+
+
+def test_the_checks_reads_list_the_input_once_when_the_pipeline_is_built(tmp_path, monkeypatch):
+    """Each listing of a gs:// pattern is a round trip at start-up: the three reads share the first."""
+    from transforms import read
+
+    (tmp_path / "c.jsonl").write_text('{"id": "a", "text": "x"}\n')
+    calls = []
+    match = read.FileSystems.match
+    monkeypatch.setattr(read.FileSystems, "match", lambda patterns: calls.append(patterns) or match(patterns))
+    pipeline = beam.Pipeline(runner="FnApiRunner", options=PipelineOptions([]))
+    reader = read.ReadCorpus([str(tmp_path / "*.jsonl")], "jsonl")
+    records, _ = pipeline | reader
+    _ = records | dedupe.DropDuplicateIds(reader.records_again())
+    assert len(calls) == 1, calls
