@@ -192,7 +192,7 @@ class ReadCorpus(beam.PTransform):
         records, failures = outputs[RECORDS_TAG], outputs[FAILED_TAG]
 
     Call `check_inputs_exist(patterns)` first: a pattern that matches no file reads as empty. A file matched
-    by two patterns is read twice.
+    by two patterns is read once.
     """
 
     def __init__(
@@ -262,6 +262,13 @@ class ReadCorpus(beam.PTransform):
             | "Patterns" >> beam.Create(self._patterns)
             | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
         )
+        if len(self._patterns) > 1:
+            # Two patterns may match one file. Read it once: transforms.dedupe tells copies of an id apart by file
+            # and position, so the records of a file read twice would both be kept.
+            files = (files
+                     | "KeyByPath" >> beam.Map(lambda metadata: (metadata.path, metadata))
+                     | "GroupByPath" >> beam.GroupByKey()
+                     | "OncePerFile" >> beam.MapTuple(lambda _path, copies: next(iter(copies))))
         if self._input_format == "tfrecord":
             # Beam's ReadAllFromTFRecord raises on a bad CRC or a truncated record, failing the bundle and so
             # the run; reading the framing ourselves dead-letters the record instead. Beam does not split

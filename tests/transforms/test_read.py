@@ -226,6 +226,13 @@ def test_each_record_knows_its_position_in_its_file(tmp_path):
     _run_positions([examples], "tfrecord", {"6": 0, "7": 1})
 
 
+def test_a_file_matched_by_two_patterns_is_read_once(tmp_path):
+    path = _write_lines(tmp_path / "a.jsonl", ['{"id": "1", "text": "one"}', '{"id": "2", "text": "two"}'])
+    with test_pipeline.TestPipeline(runner="FnApiRunner") as pipeline:
+        records, _ = pipeline | ReadCorpus([str(path), str(tmp_path / "*.jsonl")], "jsonl")
+        assert_that(records | beam.Map(lambda r: (r.id, r.position)), equal_to([("1", 0), ("2", 27)]))
+
+
 def _run_positions(paths, input_format, expected):
     with test_pipeline.TestPipeline(runner="FnApiRunner") as pipeline:
         records, _ = pipeline | ReadCorpus([str(p) for p in paths], input_format)
