@@ -245,30 +245,22 @@ class ReadCorpus(beam.PTransform):
         self._pair_fields = pair_fields
         self._keep_fields = tuple(keep_fields)
         self._counted = counted
-        self._kinds: set[bool] = set()  # Whether the matched files are compressed; shared with records_again().
+        # Shared with the readers records_again() makes: whether the matched files are compressed, and the
+        # matched files themselves (one listing of the input, a round trip each on GCS, and fewer steps).
+        self._shared = {"kinds": set(), "files": None}
 
     def records_again(self) -> beam.PTransform:
         """PBegin -> the same records read once more, uncounted, without their failures or kept fields (see
         transforms.dedupe, which needs ids, sources, content hashes and positions)."""
         again = ReadCorpus(self._patterns, self._input_format, self._id_field, self._text_field, self._pair_fields,
                            counted=False)
-        again._kinds = self._kinds  # The same readers, and the patterns matched once (a listing on GCS).
+        again._shared = self._shared
         return _RecordsOnly(again)
 
     def expand(self, pbegin):
-        # A pattern that matches nothing reads as empty, as in Beam's ReadAll transforms (see check_inputs_exist).
-        files = (
-            pbegin
-            | "Patterns" >> beam.Create(self._patterns)
-            | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
-        )
-        if len(self._patterns) > 1:
-            # Two patterns may match one file. Read it once: transforms.dedupe tells copies of an id apart by file
-            # and position, so the records of a file read twice would both be kept.
-            files = (files
-                     | "KeyByPath" >> beam.Map(lambda metadata: (metadata.path, metadata))
-                     | "GroupByPath" >> beam.GroupByKey()
-                     | "OncePerFile" >> beam.MapTuple(lambda _path, copies: next(iter(copies))))
+        files = self._shared["files"]
+        if files is None or files.pipeline is not pbegin.pipeline:
+            files = self._shared["files"] = self._match(pbegin)
         if self._input_format == "tfrecord":
             # Beam's ReadAllFromTFRecord raises on a bad CRC or a truncated record, failing the bundle and so
             # the run; reading the framing ourselves dead-letters the record instead. Beam does not split
@@ -279,13 +271,31 @@ class ReadCorpus(beam.PTransform):
                 | "ReadTFRecord" >> beam.ParDo(_ReadTFRecordsFn())
             )
         else:
-            if not self._kinds:
-                self._kinds.update(_compressions(self._patterns))
-            keyed_raw = self._read_lines(files, set(self._kinds))
+            kinds = self._shared["kinds"]
+            if not kinds:
+                kinds.update(_compressions(self._patterns))
+            keyed_raw = self._read_lines(files, set(kinds))
         return keyed_raw | "ParseRecords" >> beam.ParDo(
             _ParseRecordsFn(self._input_format, self._id_field, self._text_field, self._pair_fields,
                             self._keep_fields, self._counted)
         ).with_outputs(FAILED_TAG, main=RECORDS_TAG)
+
+    def _match(self, pbegin):
+        """PBegin -> the FileMetadata of every file the patterns match, each once."""
+        # A pattern that matches nothing reads as empty, as in Beam's ReadAll transforms (see check_inputs_exist).
+        files = (
+            pbegin
+            | "Patterns" >> beam.Create(self._patterns)
+            | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
+        )
+        if len(self._patterns) == 1:
+            return files
+        # Two patterns may match one file. Read it once: transforms.dedupe tells copies of an id apart by file and
+        # position, so the records of a file read twice would both be kept.
+        return (files
+                | "KeyByPath" >> beam.Map(lambda metadata: (metadata.path, metadata))
+                | "GroupByPath" >> beam.GroupByKey()
+                | "OncePerFile" >> beam.MapTuple(lambda _path, copies: next(iter(copies))))
 
     def _read_lines(self, files, compressions: set[bool]):
         """Matched text files -> (path, line) pairs and the Failures of files that break off.

@@ -109,7 +109,7 @@ def test_a_local_run_holds_no_record_in_the_runners_buffers(tmp_path, tiny_model
     assert max(buffered.values()) < n // 10, sorted(buffered.items(), key=lambda item: -item[1])[:3]
 
 
-def test_the_checks_reads_list_the_input_once_when_the_pipeline_is_built(tmp_path, monkeypatch):
+def test_the_checks_reads_list_and_match_the_input_once(tmp_path, monkeypatch):
     """Each listing of a gs:// pattern is a round trip at start-up: the three reads share the first."""
     from transforms import read
 
@@ -122,3 +122,6 @@ def test_the_checks_reads_list_the_input_once_when_the_pipeline_is_built(tmp_pat
     records, _ = pipeline | reader
     _ = records | dedupe.DropDuplicateIds(reader.records_again())
     assert len(calls) == 1, calls
+    # And the run matches the files once for all three reads (fewer steps to build and plan at start-up).
+    graph = pipeline.to_runner_api().components.transforms.values()
+    assert len([t for t in graph if t.unique_name.endswith("/Match") and t.subtransforms]) == 1
