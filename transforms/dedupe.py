@@ -160,6 +160,10 @@ def _copy(record) -> _Copy:
     return _Copy(record.source, record.content_hash, record.position)
 
 
+def _may_repeat(record, repeated: RepeatedIds) -> bool:
+    return record.id in repeated
+
+
 def _verdict(element) -> list[tuple[str, _Verdict]]:
     """(id, its copies) -> [(id, the verdict)], or [] for an id the filter named that occurs once."""
     record_id, copies = element
@@ -220,7 +224,3 @@ class DropDuplicateIds(beam.PTransform):
         outputs = records | "KeepOne" >> beam.ParDo(_KeepOneFn(), beam.pvalue.AsDict(verdicts)).with_outputs(
             FAILED_TAG, main=RECORDS_TAG)
         return outputs[RECORDS_TAG], outputs[FAILED_TAG]
-
-
-def _may_repeat(record, repeated: RepeatedIds) -> bool:
-    return record.id in repeated

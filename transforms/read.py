@@ -77,7 +77,6 @@ _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".deflate", ".zst", ".zstd", ".xz", ".lz
 
 # CSV follows RFC 4180 quoting; TSV follows the IANA text/tab-separated-values definition (no quoting at all),
 # so a text that starts with a quote keeps it.
-_DESIRED_BUNDLE_SIZE = 64 * 1024 * 1024  # Plain files split into ranges of this size, as Beam's text readers do.
 _CSV_DIALECTS = {
     "csv": {"delimiter": ",", "strict": True},
     "tsv": {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "strict": True},
@@ -298,7 +297,7 @@ class ReadCorpus(beam.PTransform):
                 | "OncePerFile" >> beam.MapTuple(lambda _path, copies: next(iter(copies))))
 
     def _read_lines(self, files, compressions: set[bool]):
-        """Matched text files -> (path, line) pairs and the Failures of files that break off.
+        """Matched text files -> (path, position, line) and the Failures of files that break off.
 
         Plain files keep Beam's splittable reader. Beam's CompressedFile ends silently where a compressed stream
         breaks off (the rest of the file is lost without a word) and raises on corrupt data (failing the run);
@@ -324,7 +323,8 @@ class ReadCorpus(beam.PTransform):
         source = functools.partial(_PositionedTextSource, min_bundle_size=0, compression_type=CompressionTypes.AUTO,
                                    strip_trailing_newlines=True, coder=beam.coders.BytesCoder(), validate=False,
                                    skip_header_lines=1 if skip_header else 0)
-        return ReadAllFiles(True, CompressionTypes.AUTO, _DESIRED_BUNDLE_SIZE, 0, source, False)
+        return ReadAllFiles(True, CompressionTypes.AUTO, textio.ReadAllFromText.DEFAULT_DESIRED_BUNDLE_SIZE, 0, source,
+                            False)
 
     @staticmethod
     def _compressed_reader(skip_header: bool):
