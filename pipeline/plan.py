@@ -101,6 +101,14 @@ class SinkPlan:
 
         return output_columns(self.keep_fields, chunks=self.chunks)
 
+    @property
+    def limits(self):
+        """What these sinks cannot hold (transforms.limits.SinkLimits), checked for every record as it is read."""
+        from transforms.limits import SinkLimits
+
+        return SinkLimits(vertex=bool(self.vertex), vertex_numeric=self.vertex_numeric_restricts if self.vertex
+                          else (), postgres=bool(self.postgres))
+
 
 @dataclasses.dataclass(frozen=True)
 class Plan:

@@ -46,7 +46,7 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
         precision=model.precision, chunking=model.chunking, pairs=bool(inputs.pair_fields))
     reader = read.ReadCorpus(list(inputs.patterns), inputs.input_format, id_field=inputs.id_field,
                              text_field=inputs.text_field, pair_fields=inputs.pair_fields,
-                             keep_fields=plan.sinks.keep_fields)
+                             keep_fields=plan.sinks.keep_fields, limits=plan.sinks.limits)
     parsed, read_failures = pipeline | "ReadCorpus" >> reader
     records, duplicates = parsed | "DropDuplicateIds" >> dedupe.DropDuplicateIds(reader.records_again(),
                                                                                  inputs.estimated_records)
@@ -120,7 +120,8 @@ def _write(embeddings, plan: Plan, verdict, carried_forward) -> None:
 
 def _write_typed(embeddings, plan: Plan, verdict, selected, previous) -> None:
     """Parquet, Vertex AI Vector Search and PostgreSQL, from the same output rows (records.output_row): the complete
-    set for Parquet and PostgreSQL, what this run embedded for Vertex; removed ids deleted from both of the latter
+    set for Parquet and PostgreSQL; for Vertex what this run embedded and the carried records whose kept fields
+    changed; removed ids deleted from both of the latter
     (with chunks: every earlier chunk id not in the complete set, so a shrunk document's stale chunks go too).
     Each writes only after the verdict."""
     from transforms import parquet, postgres, vertex, write
@@ -129,17 +130,21 @@ def _write_typed(embeddings, plan: Plan, verdict, selected, previous) -> None:
     if not (sinks.parquet or sinks.vertex or sinks.postgres):
         return
     embedded = embeddings | "ToOutputRow" >> beam.Map(_output_row, plan.model.fingerprint)
-    complete, deleted = embedded, None
+    complete, changed, deleted = embedded, embedded, None
     if selected:
         carried = selected.carried_forward | "CarriedToOutputRow" >> beam.Map(records_lib.carried_row, sinks.columns)
         complete = (embedded, carried) | "CompleteSet" >> beam.Flatten()
         deleted = selected.deleted if not sinks.chunks else _removed_ids(previous, complete)
+        if sinks.vertex:  # Vertex takes only what changed: kept fields too, which its restricts are made of.
+            refreshed = selected.refreshed | "RefreshedToOutputRow" >> beam.Map(records_lib.carried_row,
+                                                                                sinks.columns)
+            changed = (embedded, refreshed) | "ChangedSet" >> beam.Flatten()
     shards = write.shard_count(plan.inputs.estimated_records)
     if sinks.parquet:
         _ = complete | "WriteParquet" >> parquet.WriteParquet(sinks.parquet, sinks.columns, sinks.dimension,
                                                               num_shards=shards, verdict=verdict)
     if sinks.vertex:
-        _ = embedded | "WriteVertex" >> vertex.WriteVertex(
+        _ = changed | "WriteVertex" >> vertex.WriteVertex(
             sinks.vertex, sinks.columns, sinks.vertex_restricts, sinks.vertex_numeric_restricts,
             sinks.vertex_crowding_tag, num_shards=shards, verdict=verdict, deleted=deleted)
     if sinks.postgres:
@@ -239,7 +244,8 @@ def summarize(counts: dict[str, int], plan: Plan) -> str:
         incremental_text = (
             f". Since {plan.incremental.previous_output}: new {counts.get('new', 0)}, changed "
             f"{counts.get('changed', 0)} ({counts.get('changed_model', 0)} for another model), unchanged "
-            f"{counts.get('unchanged', 0)} (carried forward), deleted {counts.get('deleted', 0)}")
+            f"{counts.get('unchanged', 0)} (carried forward; kept fields changed in {counts.get('fields_changed', 0)})"
+            f", deleted {counts.get('deleted', 0)}")
     return (f"Read {counts.get(records_lib.RECORDS_READ, 0)} records: embedded {_embedded_text(counts, plan)}, "
             f"failed {sum(failed.values())} ({failed_text}). "
             f"Embeddings: {_destinations(plan)}; failures: {plan.outputs.failed}-*.jsonl" + incremental_text)

@@ -17,10 +17,11 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from transforms import bigquery
 from transforms.bigquery import Table
-from transforms.records import counter, example_key, schema, with_fields
+from transforms.records import counter, example_key, refresh_fields, schema
 
 __all__ = ["RUN_ID_PLACEHOLDER", "RUN_TABLE_INFIX", "RunPaths", "resolve_run", "Selected", "run_table", "merge_sql",
-           "UpdateTable", "LATEST_PLACEHOLDER", "MANIFEST_SUFFIX", "EMBED_TAG", "CARRIED_TAG", "DELETED_TAG",
+           "UpdateTable", "LATEST_PLACEHOLDER", "MANIFEST_SUFFIX", "EMBED_TAG", "CARRIED_TAG",
+           "REFRESHED_TAG", "DELETED_TAG",
            "default_run_id", "manifest_path", "resolve_previous", "previous_files", "ReadPrevious",
            "ReadPreviousTable", "SelectChanged", "WriteManifest"]
 
@@ -30,6 +31,7 @@ MANIFEST_SUFFIX = "-manifest.json"
 RUN_TABLE_INFIX = "__run_"  # A current table's per-run table: TABLE__run_RUNID.
 EMBED_TAG = "embed"
 CARRIED_TAG = "carried"
+REFRESHED_TAG = "refreshed"
 DELETED_TAG = "deleted"
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHARD_GLOB = "-*-of-*.tfrecord"  # WriteToTFRecord's -SSSSS-of-NNNNN shard names with write.TFRECORD_SUFFIX.
@@ -214,7 +216,7 @@ class _ClassifyFn(beam.DoFn):
     def __init__(self, model_fingerprint: str, with_sequence: bool):
         self._model, self._with_sequence = model_fingerprint, with_sequence
         self._counters = {name: counter(name)
-                          for name in ("new", "changed", "changed_model", "unchanged", "deleted")}
+                          for name in ("new", "changed", "changed_model", "unchanged", "deleted", "fields_changed")}
 
     def process(self, element):
         _, grouped = element
@@ -229,9 +231,15 @@ class _ClassifyFn(beam.DoFn):
             matches = {p.id: p for p in current if p.content_hash == record.content_hash}
             if matches:
                 self._counters["unchanged"].inc()
-                # With the record's current kept fields: a changed field alone re-embeds nothing.
-                for match in matches.values():
-                    yield beam.pvalue.TaggedOutput(CARRIED_TAG, with_fields(match.carried, record.fields))
+                # With the record's current kept fields: a changed field alone re-embeds nothing, but sinks that
+                # take only what changed get the record again (REFRESHED_TAG).
+                refreshed = [refresh_fields(match.carried, record.fields) for match in matches.values()]
+                if any(changed for _, changed in refreshed):
+                    self._counters["fields_changed"].inc()
+                for carried, changed in refreshed:
+                    yield beam.pvalue.TaggedOutput(CARRIED_TAG, carried)
+                    if changed:
+                        yield beam.pvalue.TaggedOutput(REFRESHED_TAG, carried)
                 continue
             if not previous:
                 self._counters["new"].inc()
@@ -252,6 +260,7 @@ class Selected(NamedTuple):
     to_embed: beam.PCollection  # Records, new or changed.
     carried_forward: beam.PCollection  # Earlier serialised Examples (TFRecord) or rows (BigQuery), unchanged.
     deleted: beam.PCollection  # Ids only in the earlier output (document ids, with --chunking).
+    refreshed: beam.PCollection  # The part of carried_forward whose kept fields changed (current values).
 
 
 class SelectChanged(beam.PTransform):
@@ -262,7 +271,8 @@ class SelectChanged(beam.PTransform):
     keeps its earlier embedding (every earlier chunk, with --chunking) only when the content_hash, the model
     fingerprint (which covers the chunk settings) and the presence of token vectors all match; a changed
     document's earlier chunks are all dropped, whatever its new chunk count, and so are ids only in `previous`.
-    Counts new, changed, changed_model, unchanged and deleted (documents).
+    Counts new, changed, changed_model, unchanged and deleted (documents), and fields_changed: the unchanged
+    ones whose kept fields changed, which are in `refreshed` too.
     """
 
     def __init__(self, previous: beam.PCollection, model_fingerprint: str, with_sequence: bool = False):
@@ -273,8 +283,8 @@ class SelectChanged(beam.PTransform):
         keyed_records = records | "KeyRecordsById" >> beam.Map(_key_record)
         joined = {"records": keyed_records, "previous": self._previous} | "JoinById" >> beam.CoGroupByKey()
         selected = joined | "Classify" >> beam.ParDo(_ClassifyFn(self._model, self._with_sequence)).with_outputs(
-            CARRIED_TAG, DELETED_TAG, main=EMBED_TAG)
-        return Selected(selected[EMBED_TAG], selected[CARRIED_TAG], selected[DELETED_TAG])
+            CARRIED_TAG, DELETED_TAG, REFRESHED_TAG, main=EMBED_TAG)
+        return Selected(selected[EMBED_TAG], selected[CARRIED_TAG], selected[DELETED_TAG], selected[REFRESHED_TAG])
 
 
 def _write_manifest(files: list[str], prefix: str, run_id: str, model_fingerprint: str, unused_verdict=None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from transforms.records import Column
+from transforms.write import RemoveStaleShards
 
 __all__ = ["PARQUET_SUFFIX", "arrow_type", "arrow_schema", "WriteParquet"]
 
@@ -50,7 +51,8 @@ class WriteParquet(beam.PTransform):
         prefix: Output path prefix, local or gs://.
         columns: records.output_columns of the run.
         dimension: The embedding's length.
-        num_shards: How many files; the same count gives the same names, so a rerun replaces its own files.
+        num_shards: How many files; a rerun replaces its own files, and removes those of an earlier write with
+            another count.
         verdict: transforms.guard.CheckRun's output: no file is written before the run passed its checks.
     """
 
@@ -62,6 +64,7 @@ class WriteParquet(beam.PTransform):
     def expand(self, rows):
         if self._verdict is not None:
             rows = rows | "AfterCheck" >> beam.Map(_passed, beam.pvalue.AsSingleton(self._verdict))
-        return rows | "Write" >> beam.io.WriteToParquet(
+        written = rows | "Write" >> beam.io.WriteToParquet(
             self._prefix, arrow_schema(self._columns, self._dimension), num_shards=self._num_shards,
             file_name_suffix=PARQUET_SUFFIX)
+        return written | "RemoveStaleShards" >> RemoveStaleShards(self._prefix, PARQUET_SUFFIX)

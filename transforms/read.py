@@ -15,6 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms import framing
 from transforms.examples import parse_example, value_kind
+from transforms.limits import UNSTORABLE_REASON, SinkLimits
 from transforms.records import (
     FAILED_PREFIX,
     KEPT_FIELD_MISMATCH,
@@ -58,8 +59,11 @@ FAILURE_REASONS = (
     "corrupt_record",
     "truncated_file",
     "corrupt_file",
+    UNSTORABLE_REASON,
 )
 
+
+_NO_LIMITS = SinkLimits()
 
 _EXTENSIONS = {
     ".txt": "text",
@@ -203,6 +207,7 @@ class ReadCorpus(beam.PTransform):
         pair_fields: tuple[str, str] | None = None,
         keep_fields: tuple[Column, ...] = (),
         counted: bool = True,
+        limits: SinkLimits = _NO_LIMITS,
     ):
         """Initialises the transform.
 
@@ -214,6 +219,8 @@ class ReadCorpus(beam.PTransform):
             pair_fields: Two fields whose texts are embedded as a pair, or None for one text per record.
             keep_fields: Fields carried to the sinks beside the embedding, with their column types.
             counted: Whether the Beam counters count what is read; False for a second read of the same input.
+            limits: What the run's sinks cannot hold: a record with such an id or kept value is a Failure of
+                reason "unstorable_value" (transforms.limits).
 
         Raises:
             ValueError: If there are no patterns, the format is unknown, or pair mode or kept fields are asked
@@ -244,6 +251,7 @@ class ReadCorpus(beam.PTransform):
         self._pair_fields = pair_fields
         self._keep_fields = tuple(keep_fields)
         self._counted = counted
+        self._limits = limits
         # Shared with the readers records_again() makes: whether the matched files are compressed, and the
         # matched files themselves (one listing of the input, a round trip each on GCS, and fewer steps).
         self._shared = {"kinds": set(), "files": None}
@@ -252,7 +260,7 @@ class ReadCorpus(beam.PTransform):
         """PBegin -> the same records read once more, uncounted, without their failures or kept fields (see
         transforms.dedupe, which needs ids, sources, content hashes and positions)."""
         again = ReadCorpus(self._patterns, self._input_format, self._id_field, self._text_field, self._pair_fields,
-                           counted=False)
+                           counted=False, limits=self._limits)
         again._shared = self._shared
         return _RecordsOnly(again)
 
@@ -276,7 +284,7 @@ class ReadCorpus(beam.PTransform):
             keyed_raw = self._read_lines(files, set(kinds))
         return keyed_raw | "ParseRecords" >> beam.ParDo(
             _ParseRecordsFn(self._input_format, self._id_field, self._text_field, self._pair_fields,
-                            self._keep_fields, self._counted)
+                            self._keep_fields, self._counted, self._limits)
         ).with_outputs(FAILED_TAG, main=RECORDS_TAG)
 
     def _match(self, pbegin):
@@ -492,8 +500,10 @@ class _ParseRecordsFn(beam.DoFn):
         self, input_format: str, id_field: str, text_field: str, pair_fields: tuple[str, str] | None,
         keep_fields: tuple[Column, ...] = (),
         counted: bool = True,
+        limits: SinkLimits = _NO_LIMITS,
     ):
         self._input_format = input_format
+        self._limits = limits
         self._id_field = id_field
         self._text_fields = pair_fields or (text_field,)
         self._keep_fields = tuple(keep_fields)
@@ -518,16 +528,18 @@ class _ParseRecordsFn(beam.DoFn):
         try:
             record_id, texts, fields = self._parse(source, raw)
             self._check_encodable(record_id, texts)
+            digest = content_hash(texts)
+            record_id = record_id or derived_id(digest)
+            kept = self._kept(fields)
+            refusal = self._limits.refusal(record_id, kept)
+            if refusal:
+                raise _Rejected(UNSTORABLE_REASON, refusal)
         except _Rejected as rejected:
             self._failed[rejected.reason].inc()
             yield beam.pvalue.TaggedOutput(FAILED_TAG, _failure(source, rejected, raw, self._input_format))
             return
-        digest = content_hash(texts)
-        if not record_id:
-            record_id = derived_id(digest)
         self._records_read.inc()
-        yield Record(id=record_id, texts=texts, content_hash=digest, source=source, fields=self._kept(fields),
-                     position=position)
+        yield Record(id=record_id, texts=texts, content_hash=digest, source=source, fields=kept, position=position)
 
     def _kept(self, fields) -> tuple[tuple[str, object], ...]:
         """The kept fields' values, typed; None for a missing field or one of another type (counted)."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
+import struct
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -22,7 +24,8 @@ __all__ = ["NAMESPACE", "RECORDS_READ", "EMBEDDED", "TOKENS_EMBEDDED", "TRUNCATE
            "example_bytes", "ExampleKey", "example_key", "SCHEMA", "CHUNK_SCHEMA", "schema", "to_row", "from_read_row",
            "FIELD_TYPES", "Column", "BASE_COLUMNS", "CHUNK_COLUMNS", "RESERVED_NAMES", "KEPT_FIELD_MISMATCH",
            "infer_field_type",
-           "typed_value", "output_columns", "output_row", "carried_row", "with_fields"]
+           "typed_value", "float64_bytes", "output_columns", "output_row", "carried_row", "with_fields",
+           "refresh_fields"]
 
 # Beam counters of a run, read back by pipeline.run for its summary and by transforms.guard for its verdict.
 NAMESPACE = "embeddings"
@@ -233,7 +236,8 @@ def example_bytes(key: RecordKey, embedding, model: str) -> bytes:
     """The serialised tf.train.Example of an embedded record (feature_spec's layout), the same bytes every run.
 
     Kept fields (--keep_fields) are features of their own name: strings (JSON text for json) as bytes_list,
-    integers and booleans as int64_list, floats as float_list (float32), lists as lists; a null is no feature.
+    integers and booleans as int64_list, floats exactly as float64 (`float64_bytes`), lists as lists; a null is
+    no feature.
 
     `embedding` is a runtime Embedding (vector, tokens, sequence). Built without importing TensorFlow
     (transforms.examples), so a worker that shares the model with `--large_model` stays small.
@@ -446,6 +450,7 @@ def infer_field_type(values) -> str:
 
 
 _MISMATCH = object()
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # What every sink's integer column holds.
 
 
 def _typed_scalar(value, type_: str):
@@ -456,20 +461,29 @@ def _typed_scalar(value, type_: str):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return _MISMATCH
     if type_ == "float64":
-        return float(value)
-    return value if isinstance(value, int) else (int(value) if value.is_integer() else _MISMATCH)
+        try:
+            return float(value)
+        except OverflowError:  # An integer beyond a double's range.
+            return _MISMATCH
+    whole = value if isinstance(value, int) else (int(value) if math.isfinite(value) and value.is_integer()
+                                                   else _MISMATCH)
+    return whole if whole is _MISMATCH or _INT64_MIN <= whole <= _INT64_MAX else _MISMATCH
 
 
 def typed_value(value, type_: str):
     """`value` as a value of column type `type_` (None stays None); raises ValueError when it is not one.
 
     json is JSON text; a string column takes any value, non-strings as JSON text; an integer fits a float
-    column and a whole float an integer one; a scalar fits a list column as a list of one.
+    column and a whole float an integer one; a scalar fits a list column as a list of one. An integer must fit
+    in 64 bits, and json text holds no NaN or Infinity (which JSON has no words for).
     """
     if value is None:
         return None
     if type_ == "json":
-        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+        try:
+            return json.dumps(value, ensure_ascii=False, sort_keys=True, allow_nan=False)
+        except ValueError as err:
+            raise ValueError(f"{value!r} is not JSON: {err}") from None
     if type_.startswith("list<"):
         items = list(value) if isinstance(value, (list, tuple)) else [value]
         typed = [_typed_scalar(item, type_[5:-1]) for item in items]
@@ -482,10 +496,14 @@ def typed_value(value, type_: str):
     return result
 
 
+def float64_bytes(value: float) -> bytes:
+    """A float64 kept field's value as an Example stores it: its 8 IEEE-754 bytes, little-endian, one bytes_list
+    entry per value (float_list holds only float32). Read with tf.io.decode_raw(feature, tf.float64)."""
+    return struct.pack("<d", value)
+
+
 def _field_features(fields) -> dict:
     """Example features of kept fields (typed values); nulls are left out."""
-    import numpy as np
-
     features = {}
     for name, value in fields:
         if value is None:
@@ -494,7 +512,7 @@ def _field_features(fields) -> dict:
         if items and isinstance(items[0], str):
             features[name] = [item.encode("utf-8") for item in items]
         elif items and isinstance(items[0], float):
-            features[name] = np.asarray(items, np.float32)
+            features[name] = [float64_bytes(item) for item in items]
         else:
             features[name] = [int(item) for item in items]
     return features
@@ -504,7 +522,10 @@ def _field_from_feature(values, type_: str):
     """A kept field's typed value from its parsed Example feature (None when absent)."""
     if values is None:
         return None
-    items = [item.decode("utf-8") if isinstance(item, bytes) else item.item() for item in values]
+    if type_ in ("float64", "list<float64>"):  # float64_bytes', or an older run's float32 float_list.
+        items = [struct.unpack("<d", item)[0] if isinstance(item, bytes) else item.item() for item in values]
+    else:
+        items = [item.decode("utf-8") if isinstance(item, bytes) else item.item() for item in values]
     if type_ == "bool" or type_ == "list<bool>":
         items = [bool(item) for item in items]
     if type_.startswith("list<"):
@@ -542,20 +563,36 @@ def carried_row(carried, columns: tuple[Column, ...]) -> dict:
 
 def with_fields(carried, fields: tuple[tuple[str, object], ...]):
     """A carried-forward Example or row with its kept fields replaced by the current record's `fields`."""
+    return refresh_fields(carried, fields)[0]
+
+
+def refresh_fields(carried, fields: tuple[tuple[str, object], ...]):
+    """(`carried` with its kept fields replaced by `fields`, whether any of them held another value before): a
+    sink that takes only what changed (Vertex AI) needs the records whose fields alone changed."""
     if not fields:
-        return carried
+        return carried, False
     if isinstance(carried, dict):
-        return {**carried, **dict(fields)}
+        return {**carried, **dict(fields)}, any(carried.get(name) != value for name, value in fields)
     import numpy as np
 
     from transforms.examples import parse_example, serialize_example
 
     kept = {name for name, _ in fields}
+    parsed = parse_example(carried)
+    wanted = _field_features(fields)
+    changed = any(_plain(parsed.get(name)) != _plain(wanted.get(name)) for name in kept)
     features = {}
-    for name, values in parse_example(carried).items():
+    for name, values in parsed.items():
         if name in kept or values is None:
             continue
         features[name] = values if values.dtype == np.float32 else list(
             values if values.dtype != np.int64 else (int(v) for v in values))
-    features.update(_field_features(fields))
-    return serialize_example(features)
+    features.update(wanted)
+    return serialize_example(features), changed
+
+
+def _plain(values) -> list | None:
+    """A feature's values as a plain list, parsed (numpy) or about to be written (lists)."""
+    if values is None:
+        return None
+    return values.tolist() if hasattr(values, "tolist") else list(values)

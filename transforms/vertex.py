@@ -9,10 +9,12 @@ FOLDER/delete/, one per line, which a batch update deletes.
 from __future__ import annotations
 
 import json
+import logging
 
 import apache_beam as beam
 
-from transforms.records import Column
+from transforms.records import Column, counter
+from transforms.write import RemoveStaleShards, remove_stale_shards
 
 __all__ = ["DATAPOINTS_NAME", "DELETE_FOLDER", "datapoint", "WriteVertex"]
 
@@ -66,8 +68,19 @@ def _to_line(row: dict, restricts, numeric_restricts, crowding_tag, types, unuse
     return json.dumps(datapoint(row, restricts, numeric_restricts, crowding_tag, types), ensure_ascii=False)
 
 
-def _passed(record_id: str, unused_verdict=None) -> str:
-    return record_id
+def _listable(record_id: str, unused_verdict=None) -> list[str]:
+    """[record_id], or [] for an id with a line break, which a delete/ file cannot list (transforms.limits keeps
+    such ids out of every Vertex run, so none of them was ever upserted by one)."""
+    if "\n" in record_id or "\r" in record_id:
+        logging.warning("Not listing removed id %r in delete/: a line break would split it into other ids.",
+                        record_id[:200])
+        counter("vertex_ids_not_listed").inc()
+        return []
+    return [record_id]
+
+
+def _remove_deletions(unused_written, deleted_ids: str) -> list[str]:
+    return remove_stale_shards([], deleted_ids, ".txt")
 
 
 class WriteVertex(beam.PTransform):
@@ -77,9 +90,11 @@ class WriteVertex(beam.PTransform):
         folder: The update's folder, local or gs://.
         columns: records.output_columns of the run (for the types of numeric restricts).
         restricts, numeric_restricts, crowding_tag: See `datapoint`.
-        num_shards: Datapoint files; the same count gives the same names, so a rerun replaces its own files.
+        num_shards: Datapoint files; a rerun replaces its own files and removes an earlier write's of another
+            count.
         verdict: transforms.guard.CheckRun's output: nothing is written before the run passed its checks.
         deleted: Ids the run removes (transforms.incremental.Selected.deleted); None writes no delete/ folder.
+            An id with a line break is left out (logged, counted as vertex_ids_not_listed): no run writes one.
     """
 
     def __init__(self, folder: str, columns: tuple[Column, ...], restricts: tuple[str, ...] = (),
@@ -95,11 +110,17 @@ class WriteVertex(beam.PTransform):
         gate = () if self._verdict is None else (beam.pvalue.AsSingleton(self._verdict),)
         lines = rows | "ToDatapoint" >> beam.Map(_to_line, self._restricts, self._numeric, self._crowding_tag,
                                                  self._types, *gate)
-        written = lines | "WriteDatapoints" >> beam.io.WriteToText(
-            f"{self._folder}/{DATAPOINTS_NAME}", file_name_suffix=".json", num_shards=self._num_shards)
-        if self._deleted is None:
+        points = f"{self._folder}/{DATAPOINTS_NAME}"
+        written = (lines
+                   | "WriteDatapoints" >> beam.io.WriteToText(points, file_name_suffix=".json",
+                                                              num_shards=self._num_shards)
+                   | "RemoveStaleDatapoints" >> RemoveStaleShards(points, ".json"))
+        deleted_ids = f"{self._folder}/{DELETE_FOLDER}/ids"
+        if self._deleted is None:  # An earlier attempt's list of this folder would delete what this run wrote.
+            _ = written | "RemoveStaleDeleted" >> beam.Map(_remove_deletions, deleted_ids)
             return written
-        ids = self._deleted | "AfterCheck" >> beam.Map(_passed, *gate)
-        _ = ids | "WriteDeleted" >> beam.io.WriteToText(f"{self._folder}/{DELETE_FOLDER}/ids", file_name_suffix=".txt",
-                                                        num_shards=1)
+        ids = self._deleted | "AfterCheck" >> beam.FlatMap(_listable, *gate)
+        _ = (ids
+             | "WriteDeleted" >> beam.io.WriteToText(deleted_ids, file_name_suffix=".txt", num_shards=1)
+             | "RemoveStaleDeleted" >> RemoveStaleShards(deleted_ids, ".txt"))
         return written

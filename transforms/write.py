@@ -18,7 +18,8 @@ from apache_beam.io.tfrecordio import _TFRecordUtil
 from transforms.examples import parse_example
 from transforms.records import example_bytes, failure_to_json
 
-__all__ = ["WriteTFRecord", "WriteFailures", "shard_count", "TFRECORD_SUFFIX", "FAILED_SUFFIX"]
+__all__ = ["WriteTFRecord", "WriteFailures", "RemoveStaleShards", "remove_stale_shards", "shard_count",
+           "TFRECORD_SUFFIX", "FAILED_SUFFIX"]
 
 TFRECORD_SUFFIX = ".tfrecord"
 FAILED_SUFFIX = ".jsonl"
@@ -204,9 +205,20 @@ def _remove_stale(written: list[str], prefix: str, runs_dir: str) -> list[str]:
     """Deletes PREFIX-SSSSS-of-NNNNN.tfrecord files not in `written`, our leftover temporary files and this
     write's run files; returns `written`, sorted."""
     _remove_runs(runs_dir)
+    remove_stale_shards(written, prefix, TFRECORD_SUFFIX, temp_mark=_TEMP_MARK)
+    return sorted(written)
+
+
+def remove_stale_shards(written: list[str], prefix: str, suffix: str, temp_mark: str | None = None) -> list[str]:
+    """Deletes the PREFIX-SSSSS-of-NNNNN{suffix} files that are not in `written` (an earlier write's, perhaps of
+    another shard count: left, they would hold every id twice); returns what it deleted.
+
+    Call it only once every file of `written` is in place. With `temp_mark`, PREFIX-...{suffix}{temp_mark}HEX
+    leftovers go too.
+    """
     base = FileSystems.split(prefix)[1]
-    ours = re.compile(re.escape(base) + r"-\d{5,}-of-\d{5,}" + re.escape(TFRECORD_SUFFIX)
-                      + "(" + re.escape(_TEMP_MARK) + "[0-9a-f]{32})?")
+    leftovers = "(" + re.escape(temp_mark) + "[0-9a-f]{32})?" if temp_mark else ""
+    ours = re.compile(re.escape(base) + r"-\d{5,}-of-\d{5,}" + re.escape(suffix) + leftovers)
     final = {FileSystems.split(path)[1] for path in written}
     # Names are compared within the prefix's directory only: "*" does not cross "/", and the pattern keeps
     # another prefix's files (PREFIX-v2-00000-of-00001.tfrecord) out.
@@ -218,6 +230,25 @@ def _remove_stale(written: list[str], prefix: str, runs_dir: str) -> list[str]:
         logging.info("Removing %d files of an earlier write to %s: %s", len(stale), prefix,
                      ", ".join(sorted(stale)[:5]))
         FileSystems.delete(stale)
+    return stale
+
+
+class RemoveStaleShards(beam.PTransform):
+    """The file names a Beam file sink wrote -> the same names, sorted, once every other shard file of its prefix
+    is deleted (remove_stale_shards): a rerun with another shard count leaves no earlier shard beside its own."""
+
+    def __init__(self, prefix: str, suffix: str):
+        super().__init__()
+        self._prefix, self._suffix = prefix, suffix
+
+    def expand(self, written):
+        return (written
+                | "CollectShards" >> beam.combiners.ToList()
+                | "RemoveStale" >> beam.Map(_remove_stale_of_sink, self._prefix, self._suffix))
+
+
+def _remove_stale_of_sink(written: list[str], prefix: str, suffix: str) -> list[str]:
+    remove_stale_shards(written, prefix, suffix)
     return sorted(written)
 
 

@@ -42,3 +42,16 @@ def test_rows_read_back_with_pyarrow_and_duckdb_with_a_fixed_size_float32_embedd
     nearest = duckdb.sql(f"SELECT id FROM read_parquet('{prefix}-*.parquet') ORDER BY "
                          "array_cosine_distance(embedding::FLOAT[3], [2.0, 1.0, -0.25]::FLOAT[3]) LIMIT 1").fetchall()
     assert nearest == [("d4",)]
+
+
+def test_a_rerun_with_another_shard_count_leaves_only_its_own_files(tmp_path):
+    prefix = str(tmp_path / "out" / "emb")
+    other = tmp_path / "out" / "emb-v2-00000-of-00001.parquet"  # Another prefix's file: left alone.
+    for shards, rows in ((3, _rows()), (2, _rows()[:4])):
+        with TestPipeline() as pipeline:
+            _ = pipeline | beam.Create(rows) | WriteParquet(prefix, _COLUMNS, 3, num_shards=shards)
+        other.write_bytes(b"x")
+    files = sorted(glob.glob(prefix + "-0*-of-*.parquet"))
+    assert [f.rsplit("/", 1)[1] for f in files] == ["emb-00000-of-00002.parquet", "emb-00001-of-00002.parquet"]
+    ids = pa.concat_tables(pq.read_table(f) for f in files).column("id").to_pylist()
+    assert sorted(ids) == [f"d{i}" for i in range(4)] and other.exists()

@@ -813,3 +813,41 @@ def test_kept_fields_that_clash_with_an_output_column_are_refused(tmp_path):
 
     with pytest.raises(ValueError, match="--keep_fields lang,embedded_at: embedded_at would clash"):
         kept_columns([str(tmp_path / "c.jsonl")], "jsonl", ("lang", "embedded_at"))
+
+
+def test_a_record_a_sink_cannot_hold_is_one_raw_dead_letter_naming_the_sink_and_field(tmp_path):
+    from transforms.limits import SinkLimits
+    from transforms.records import Column
+
+    lines = [json.dumps({"id": "ok", "text": "x", "lang": "en", "year": 1, "score": 0.5}),
+             json.dumps({"id": "new\nline", "text": "x"}),
+             json.dumps({"id": "cr\r", "text": "x"}),
+             json.dumps({"id": "nul\u0000", "text": "x"}),
+             json.dumps({"id": "long" + "i" * 9000, "text": "x"}),
+             json.dumps({"id": "nul-field", "text": "x", "lang": "e\u0000n"}),
+             json.dumps({"id": "nul-json", "text": "x", "meta": {"k": ["\u0000"]}}),
+             json.dumps({"id": "backslash-json", "text": "x", "meta": {"k": "\\u0000"}}),
+             '{"id": "nan", "text": "x", "score": NaN}',
+             '{"id": "huge", "text": "x", "year": ' + str(2**70) + "}"]
+    path = _write_lines(tmp_path / "c.jsonl", lines)
+    columns = (Column("lang", "string"), Column("year", "int64"), Column("score", "float64"), Column("meta", "json"))
+    limits = SinkLimits(vertex=True, vertex_numeric=("score",), postgres=True)
+    kept = {"ok", "backslash-json", "huge"}
+    refused = [line for line in lines if json.loads(line)["id"] not in kept]
+
+    def check(failures):
+        assert sorted(f.record for f in failures) == sorted(line[:1000] for line in refused)  # Raw, cut at 1000.
+        assert {f.reason for f in failures} == {"unstorable_value"}
+        details = {f.record[8:12]: f.detail for f in failures}
+        assert details["new\\"].startswith("--output_vertex: the id holds a line break")
+        assert details["nul-"].startswith("--output_postgres: field")
+        assert "9004 bytes" in details["long"] and "'score' is nan" in details['nan"']
+
+    def check_records(records):
+        by_id = {record.id: dict(record.fields) for record in records}
+        assert sorted(by_id) == sorted(kept)
+        assert by_id["huge"]["year"] is None  # Beyond 64 bits: null, counted as kept_field_mismatch.
+
+    result = _run_read([path], "jsonl", check_records, check, keep_fields=columns, limits=limits)
+    assert _counters(result)["failed_unstorable_value"] == len(refused)
+    assert _counters(result)["kept_field_mismatch"] == 1

@@ -99,3 +99,32 @@ def test_kept_fields_travel_in_the_example_and_a_carried_record_takes_the_curren
     refreshed = records.with_fields(serialized, (("lang", "fr"), ("ok", False), ("tags", []), ("gone", 1.5)))
     assert records.carried_row(refreshed, columns) == {**row, "lang": "fr", "ok": False, "tags": [], "gone": 1.5}
     assert records.with_fields(serialized, ()) is serialized
+
+
+@pytest.mark.parametrize("value,type_", [(2**70, "int64"), (-(2**63) - 1, "int64"), (2**63, "int64"),
+                                         (float("inf"), "int64"), (1e300, "int64"), ({"x": float("nan")}, "json"),
+                                         ([1.0, float("inf")], "json"), (10**400, "float64")])
+def test_a_value_no_sink_can_hold_exactly_is_a_mismatch_not_a_crash(value, type_):
+    with pytest.raises(ValueError):
+        records.typed_value(value, type_)
+
+
+def test_values_at_the_edges_of_their_types_are_kept():
+    assert records.typed_value(2**63 - 1, "int64") == 2**63 - 1 and records.typed_value(-(2**63), "int64") == -(2**63)
+    assert records.typed_value(2**70, "float64") == float(2**70)
+    assert records.typed_value(float("nan"), "string") == "NaN"
+
+
+def test_float_kept_fields_keep_float64_in_the_example():
+    import tensorflow as tf
+
+    columns = records.output_columns((records.Column("score", "float64"), records.Column("xs", "list<float64>")))
+    values = (("score", 0.1), ("xs", [1e300, -5e-324, float("inf")]))
+    key = records.RecordKey("a", "h", "c.jsonl", values)
+    serialized = records.example_bytes(key, _Embedding(np.array([0.5], np.float32)), "m")
+    row = records.carried_row(serialized, columns)
+    assert row["score"] == 0.1 and row["xs"] == [1e300, -5e-324, float("inf")]
+    # As the README says to read it: tf.io.decode_raw of the bytes feature.
+    parsed = tf.io.parse_single_example(serialized, {"xs": tf.io.VarLenFeature(tf.string)})
+    assert tf.io.decode_raw(parsed["xs"].values, tf.float64).numpy().ravel().tolist() == [1e300, -5e-324,
+                                                                                           float("inf")]

@@ -45,3 +45,27 @@ def test_datapoints_and_deleted_ids_are_laid_out_as_one_batch_update(tmp_path):
     assert all(set(p) == {"id", "embedding", "restricts"} and len(p["embedding"]) == 2 for p in points)
     (delete_file,) = glob.glob(folder + "/delete/*")
     assert sorted(open(delete_file).read().split()) == ["old1", "old2"]
+
+
+def _ids(folder, pattern):
+    return sorted(line.rstrip("\n") for f in glob.glob(f"{folder}/{pattern}") for line in open(f, newline="\n"))
+
+
+def test_a_rerun_with_another_shard_count_or_no_deletions_leaves_only_its_own_files(tmp_path):
+    folder = str(tmp_path / "update")
+    with TestPipeline() as pipeline:
+        deleted = pipeline | "Deleted" >> beam.Create(["old1"])
+        _ = pipeline | beam.Create([_row(i) for i in range(5)]) | WriteVertex(folder, _COLUMNS, num_shards=3,
+                                                                               deleted=deleted)
+    with TestPipeline() as pipeline:
+        _ = pipeline | beam.Create([_row(i) for i in range(2)]) | WriteVertex(folder, _COLUMNS, num_shards=2)
+    assert [json.loads(line)["id"] for line in _ids(folder, "embeddings-*.json")] == ["d0", "d1"]
+    assert not glob.glob(folder + "/delete/*")
+
+
+def test_a_removed_id_with_a_line_break_is_never_listed_as_other_ids(tmp_path):
+    folder = str(tmp_path / "update")
+    with TestPipeline() as pipeline:
+        deleted = pipeline | "Deleted" >> beam.Create(["new\nline", "cr\rlf", "crlf\r\nx", "plain"])
+        _ = pipeline | beam.Create([_row(1)]) | WriteVertex(folder, _COLUMNS, deleted=deleted)
+    assert _ids(folder, "delete/*") == ["plain"]
