@@ -12,10 +12,14 @@ from runtime import DEFAULT_POOLING, DEFAULT_SEQ_LENGTH, MAX_SEQ_LENGTH, POOLING
 from runtime.chunking import CHUNKING_MODES, DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS
 from transforms.read import FORMATS
 
-__all__ = ["EmbeddingOptions", "UsageError", "DEFAULT_ENCODER", "DEFAULT_PREPROCESSOR", "split_patterns",
+__all__ = ["EmbeddingOptions", "UsageError", "LOCAL_RUNNERS",
+           "DEFAULT_ENCODER", "DEFAULT_PREPROCESSOR", "split_patterns",
            "parse_pair_fields", "parse_field_list", "POSTGRES_INDEXES",
            "options_parser", "check_argv"]
 
+# Runners that run in this process, on this machine: only these are waited for, and only they may be handed a
+# secret in their options (nothing of the job leaves the machine).
+LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PrismRunner")
 DEFAULT_ENCODER = "https://tfhub.dev/jeongukjae/distilbert_en_cased_L-6_H-768_A-12/1"
 DEFAULT_PREPROCESSOR = "https://tfhub.dev/jeongukjae/distilbert_en_cased_preprocess/2"
 

@@ -7,11 +7,12 @@ import logging
 import os
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from pipeline.options import (
     DEFAULT_ENCODER,
     DEFAULT_PREPROCESSOR,
+    LOCAL_RUNNERS,
     EmbeddingOptions,
     parse_field_list,
     parse_pair_fields,
@@ -129,6 +130,7 @@ def validate(options: PipelineOptions) -> Plan:
 
     opts = options.view_as(EmbeddingOptions)
     _check_required(opts)
+    _check_no_secret_in_job(opts, options.view_as(StandardOptions).runner)
     bigquery_table = _resolve_bigquery(options)
     _check_buckets(options, {
         "--input": split_patterns(opts.input), "--output_tfrecord": [opts.output_tfrecord],
@@ -163,6 +165,18 @@ def _check_required(opts: EmbeddingOptions) -> None:
         what = "--output_bigquery is the only output" if not any(others) else "there is no --output_tfrecord"
         raise ValueError(f"--output_failed is required when {what}: a prefix for "
                          "the records that could not be embedded, such as gs://bucket/failed/part.")
+
+
+def _check_no_secret_in_job(opts: EmbeddingOptions, runner: str | None) -> None:
+    """A job sent elsewhere carries its options and its pickled functions: a password in --output_postgres would
+    travel in both (Dataflow shows options in its console and keeps the pickles in the staging bucket)."""
+    from transforms.postgres import has_password, mask
+
+    if opts.output_postgres and runner not in LOCAL_RUNNERS and has_password(opts.output_postgres):
+        raise ValueError(f"--output_postgres {mask(opts.output_postgres)} holds a password, which would travel in "
+                         f"the {runner} job's options and code: leave it out and let the workers' libpq find it "
+                         "(PGPASSFILE or PGPASSWORD in the worker image, see templates/README.md), or use IAM "
+                         "database authentication.")
 
 
 def _plan_inputs(opts: EmbeddingOptions) -> InputPlan:

@@ -19,14 +19,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
-from pipeline.options import UsageError, check_argv, options_parser
+from pipeline.options import LOCAL_RUNNERS, UsageError, check_argv, options_parser
 from pipeline.plan import Plan, validate
 from transforms import records as records_lib
 
 __all__ = ["build", "remove_partial_files", "counters", "summarize", "prepare", "launch", "run", "help_parser", "main",
            "exit_process"]
 
-_LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PrismRunner")
 _NOISY_LOGGERS = ("apache_beam", "absl", "tensorflow", "google", "urllib3", "h5py")
 
 
@@ -301,7 +300,7 @@ def launch(options: PipelineOptions, plan: Plan) -> beam.runners.runner.Pipeline
     pipeline = beam.Pipeline(options=options)
     build(pipeline, plan)
     result = pipeline.run()
-    if options.view_as(StandardOptions).runner in _LOCAL_RUNNERS:
+    if options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
         result.wait_until_finish()
     return result
 
@@ -427,7 +426,7 @@ def main(argv=None) -> int:
     try:
         options, plan = prepare(argv)
         result = launch(options, plan)
-        if options.view_as(StandardOptions).runner in _LOCAL_RUNNERS:
+        if options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
             print(summarize(counters(result), plan))
     except UsageError as err:
         print(f"error: {err} (see python -m pipeline.run --help)", file=sys.stderr)

@@ -20,7 +20,7 @@ import apache_beam as beam
 
 from transforms.records import Column, counter
 
-__all__ = ["PG_TYPES", "mask", "column_type", "parse_table_name", "prepare_table", "WritePostgres",
+__all__ = ["PG_TYPES", "mask", "has_password", "column_type", "parse_table_name", "prepare_table", "WritePostgres",
            "connect", "DEFAULT_BATCH_ROWS"]
 
 # records' column types -> PostgreSQL's; "vector" becomes vector(DIM).
@@ -33,31 +33,66 @@ _CONNECT_SECONDS = 15
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
 
-def mask(uri: str) -> str:
-    """The URI with its password, if any, replaced by ***: the only form of it that reaches a message or a log."""
+def mask(conninfo: str) -> str:
+    """The connection string with its password, if any, replaced by ***: the only form of it that reaches a
+    message or a log. Read with psycopg's own parser, so a URI (user:PASSWORD@, ?password=) and a keyword/value
+    string (password=... or password='...') are both understood; one it cannot parse is not shown at all."""
+    password = _password(conninfo)
+    if password is _UNPARSEABLE:
+        return "<a connection string that psycopg cannot parse>"
+    if not password:
+        return conninfo
+    masked = _mask_uri(conninfo) if conninfo.startswith(_URI_SCHEMES) else _mask_keywords(conninfo)
+    if password in masked or _password(masked) not in ("***", None):  # Never show what the rebuild missed.
+        return "<a connection string with a password>"
+    return masked
+
+
+_URI_SCHEMES = ("postgresql://", "postgres://")
+_UNPARSEABLE = object()
+
+
+def _password(conninfo: str):
+    """The password a connection string holds (None: none), or _UNPARSEABLE."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
-        parts = urllib.parse.urlsplit(uri)
-    except ValueError:
-        return "<unparseable URI>"
-    if parts.password is None and "password=" not in (parts.query or ""):
-        return uri
+        return conninfo_to_dict(conninfo).get("password")
+    except ProgrammingError:
+        return _UNPARSEABLE
+
+
+def _mask_uri(uri: str) -> str:
+    parts = urllib.parse.urlsplit(uri)
     netloc = parts.netloc
     if parts.password is not None:
         user_info, host = netloc.rsplit("@", 1)
         netloc = f"{user_info.split(':', 1)[0]}:***@{host}"
     query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query or "")
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # Built by hand: urlunsplit drops the "//" of a URI with an empty host (postgresql:///db?host=/socket).
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "") + (
+        f"#{parts.fragment}" if parts.fragment else "")
+
+
+def _mask_keywords(conninfo: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    return make_conninfo(**{**conninfo_to_dict(conninfo), "password": "***"})
+
+
+def has_password(conninfo: str) -> bool:
+    """Whether the connection string holds a password (which a job's options must never carry)."""
+    password = _password(conninfo)
+    return password is not _UNPARSEABLE and bool(password)
 
 
 def _scrub(text: str, uri: str) -> str:
-    """An error's text without the URI's password (libpq messages do not quote it; belt and braces)."""
-    password = None
-    try:
-        password = urllib.parse.urlsplit(uri).password
-    except ValueError:
-        pass
+    """An error's text without the connection string's password (libpq messages do not quote it; belt and
+    braces)."""
+    password = _password(uri)
     text = " ".join(str(text).split())
-    return text.replace(password, "***") if password else text
+    return text.replace(password, "***") if password and password is not _UNPARSEABLE else text
 
 
 def column_type(column: Column, dimension: int) -> str:

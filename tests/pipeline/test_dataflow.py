@@ -193,3 +193,23 @@ def test_gpu_memory_growth_is_set_for_every_visible_gpu(monkeypatch):
     monkeypatch.setattr(tf.config.experimental, "set_memory_growth", set_memory_growth)
     runtime.allow_gpu_memory_growth()  # An already-initialised GPU is left as it is, not an error.
     assert calls == [("/physical_device:GPU:0", True), ("/physical_device:GPU:1", True)]
+
+
+def test_a_postgres_password_never_travels_in_a_dataflow_job(tmp_path, tiny_model_dir, postgres_uri, monkeypatch,
+                                                             capsys, one_error_line):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"id": "a", "text": "the cat sat"}\n')
+    common = [f"--input={corpus}", f"--model_dir={tiny_model_dir}", "--postgres_table=emb_dataflow"]
+    socket = postgres_uri.split("host=", 1)[1]
+    for conninfo in (f"postgresql://postgres:hunter2@/postgres?host={socket}",
+                     f"host={socket} user=postgres password='hunter 2' dbname=postgres"):
+        assert run_lib.main(dataflow_args(*common, f"--output_postgres={conninfo}")) == 2
+        line = one_error_line(capsys.readouterr().err.strip().splitlines(), "--output_postgres",
+                              "holds a password", "PGPASSFILE")
+        assert "hunter" not in line
+    # The workers' libpq finds the password itself (here the launcher's PGPASSWORD, which the server ignores).
+    monkeypatch.setenv("PGPASSWORD", "canary-hunter2")
+    result = run_lib.run(dataflow_args(*common, f"--output_postgres=postgresql://postgres@/postgres?host={socket}"))
+    job, environment = job_of(result)
+    assert b"canary-hunter2" not in job.proto_pipeline.SerializeToString()
+    assert "canary-hunter2" not in json.dumps(environment.sdk_pipeline_options, default=str)

@@ -89,7 +89,10 @@ def test_every_sink_gets_the_same_ids_vectors_and_typed_fields_and_an_incrementa
              "lang": "it"}), "e": (synthetic_text(9), {"lang": "en", "year": 2009, "tags": [], "score": 3.5})}
     run2 = _run(tmp_path, _corpus(tmp_path / "c2.jsonl", docs2), tiny_model_dir, table, postgres_uri, "r2")
     points2, deleted2 = _vertex(run2)
-    assert sorted(points2) == ["b", "e"] and deleted2 == ["c"]
+    # d's text is unchanged, but its restricts are not: the update carries it with its new lang.
+    assert sorted(points2) == ["b", "d", "e"] and deleted2 == ["c"]
+    assert points2["d"]["restricts"][0] == {"namespace": "lang", "allow": ["it"]}
+    np.testing.assert_allclose(points2["d"]["embedding"], points["d"]["embedding"])
     parquet2, table_rows2 = _parquet(run2), _postgres(postgres_uri, table)
     assert sorted(parquet2) == sorted(table_rows2) == sorted(read_embeddings(f"{run2}/emb")) == ["a", "b", "d", "e"]
     assert parquet2["d"]["lang"] == table_rows2["d"]["lang"] == "it"
@@ -190,3 +193,45 @@ def test_a_run_killed_midway_and_rerun_leaves_every_sink_complete_without_duplic
     rows = _postgres(postgres_uri, table)
     assert sorted(tfrecord) == sorted(parquet) == sorted(points) == sorted(rows) == sorted(docs) and not deleted
     assert not [path for path in run.rglob("*") if "beam-temp" in str(path) or ".runs-" in str(path)]
+
+
+HOSTILE = {"new\nline": "a line break in the id", "cr\r": "a carriage return", "crlf\r\nx": "both",
+           "nul\u0000": "a NUL in the id", "x" * 9000: "a long id", "nul-field": "a NUL in a kept string",
+           "nan": "NaN in a numeric restrict", "inf": "Infinity in a numeric restrict",
+           "huge": "an integer beyond 64 bits", 'quote"\'': "quotes in the id", "tenth": "0.1 and 1e300"}
+
+
+def test_a_corpus_of_hostile_values_runs_to_the_end_with_each_record_in_every_sink_or_dead_lettered(
+        tmp_path, tiny_model_dir, postgres_uri, read_embeddings, synthetic_text):
+    lines = []
+    for i, record_id in enumerate(HOSTILE):
+        fields = {"lang": "en", "year": 2000 + i, "score": 0.1, "big": 1e300}
+        fields.update({"nul-field": {"lang": "e\u0000n"}, "huge": {"year": 2**70}}.get(record_id, {}))
+        line = json.dumps({"id": record_id, "text": synthetic_text(i), **fields})
+        lines.append(line.replace('"score": 0.1', '"score": NaN') if record_id == "nan"
+                     else line.replace('"score": 0.1', '"score": Infinity') if record_id == "inf" else line)
+    corpus = tmp_path / "hostile.jsonl"
+    corpus.write_text("\n".join(lines) + "\n")
+    table = f"emb_{uuid.uuid4().hex[:8]}"
+    root = tmp_path / "out"
+    argv = ["--runner=FnApiRunner", f"--input={corpus}", f"--model_dir={tiny_model_dir}", "--seq_length=32",
+            f"--output_tfrecord={root}/emb", "--keep_fields=lang,year,score,big",
+            f"--output_parquet={root}/parquet/emb", f"--output_vertex={root}/vertex",
+            "--vertex_numeric_restricts=score",
+            f"--output_postgres={postgres_uri}", f"--postgres_table={table}", "--max_failed_fraction=0.9"]
+    assert run_lib.main(argv) == 0
+
+    dead = [json.loads(line) for f in glob.glob(f"{root}/emb-failed-*.jsonl") for line in open(f)]
+    assert {entry["reason"] for entry in dead} == {"unstorable_value"}
+    assert sorted(entry["record"] for entry in dead) == sorted(
+        line[:1000] for line in lines if json.loads(line)["id"] in {"new\nline", "cr\r", "crlf\r\nx", "nul\u0000",
+                                                                     "x" * 9000, "nul-field", "nan", "inf"})
+    stored = {"huge", 'quote"\'', "tenth"}
+    tfrecord, parquet, (points, deleted) = read_embeddings(f"{root}/emb"), _parquet(root), _vertex(root)
+    with psycopg.connect(postgres_uri) as connection:
+        rows = dict(connection.execute(f"SELECT id, score FROM {table}").fetchall())
+    assert set(tfrecord) == set(parquet) == set(points) == set(rows) == stored and not deleted
+    assert parquet["huge"]["year"] is None and parquet["tenth"]["score"] == 0.1 and parquet["tenth"]["big"] == 1e300
+    example = parse_example(tfrecord["tenth"]["serialized"])
+    assert [float(np.frombuffer(value, "<f8")[0]) for value in example["big"]] == [1e300]
+    assert rows["tenth"] == 0.1

@@ -139,3 +139,24 @@ def test_mask_hides_passwords_in_the_user_info_and_the_query():
     assert postgres.mask("postgresql://db/x?sslmode=require&password=secret") == \
         "postgresql://db/x?sslmode=require&password=***"
     assert postgres.mask("postgresql://bob@db/x") == "postgresql://bob@db/x"
+
+
+@pytest.mark.parametrize("conninfo,shown", [
+    ("host=db user=bob password=s3cret dbname=x", "host=db user=bob password=*** dbname=x"),
+    ("host=db password='se cret' dbname=x", "host=db password=*** dbname=x"),
+    ("postgresql:///postgres?host=/tmp/sock&password=s3cret", "postgresql:///postgres?host=/tmp/sock&password=***"),
+    ("postgres://bob:s3cret@/postgres?host=/tmp/sock", "postgres://bob:***@/postgres?host=/tmp/sock"),
+])
+def test_mask_reads_every_conninfo_form_with_psycopgs_parser(conninfo, shown):
+    from psycopg.conninfo import conninfo_to_dict
+
+    masked = postgres.mask(conninfo)
+    assert "s3cret" not in masked and "se cret" not in masked
+    assert conninfo_to_dict(masked) == conninfo_to_dict(shown) == {**conninfo_to_dict(conninfo), "password": "***"}
+    assert postgres.has_password(conninfo) and not postgres.has_password("host=db dbname=x")
+
+
+def test_a_keyword_conninfo_password_never_reaches_the_error_line(tmp_path):
+    with pytest.raises(ValueError, match="cannot connect") as err:
+        postgres.prepare_table(f"host={tmp_path} user=u password=hunter2 dbname=db", _table(), _COLUMNS, 3)
+    assert "hunter2" not in str(err.value) and "password=***" in str(err.value)
