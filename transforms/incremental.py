@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import re
 from typing import NamedTuple
 
@@ -145,11 +146,21 @@ def previous_files(prefix: str) -> list[str]:
         if missing:
             raise ValueError(f"--previous_output {prefix}: its manifest {manifest} names files that are gone: "
                              f"{', '.join(missing[:3])}. Point it at another run.")
-        return files
+        return _no_links(files, prefix)
     files = sorted(metadata.path for metadata in _match(prefix + _SHARD_GLOB, prefix))
     if not files:
         raise ValueError(f"--previous_output {prefix} matches no embeddings ({prefix}{_SHARD_GLOB}) and has no "
                          f"manifest; pass the --output_tfrecord prefix of an earlier run.")
+    return _no_links(files, prefix)
+
+
+def _no_links(files: list[str], prefix: str) -> list[str]:
+    """`files`, unless a local one is a symbolic link: a run writes plain files, and a link named like a shard
+    would carry another run's (or any file's) records into this one."""
+    links = [path for path in files if "://" not in path and os.path.islink(path)]
+    if links:
+        raise ValueError(f"--previous_output {prefix}: {links[0]} is a symbolic link, not a shard this pipeline "
+                         "wrote; a run's shards are read only as plain files. Point it at another run.")
     return files
 
 

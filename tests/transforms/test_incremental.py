@@ -206,3 +206,15 @@ def test_incremental_mistakes_get_one_clear_line(extra, message, tmp_path, tiny_
     argv = argv + [arg.format(out=out, root=tmp_path) for arg in extra]
     assert run_lib.main(argv) == 2
     one_error_line(capsys.readouterr().err.strip().splitlines(), message)
+
+
+@pytest.mark.parametrize("manifest", [True, False])
+def test_a_symbolic_link_named_like_a_shard_is_refused(manifest, tmp_path):
+    other = _touch_run(tmp_path, "b")
+    prefix = _touch_run(tmp_path, "a", manifest=manifest, shards=("part-00000-of-00002.tfrecord",))
+    (tmp_path / "run=a" / "part-00001-of-00002.tfrecord").symlink_to(other + "-00000-of-00001.tfrecord")
+    if manifest:
+        (tmp_path / "run=a" / ("part" + incremental.MANIFEST_SUFFIX)).write_text(json.dumps(
+            {"run_id": "a", "model": "m", "files": ["part-00000-of-00002.tfrecord", "part-00001-of-00002.tfrecord"]}))
+    with pytest.raises(ValueError, match="--previous_output .*part-00001-of-00002.tfrecord is a symbolic link"):
+        incremental.previous_files(prefix)
