@@ -307,7 +307,7 @@ def _add_sink_arguments(parser) -> None:
     group.add_argument("--output_parquet", default=None,
                        help="Output prefix, local or gs://: writes PREFIX-SSSSS-of-NNNNN.parquet files with id, "
                        "embedding (fixed-size list of float32), model, content_hash and the --keep_fields; "
-                       "readable by pandas, DuckDB, BigQuery external tables and Milvus bulk import. With "
+                       "readable by pandas, DuckDB and BigQuery external tables. With "
                        "--previous_output it holds the complete set. {run_id} is replaced as in --output_tfrecord.")
     group.add_argument("--output_vertex", default=None,
                        help="Output folder, local or gs://: a Vertex AI Vector Search batch update, JSON lines "
@@ -325,8 +325,9 @@ def _add_sink_arguments(parser) -> None:
     group.add_argument("--output_postgres", default=None,
                        help="PostgreSQL URI (postgresql://USER@HOST:PORT/DB; AlloyDB and Cloud SQL for PostgreSQL "
                        "alike) of a database with the pgvector extension available: rows are upserted by id into "
-                       "--postgres_table. The password comes from the URI or the standard PG* environment "
-                       "variables (PGPASSWORD, PGPASSFILE) and is never logged.")
+                       "--postgres_table. The password comes from the URI (local runs only: a job sent to Dataflow "
+                       "would carry it) or libpq's own PGPASSWORD or PGPASSFILE, and is never logged. Records whose "
+                       "id or kept text PostgreSQL cannot hold (a NUL, an id over 2,000 bytes) are dead letters.")
     group.add_argument("--postgres_table", default=None,
                        help="Table for --output_postgres, optionally SCHEMA.TABLE: created when missing (id primary "
                        "key, embedding vector(DIM), model, content_hash, the --keep_fields typed), checked before "

@@ -47,8 +47,8 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
                              text_field=inputs.text_field, pair_fields=inputs.pair_fields,
                              keep_fields=plan.sinks.keep_fields, limits=plan.sinks.limits)
     parsed, read_failures = pipeline | "ReadCorpus" >> reader
-    records, duplicates = parsed | "DropDuplicateIds" >> dedupe.DropDuplicateIds(reader.records_again(),
-                                                                                 inputs.estimated_records)
+    records, duplicates = parsed | "DropDuplicateIds" >> dedupe.DropDuplicateIds(
+        reader.records_again(), inputs.estimated_records, raw_of=reader.raw_records())
     selected, previous = _select_changed(pipeline, plan, records) if incremental.previous_output else (None, None)
     to_embed = selected.to_embed if selected else records
     keyed_texts = to_embed | "KeyByRecord" >> beam.Map(_key_by_record)

@@ -12,6 +12,7 @@ result is that of grouping everything. Beam has no approximate-membership combin
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -172,10 +173,12 @@ def _verdict(element) -> list[tuple[str, _Verdict]]:
 
 
 class _KeepOneFn(beam.DoFn):
-    """Record -> the record unless another copy of its id is kept; then a tagged Failure naming the kept copy."""
+    """Record -> the record unless another copy of its id is kept; then a tagged Failure naming the kept copy,
+    holding the copy's raw line (`raw_of(source, position)`)."""
 
-    def __init__(self):
+    def __init__(self, raw_of=None):
         self._duplicates = counter(FAILED_PREFIX + DUPLICATE_REASON)
+        self._raw_of = raw_of
 
     def process(self, record, verdicts):
         verdict = verdicts.get(record.id)
@@ -188,7 +191,18 @@ class _KeepOneFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(FAILED_TAG, make_failure(
             record.source, DUPLICATE_REASON,
             f"id {record.id!r} appears {verdict.copies} times; kept the copy from {kept.source} "
-            f"(content_hash {kept.content_hash[:16]}); this one has {same}", record_text(record.id, record.texts)))
+            f"(content_hash {kept.content_hash[:16]}); this one has {same}", self._raw(record)))
+
+    def _raw(self, record) -> str:
+        """The copy's raw line; its id and texts as JSON only when its file no longer holds it (or for records
+        that came from no file, in tests)."""
+        if self._raw_of is not None:
+            try:
+                return self._raw_of(record.source, record.position)
+            except (OSError, ValueError) as err:
+                logging.warning("Cannot read the raw line of a duplicate of %r again (%s); its dead letter holds "
+                                "its id and texts.", record.id[:200], err)
+        return record_text(record.id, record.texts)
 
 
 class DropDuplicateIds(beam.PTransform):
@@ -197,15 +211,17 @@ class DropDuplicateIds(beam.PTransform):
     `read_again` reads the same records once more from the pipeline's start (`ReadCorpus.records_again()`; a
     `beam.Create` of the same records in tests); it is applied twice, so that no record waits in memory for the
     verdict on its id (see the module's docstring). `expected_records` sizes the filter (`filter_bits`).
+    `raw_of` (`ReadCorpus.raw_records()`) reads a dropped copy's raw line again for its dead letter: copies are
+    rare, and holding every record's raw line until the verdict would double what the run holds.
 
     Which copy is kept does not depend on the runner or the order records arrive in: the first by source path,
     then content hash, then position in the file. Every sink then holds one row per id, as a BigQuery MERGE keyed
     by id requires.
     """
 
-    def __init__(self, read_again: beam.PTransform, expected_records: int | None = None):
+    def __init__(self, read_again: beam.PTransform, expected_records: int | None = None, raw_of=None):
         super().__init__()
-        self._read_again = read_again
+        self._read_again, self._raw_of = read_again, raw_of
         self._bits = filter_bits(expected_records)
 
     def expand(self, records):
@@ -221,6 +237,7 @@ class DropDuplicateIds(beam.PTransform):
                     | "KeyById" >> beam.Map(lambda record: (record.id, _copy(record)))
                     | "GroupById" >> beam.GroupByKey()
                     | "Verdicts" >> beam.FlatMap(_verdict))
-        outputs = records | "KeepOne" >> beam.ParDo(_KeepOneFn(), beam.pvalue.AsDict(verdicts)).with_outputs(
+        keep_one = _KeepOneFn(self._raw_of)
+        outputs = records | "KeepOne" >> beam.ParDo(keep_one, beam.pvalue.AsDict(verdicts)).with_outputs(
             FAILED_TAG, main=RECORDS_TAG)
         return outputs[RECORDS_TAG], outputs[FAILED_TAG]

@@ -1,7 +1,7 @@
 """Parquet: output rows as sharded Parquet files (Beam's parquetio, pyarrow) with an explicit schema.
 
 The schema is made from the run's columns (records.output_columns): `embedding` is a fixed-size list of float32
-of the model's dimension, which pandas, DuckDB (FLOAT[DIM]), BigQuery external tables and Milvus bulk import read
+of the model's dimension, which pandas, DuckDB (FLOAT[DIM]) and BigQuery external tables read
 as they are; kept fields keep their types (`json` ones are JSON text).
 """
 

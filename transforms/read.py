@@ -3,6 +3,7 @@
 import base64
 import csv
 import functools
+import itertools
 import json
 import os
 import typing
@@ -39,6 +40,7 @@ __all__ = [
     "check_inputs_exist",
     "example_field_value",
     "infer_format",
+    "raw_record",
     "read_file_records",
 ]
 
@@ -264,6 +266,11 @@ class ReadCorpus(beam.PTransform):
         again._shared = self._shared
         return _RecordsOnly(again)
 
+    def raw_records(self):
+        """A picklable function (source, position) -> the raw record there as a dead letter shows it (raw_record):
+        for the Failures of records already read, duplicate ids (transforms.dedupe)."""
+        return functools.partial(raw_record, input_format=self._input_format)
+
     def expand(self, pbegin):
         files = self._shared["files"]
         if files is None or files.pipeline is not pbegin.pipeline:
@@ -361,6 +368,33 @@ class _RecordsOnly(beam.PTransform):
 
     def expand(self, pbegin):
         return (pbegin | "Read" >> self._read)[RECORDS_TAG]
+
+
+def raw_record(source: str, position: int, input_format: str) -> str:
+    """The record at `position` of `source` (Record.position) as its dead letter shows it: the line as text,
+    undecodable bytes as backslash escapes, a TFRecord as base64.
+
+    A plain text file seeks to the byte offset; a compressed one or a TFRecord file is read up to the record.
+
+    Raises:
+        ValueError: when the file no longer holds a record there.
+    """
+    if input_format == "tfrecord":
+        size = None if framing.is_compressed(source) else FileSystems.match([source])[0].metadata_list[0].size_in_bytes
+        with framing.open_file(source) as handle:
+            item = next(itertools.islice(framing.read_tfrecords(handle, source, size), position, None), None)
+        if isinstance(item, bytes):
+            return base64.b64encode(item).decode("ascii")
+    else:
+        with framing.open_file(source) as handle:
+            if framing.is_compressed(source):
+                item = next(itertools.islice(framing.read_lines(handle, source), position, None), None)
+            else:
+                handle.seek(position)
+                item = next(framing.read_lines(handle, source), None)
+        if isinstance(item, bytes):
+            return item.decode("utf-8", errors="backslashreplace")
+    raise ValueError(f"{source} holds no record at {position} any more")
 
 
 def read_file_records(

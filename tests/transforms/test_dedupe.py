@@ -1,5 +1,7 @@
 """Duplicate ids: one copy is embedded, the same one whatever the order; the others are named dead letters."""
 
+import gzip
+
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -83,10 +85,29 @@ def test_identical_copies_in_one_file_keep_the_first_and_name_the_others(tmp_pat
     pipeline = beam.Pipeline(runner="FnApiRunner", options=PipelineOptions([]))
     reader = ReadCorpus([str(corpus)], "jsonl")
     records, _ = pipeline | reader
-    kept, failures = records | dedupe.DropDuplicateIds(reader.records_again())
+    kept, failures = records | dedupe.DropDuplicateIds(reader.records_again(), raw_of=reader.raw_records())
     assert_that(kept | beam.Map(lambda r: (r.id, r.position)), equal_to([("a", 0), ("b", len(same))]), label="Kept")
-    assert_that(failures | beam.Map(lambda f: (f.reason, "appears 3 times" in f.detail, "the same texts" in f.detail)),
-                equal_to([("duplicate_id", True, True)] * 2), label="Failures")
+    assert_that(failures | beam.Map(lambda f: (f.reason, "appears 3 times" in f.detail, "the same texts" in f.detail,
+                                               f.record)),
+                equal_to([("duplicate_id", True, True, same.rstrip("\n"))] * 2), label="Failures")
+    pipeline.run().wait_until_finish()
+
+
+@pytest.mark.parametrize("name,write", [
+    ("c.jsonl", lambda path, lines: path.write_bytes(b"".join(lines))),
+    ("c.jsonl.gz", lambda path, lines: path.write_bytes(gzip.compress(b"".join(lines)))),
+])
+def test_a_dropped_copys_dead_letter_is_its_raw_line(name, write, tmp_path):
+    from transforms.read import ReadCorpus
+
+    lines = [b'{"id": "a", "text": "the cat"}\r\n', '{"text": "the cat",  "id":"a", "é": 1}\r\n'.encode(),
+             b'{"id": "b", "text": "x"}\n']
+    write(tmp_path / name, lines)
+    pipeline = beam.Pipeline(runner="FnApiRunner", options=PipelineOptions([]))
+    reader = ReadCorpus([str(tmp_path / name)], "jsonl")
+    records, _ = pipeline | reader
+    _, failures = records | dedupe.DropDuplicateIds(reader.records_again(), raw_of=reader.raw_records())
+    assert_that(failures | beam.Map(lambda f: f.record), equal_to(['{"text": "the cat",  "id":"a", "é": 1}']))
     pipeline.run().wait_until_finish()
 
 
