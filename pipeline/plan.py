@@ -20,7 +20,7 @@ from pipeline.options import (
 )
 from runtime.chunking import ChunkSettings
 
-__all__ = ["InputPlan", "ModelPlan", "OutputPlan", "IncrementalPlan", "SinkPlan", "Plan", "validate"]
+__all__ = ["InputPlan", "ModelPlan", "OutputPlan", "IncrementalPlan", "SinkPlan", "Plan", "check_flags", "validate"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,9 +128,8 @@ def validate(options: PipelineOptions) -> Plan:
     """Checks the options before anything runs; user mistakes raise ValueError naming the flag."""
     from transforms import bigquery
 
+    check_flags(options)
     opts = options.view_as(EmbeddingOptions)
-    _check_required(opts)
-    _check_no_secret_in_job(opts, options.view_as(StandardOptions).runner)
     bigquery_table = _resolve_bigquery(options)
     _check_buckets(options, {
         "--input": split_patterns(opts.input), "--output_tfrecord": [opts.output_tfrecord],
@@ -151,6 +150,14 @@ def validate(options: PipelineOptions) -> Plan:
     return Plan(inputs=inputs, model=model, outputs=outputs, incremental=incremental,
                 max_failed_fraction=opts.max_failed_fraction, max_deleted_fraction=opts.max_deleted_fraction,
                 sinks=sinks)
+
+
+def check_flags(options: PipelineOptions) -> None:
+    """The checks that need nothing but the flags (required outputs, secrets); ValueError naming the flag. Cheap:
+    the command line runs them before it imports TensorFlow."""
+    opts = options.view_as(EmbeddingOptions)
+    _check_required(opts)
+    _check_no_secret_in_job(opts, options.view_as(StandardOptions).runner)
 
 
 def _check_required(opts: EmbeddingOptions) -> None:

@@ -412,6 +412,28 @@ def _save_traceback() -> str:
     return log.name
 
 
+def _check_flags(argv: list[str]) -> None:
+    """The checks that need only the command line (unknown flags, bad values, required flags); UsageError."""
+    from pipeline.plan import check_flags
+
+    check_argv(argv)
+    try:
+        check_flags(PipelineOptions(argv))
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
+def _is_interrupt(err: BaseException) -> bool:
+    """Whether a run's failure is a KeyboardInterrupt, raised here or in a runner's worker thread or process."""
+    return isinstance(_root_cause(err), KeyboardInterrupt) or "KeyboardInterrupt" in str(err)
+
+
+def _interrupted() -> int:
+    print("interrupted: nothing was committed (no manifest, no MERGE); rerun the same command to start again.",
+          file=sys.stderr)
+    return 130
+
+
 def main(argv=None) -> int:
     """The command line: exit 0 done, 1 failed run, 2 usage error, 130 interrupted (see --help)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -421,9 +443,10 @@ def main(argv=None) -> int:
     if not argv or "-h" in argv or "--help" in argv:
         help_parser().print_help()
         return 0
-    if not verbose:
-        _import_tensorflow_quietly()
     try:
+        _check_flags(argv)  # Before TensorFlow's import: a mistyped flag costs no more than --help.
+        if not verbose:
+            _import_tensorflow_quietly()
         options, plan = prepare(argv)
         result = launch(options, plan)
         if options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
@@ -432,10 +455,10 @@ def main(argv=None) -> int:
         print(f"error: {err} (see python -m pipeline.run --help)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: nothing was committed (no manifest, no MERGE); rerun the same command to start again.",
-              file=sys.stderr)
-        return 130
+        return _interrupted()
     except Exception as err:  # noqa: BLE001  Every failure of a run becomes one line; the traceback is kept.
+        if _is_interrupt(err):  # Ctrl-C inside a Beam stage reaches us wrapped in the runner's own error.
+            return _interrupted()
         if verbose:
             import traceback
 

@@ -192,7 +192,7 @@ def test_runtime_failures_and_interrupts_are_one_line(tmp_path, monkeypatch, cap
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run_lib, "prepare", interrupted)
-    code, lines = _main(capsys, "--input=x")
+    code, lines = _main(capsys, "--input=x", "--output_tfrecord=out/x")
     assert code == 130 and len(lines) == 1 and lines[0].startswith("interrupted")
 
     def unreachable(argv):
@@ -204,7 +204,7 @@ def test_runtime_failures_and_interrupts_are_one_line(tmp_path, monkeypatch, cap
             raise RuntimeError("Pipeline failed in a worker") from urllib.error.URLError(err)
 
     monkeypatch.setattr(run_lib, "prepare", unreachable)
-    code, lines = _main(capsys, "--input=x")
+    code, lines = _main(capsys, "--input=x", "--output_tfrecord=out/x")
     assert code == 1
     line = one_error_line(lines, "network error", "--model_dir", "traceback in ")
     log = line.rsplit("traceback in ", 1)[1].rstrip(")")
@@ -218,7 +218,7 @@ def test_missing_credentials_are_one_line_with_what_to_do(monkeypatch, capsys, o
         raise DefaultCredentialsError("Your default credentials were not found.")
 
     monkeypatch.setattr(run_lib, "prepare", no_credentials)
-    code, lines = _main(capsys, "--input=x")
+    code, lines = _main(capsys, "--input=x", "--output_tfrecord=out/x")
     assert code == 1
     one_error_line(lines, "no Google Cloud credentials", "gcloud auth application-default login")
 
@@ -297,3 +297,42 @@ def test_a_checkpoint_with_modules_the_export_cannot_reproduce_records_no_poolin
         {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]))
     assert convert.read_sentence_config(str(tmp_path)) is None
     assert "2_Dense (Dense)" in caplog.text and "pass --pooling" in caplog.text
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--input=c.jsonl", "--normalise", "--output_tfrecord=out/e"], "did you mean --normalize"),
+    (["--input=c.jsonl", "--pooling=maxx", "--output_tfrecord=out/e"], "--pooling"),
+    (["--input=c.jsonl"], "--output_tfrecord or --output_bigquery is required"),
+])
+def test_a_usage_error_is_reported_before_tensorflow_is_imported(argv, fragment):
+    import subprocess
+    import sys
+
+    probe = ("import sys; from pipeline import run; code = run.main(sys.argv[1:]); "
+             "print(code, 'tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2", "False"], done
+    assert fragment in done.stderr
+
+
+def test_ctrl_c_during_inference_exits_130_with_one_line(tmp_path, tiny_model_dir, synthetic_text):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": synthetic_text(i)}) + "\n" for i in range(20_000)))
+    argv = [f"--input={corpus}", f"--model_dir={tiny_model_dir}", "--batch_size=8", "--seq_length=16",
+            f"--output_tfrecord={tmp_path}/out/emb"]
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.run", *argv], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    seen = [process.stderr.readline()]  # The settings line: the pipeline is being built and run.
+    time.sleep(12)  # Into the run: 20,000 records in batches of 8 take minutes on the tiny model.
+    assert process.poll() is None, seen
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=120)
+    lines = [line for line in (rest or "").strip().splitlines() if line.strip()]
+    assert process.returncode == 130, (seen, lines)
+    assert lines[-1].startswith("interrupted: nothing was committed") and "Traceback" not in rest
+    assert not (tmp_path / "out" / "emb-manifest.json").exists()
