@@ -149,7 +149,7 @@ def _write_typed(embeddings, plan: Plan, verdict, selected, previous) -> None:
     if sinks.postgres:
         _ = complete | "WritePostgres" >> postgres.WritePostgres(
             sinks.postgres, sinks.postgres_table, sinks.columns, verdict=verdict, deleted=deleted,
-            index=sinks.postgres_index)
+            index=sinks.postgres_index, run_id=plan.incremental.run_id)
 
 
 def _removed_ids(previous, complete):

@@ -1,5 +1,6 @@
 """PostgreSQL with pgvector (AlloyDB and Cloud SQL for PostgreSQL alike): the table checked before the run, rows
-upserted by id in bundle-sized transactions, removed ids deleted, an optional vector index built after loading.
+staged by id in bundle-sized transactions and merged with the deletions in one transaction after them, an optional
+vector index built after loading.
 
 Written in Python with psycopg rather than with Beam's `apache_beam.ml.rag.ingestion` writers: those reach
 PostgreSQL through a Java JDBC expansion service, which needs a JVM that a Python worker image does not have
@@ -12,6 +13,7 @@ The URI's password (or PGPASSWORD's) is never logged: every message shows the UR
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import urllib.parse
@@ -21,7 +23,7 @@ import apache_beam as beam
 from transforms.records import Column, counter
 
 __all__ = ["PG_TYPES", "mask", "has_password", "column_type", "parse_table_name", "prepare_table", "WritePostgres",
-           "connect", "DEFAULT_BATCH_ROWS"]
+           "connect", "stage_table", "DEFAULT_BATCH_ROWS"]
 
 # records' column types -> PostgreSQL's; "vector" becomes vector(DIM).
 PG_TYPES = {"string": "text", "int64": "bigint", "float64": "double precision", "bool": "boolean", "json": "jsonb",
@@ -251,7 +253,7 @@ class _UpsertFn(_BatchedFn):
     def __init__(self, uri: str, table: str, columns: tuple[Column, ...], batch_rows: int):
         super().__init__(uri, table, batch_rows)
         self._columns = tuple(columns)
-        self._upserted = counter("postgres_rows_upserted")
+        self._upserted = counter("postgres_rows_staged")
 
     def _write(self, batch: list) -> None:
         from psycopg import sql
@@ -277,21 +279,51 @@ class _UpsertFn(_BatchedFn):
         self._upserted.inc(len(rows))
 
 
-class _DeleteFn(_BatchedFn):
-    """Deletes ids in batches, one statement and transaction each; deleting an id twice is harmless."""
+def stage_table(table: str, token: str) -> str:
+    """The table a run stages its rows in before one transaction merges them into `table`: SCHEMA.T__stage_HEX
+    (HEX from the run id `token`), short enough for PostgreSQL's 63-byte names."""
+    parts = parse_table_name(table)
+    digest = hashlib.sha256(token.encode("utf-8")).hexdigest()[:12]
+    return ".".join((*parts[:-1], f"{parts[-1][:40]}__stage_{digest}"))
 
-    def __init__(self, uri: str, table: str, batch_rows: int):
-        super().__init__(uri, table, batch_rows)
-        self._deleted = counter("postgres_rows_deleted")
 
-    def _write(self, batch: list) -> None:
-        from psycopg import sql
+def _prepare_stage(unused, uri: str, table: str, stage: str, *unused_verdict) -> str:
+    """Makes `stage` an empty unlogged copy of `table`'s columns keyed by id (an earlier attempt's is dropped)."""
+    from psycopg import sql
 
-        with self._connection.transaction():
-            cursor = self._connection.execute(
-                sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(_table_sql(parse_table_name(self._table))),
-                (batch,))
-            self._deleted.inc(cursor.rowcount)
+    target, staged = _table_sql(parse_table_name(table)), _table_sql(parse_table_name(stage))
+    with connect(uri) as connection:
+        connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staged))
+        connection.execute(sql.SQL("CREATE UNLOGGED TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(staged, target))
+        connection.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (id)").format(staged))
+    return stage
+
+
+def _merge_stage(unused, uri: str, table: str, stage: str, columns: tuple[Column, ...], deleted: list,
+                 *unused_waits) -> str:
+    """In one transaction: upserts every staged row into `table`, deletes the removed ids, drops the stage. A
+    run that fails before this leaves `table` as it was."""
+    from psycopg import sql
+
+    names = [column.name for column in columns]
+    listed = sql.SQL(", ").join(sql.Identifier(name) for name in names)
+    updates = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name))
+                                 for name in names if name != "id")
+    target, staged = _table_sql(parse_table_name(table)), _table_sql(parse_table_name(stage))
+    with connect(uri) as connection:  # psycopg commits the block's one transaction at its end.
+        upserted = connection.execute(sql.SQL("INSERT INTO {target} ({listed}) SELECT {listed} FROM {staged} "
+                                              "ON CONFLICT (id) DO UPDATE SET {updates}").format(
+                                                  target=target, listed=listed, staged=staged, updates=updates))
+        rows = upserted.rowcount
+        removed = 0
+        if deleted:
+            removed = connection.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(target),
+                                         (list(deleted),)).rowcount
+        connection.execute(sql.SQL("DROP TABLE {}").format(staged))
+    counter("postgres_rows_upserted").inc(rows)
+    counter("postgres_rows_deleted").inc(removed)
+    logging.info("Merged %d rows into %s and deleted %d removed ids.", rows, table, removed)
+    return table
 
 
 def _build_index(unused_counts, uri: str, table: str, kind: str, *unused_waits) -> str:
@@ -319,43 +351,49 @@ def _build_index(unused_counts, uri: str, table: str, kind: str, *unused_waits) 
     return table
 
 
-def _table_name(unused, table: str, *unused_waits) -> str:
-    return table
-
-
 class WritePostgres(beam.PTransform):
-    """Upserts output rows (records.output_row's, over `columns`) into a pgvector table; deletes removed ids.
+    """Upserts output rows (records.output_row's, over `columns`) into a pgvector table; deletes removed ids; all in
+    one transaction at the end.
 
-    prepare_table must have run (pipeline.plan does, before the run). Returns the table name once every row is
-    written, every id deleted and the index (if asked for) built.
+    prepare_table must have run (pipeline.plan does, before the run). After the verdict, the rows are upserted in
+    bundle-sized transactions into a stage table (stage_table: an unlogged copy of the table's columns, named for
+    the run, so a rerun replaces an interrupted attempt's); once all are there, one transaction upserts them into
+    the table, deletes the removed ids and drops the stage. So a run that fails anywhere before leaves the table as
+    it was, in step with the history the next incremental run compares against. Returns the table name once
+    merged and the index (if asked for) built.
 
     Args:
-        uri: postgresql:// URI; the password may come from PGPASSWORD instead.
+        uri: postgresql:// URI or key=value conninfo; the password may come from PGPASSWORD or PGPASSFILE.
         table: TABLE or SCHEMA.TABLE.
         columns: records.output_columns of the run.
-        verdict: transforms.guard.CheckRun's output: nothing is written or deleted before the run passed its checks.
+        verdict: transforms.guard.CheckRun's output: nothing is staged, written or deleted before the run passed
+            its checks.
         deleted: ids to delete (transforms.incremental.Selected.deleted), or None.
         index: "hnsw" or "ivfflat" to build after loading, or None.
-        batch_rows: rows per COPY and transaction.
+        batch_rows: rows per COPY and staging transaction.
+        run_id: names the stage table.
     """
 
     def __init__(self, uri: str, table: str, columns: tuple[Column, ...], verdict=None, deleted=None,
-                 index: str | None = None, batch_rows: int = DEFAULT_BATCH_ROWS):
+                 index: str | None = None, batch_rows: int = DEFAULT_BATCH_ROWS, run_id: str = "run"):
         super().__init__()
         parse_table_name(table)
         self._uri, self._table, self._columns = uri, table, tuple(columns)
         self._verdict, self._deleted, self._index, self._batch_rows = verdict, deleted, index, batch_rows
+        self._stage = stage_table(table, run_id)
 
     def expand(self, rows):
+        pipeline = rows.pipeline
         gate = () if self._verdict is None else (beam.pvalue.AsSingleton(self._verdict),)
-        upserted = rows | "Upsert" >> beam.ParDo(_UpsertFn(self._uri, self._table, self._columns,
-                                                            self._batch_rows), *gate)
-        waits = [beam.pvalue.AsList(upserted)]
-        if self._deleted is not None:
-            removed = self._deleted | "Delete" >> beam.ParDo(_DeleteFn(self._uri, self._table, self._batch_rows),
-                                                             *gate)
-            waits.append(beam.pvalue.AsList(removed))
-        done = rows.pipeline | "Once" >> beam.Create([None])
+        stage = (pipeline
+                 | "Once" >> beam.Create([None])
+                 | "PrepareStage" >> beam.Map(_prepare_stage, self._uri, self._table, self._stage, *gate))
+        staged = rows | "Stage" >> beam.ParDo(_UpsertFn(self._uri, self._stage, self._columns, self._batch_rows),
+                                              beam.pvalue.AsSingleton(stage))
+        deleted = (self._deleted if self._deleted is not None
+                   else pipeline | "NothingDeleted" >> beam.Create([]))
+        merged = stage | "Merge" >> beam.Map(_merge_stage, self._uri, self._table, self._stage, self._columns,
+                                             beam.pvalue.AsList(deleted), beam.pvalue.AsList(staged))
         if self._index:
-            return done | "BuildIndex" >> beam.Map(_build_index, self._uri, self._table, self._index, *waits)
-        return done | "Written" >> beam.Map(_table_name, self._table, *waits)
+            return merged | "BuildIndex" >> beam.Map(_build_index, self._uri, self._table, self._index)
+        return merged

@@ -125,9 +125,10 @@ def test_select_changed_joins_on_id_and_counts_each_case():
     pipeline = beam.Pipeline(runner="FnApiRunner", options=PipelineOptions([]))
     keyed_previous = (pipeline | "Previous" >> beam.Create([(f"f{i}", s) for i, (_, s) in enumerate(previous)])
                       | beam.Map(incremental._key_previous))
-    to_embed, carried, deleted = (pipeline | "Records" >> beam.Create(records)
-                                  | incremental.SelectChanged(keyed_previous, "m1", with_sequence=False))
+    to_embed, carried, deleted, refreshed = (pipeline | "Records" >> beam.Create(records)
+                                             | incremental.SelectChanged(keyed_previous, "m1", with_sequence=False))
     assert_that(deleted, equal_to(["gone"]), label="Deleted")
+    assert_that(refreshed, equal_to([]), label="NoKeptFieldChanged")
     assert_that(to_embed | beam.Map(lambda r: r.id), equal_to(["edit", "fresh", "oldmodel", "seq"]),
                 label="Embedded")
     # Carried Examples are the earlier bytes (value 7.0 and 3.0 survive); a duplicated id is carried twice,

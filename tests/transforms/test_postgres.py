@@ -160,3 +160,27 @@ def test_a_keyword_conninfo_password_never_reaches_the_error_line(tmp_path):
     with pytest.raises(ValueError, match="cannot connect") as err:
         postgres.prepare_table(f"host={tmp_path} user=u password=hunter2 dbname=db", _table(), _COLUMNS, 3)
     assert "hunter2" not in str(err.value) and "password=***" in str(err.value)
+
+
+def test_a_write_that_fails_part_way_leaves_the_table_as_it_was(postgres_uri):
+    table = _table()
+    postgres.prepare_table(postgres_uri, table, _COLUMNS, 3)
+    _write(postgres_uri, table, [_row(i) for i in range(2)])
+    before = _rows_of(postgres_uri, table)
+    with psycopg.connect(postgres_uri) as connection:  # The server refuses one row of the next run, d5.
+        connection.execute("CREATE FUNCTION refuse_d5() RETURNS trigger AS $$ BEGIN IF NEW.id = 'd5' THEN "
+                           "RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql")
+        connection.execute(f"CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW "
+                           "EXECUTE FUNCTION refuse_d5()")
+    with pytest.raises(Exception, match="refused"):
+        _write(postgres_uri, table, [_row(i, lang="fr") for i in range(6)], deleted=["d0"], batch_rows=1)
+    assert _rows_of(postgres_uri, table) == before  # No batch of the failed run reached the table.
+    with psycopg.connect(postgres_uri) as connection:
+        connection.execute(f"DROP TRIGGER refuse ON {table}")
+    _write(postgres_uri, table, [_row(i, lang="fr") for i in range(6)], deleted=["d0"])  # The rerun completes.
+    found = _rows_of(postgres_uri, table)
+    assert sorted(found) == [f"d{i}" for i in range(1, 6)] and {row[1] for row in found.values()} == {"fr"}
+    with psycopg.connect(postgres_uri) as connection:
+        stages = connection.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE %s",
+                                    (f"{table}__stage_%",)).fetchone()[0]
+    assert stages == 0
