@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["load_embeddings", "load_parquet", "load_postgres", "load_output", "nearest_neighbours", "corpus_texts",
+__all__ = ["load_output", "nearest_neighbours", "corpus_texts",
            "main"]
 
 # Texts longer than this are cut when shown, so one long document does not bury the neighbour list.
@@ -48,121 +48,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
-def load_embeddings(prefix: str) -> tuple[list[str], np.ndarray, set[str]]:
-    """Reads the TFRecord output of a run.
-
-    Args:
-        prefix: The run's --output_tfrecord prefix, local or `gs://`; PREFIX-*.tfrecord is read.
-
-    Returns:
-        The ids, a [count, hidden] matrix of their embeddings (in the same order) and the model fingerprints.
-
-    Raises:
-        ValueError: If no file matches the prefix, the prefix cannot be listed, or a file is damaged or holds
-            something other than embedding records.
-    """
-    from apache_beam.io.filesystem import BeamIOError
+def load_output(source: str, postgres_table: str | None = None):
+    """Any output of a run, read through its sink's reader (transforms.sinks): a PostgreSQL connection string
+    (with its table), else a Parquet prefix when PREFIX-*.parquet exists, else a Vertex AI update folder when
+    SOURCE/embeddings-*.json exists, else a TFRecord prefix. Returns a transforms.sinks.Loaded."""
     from apache_beam.io.filesystems import FileSystems
 
-    from transforms import framing
-    from transforms.write import TFRECORD_SUFFIX
+    from transforms.sinks import parquet, postgres, tfrecord, vertex
 
-    pattern = f"{prefix}-*{TFRECORD_SUFFIX}"
-    try:
-        paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-    except BeamIOError as err:
-        raise ValueError(f"Cannot list {pattern}: {err}") from err
-    if not paths:
-        raise ValueError(f"No files match {pattern}; pass the --output_tfrecord prefix of a run.")
-    ids, vectors, models = [], [], set()
-    for path in sorted(paths):
-        # The pipeline's own TFRecord reader, not TensorFlow's: no TensorFlow import and its start-up chatter,
-        # gs:// through Beam, and a damaged file is one line instead of a DataLossError traceback.
-        with framing.open_file(path) as handle:
-            for item in framing.read_tfrecords(handle, path):
-                if isinstance(item, framing.Damage):
-                    raise ValueError(f"{path} is damaged ({item.reason}): {item.detail}")
-                record_id, vector, model = _embedding_record(item, path)
-                ids.append(record_id)
-                vectors.append(vector)
-                models.add(model)
-    if len({vector.shape for vector in vectors}) > 1:
-        dimensions = ", ".join(str(d) for d in sorted({vector.size for vector in vectors}))
-        raise ValueError(f"{pattern} holds embeddings of dimensions {dimensions}: pass the prefix of one run.")
-    return ids, np.stack(vectors) if vectors else np.zeros((0, 0), np.float32), models
-
-
-def load_parquet(prefix: str) -> tuple[list[str], np.ndarray, set[str]]:
-    """Reads the Parquet output of a run (PREFIX-*.parquet, its --output_parquet prefix); as load_embeddings."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
-
-    from transforms.parquet import PARQUET_SUFFIX
-
-    pattern = f"{prefix}-*{PARQUET_SUFFIX}"
-    paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-    if not paths:
-        raise ValueError(f"No files match {pattern}; pass the --output_parquet prefix of a run.")
-    tables = []
-    for path in paths:
-        with FileSystems.open(path) as f:
-            try:
-                tables.append(pq.read_table(f, columns=["id", "embedding", "model"]))
-            except (pa.ArrowException, KeyError) as err:
-                raise ValueError(f"{path} is not a Parquet output of this pipeline: {err}") from err
-    table = pa.concat_tables(tables)
-    vectors = np.asarray(table.column("embedding").to_pylist(), np.float32)
-    return table.column("id").to_pylist(), vectors.reshape(len(table), -1), set(table.column("model").to_pylist())
-
-
-def load_postgres(uri: str, table: str) -> tuple[list[str], np.ndarray, set[str]]:
-    """Reads a pgvector table written by --output_postgres; as load_embeddings. Errors show the URI masked."""
-    import psycopg
-    from psycopg import sql
-
-    from transforms import postgres
-
-    parts = postgres.parse_table_name(table)
-    try:
-        with postgres.connect(uri) as connection:
-            rows = connection.execute(sql.SQL("SELECT id, embedding::text, model FROM {} ORDER BY id").format(
-                sql.Identifier(*parts))).fetchall()
-    except psycopg.Error as err:
-        raise ValueError(f"cannot read {table} from {postgres.mask(uri)}: {' '.join(str(err).split())}") from None
-    vectors = np.asarray([[float(x) for x in text.strip("[]").split(",")] for _, text, _ in rows], np.float32)
-    return [row[0] for row in rows], vectors.reshape(len(rows), -1), {row[2] for row in rows}
-
-
-def load_output(source: str, postgres_table: str | None = None) -> tuple[list[str], np.ndarray, set[str], str]:
-    """Any output of a run: a PostgreSQL URI (with its table), else a Parquet prefix when PREFIX-*.parquet
-    exists, else a TFRecord prefix. Returns load_embeddings' triple and where it was read, for the user."""
-    from apache_beam.io.filesystems import FileSystems
-
-    if source.startswith(("postgresql://", "postgres://")):
+    if source.startswith(("postgresql://", "postgres://")) or (postgres_table and "=" in source):
         if not postgres_table:
             raise ValueError("a PostgreSQL URI needs --postgres_table, the table the run wrote.")
-        from transforms.postgres import mask
-
-        return (*load_postgres(source, postgres_table), f"{mask(source)} table {postgres_table}")
-    if FileSystems.match([f"{source}-*.parquet"])[0].metadata_list:
-        return (*load_parquet(source), f"{source}-*.parquet")
-    return (*load_embeddings(source), f"{source}-*.tfrecord")
-
-
-def _embedding_record(serialized: bytes, path: str) -> tuple[str, np.ndarray, str]:
-    """The id, embedding and model fingerprint of one record of the output, as transforms/write.py writes it."""
-    from transforms.examples import parse_example, value_kind
-
-    try:
-        features = parse_example(serialized)
-    except ValueError as err:
-        raise ValueError(f"{path} holds a record that is {err}") from err
-    kinds = {name: value_kind(features.get(name)) for name in ("id", "embedding", "model")}
-    if kinds != {"id": "bytes_list", "embedding": "float_list", "model": "bytes_list"} or not (
-            len(features["id"]) == len(features["model"]) == 1):
-        raise ValueError(f"{path} holds a record that is not an embedding record (features: {kinds})")
-    return features["id"][0].decode(), features["embedding"], features["model"][0].decode()
+        return postgres.load(source, postgres_table)
+    if FileSystems.match([f"{source}-*{parquet.PARQUET_SUFFIX}"])[0].metadata_list:
+        return parquet.load(source)
+    if FileSystems.match([f"{source.rstrip('/')}/{vertex.DATAPOINTS_NAME}-*.json"])[0].metadata_list:
+        return vertex.load(source)
+    return tfrecord.load(source)
 
 
 class _Place(NamedTuple):

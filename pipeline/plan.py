@@ -19,8 +19,10 @@ from pipeline.options import (
     split_patterns,
 )
 from runtime.chunking import ChunkSettings
+from transforms.limits import SinkLimits
+from transforms.sinks import Layout, limits_of
 
-__all__ = ["InputPlan", "ModelPlan", "OutputPlan", "IncrementalPlan", "SinkPlan", "Plan", "check_flags", "validate"]
+__all__ = ["InputPlan", "ModelPlan", "OutputPlan", "IncrementalPlan", "Plan", "check_flags", "validate"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,38 +82,6 @@ class IncrementalPlan:
 
 
 @dataclasses.dataclass(frozen=True)
-class SinkPlan:
-    """Kept fields and the typed sinks (Parquet, Vertex AI Vector Search, PostgreSQL), {run_id} filled in."""
-
-    keep_fields: tuple = ()  # records.Column of each --keep_fields field, typed from the input.
-    dimension: int | None = None  # The encoder's vector length; known whenever a typed sink is asked for.
-    parquet: str | None = None  # Prefix; None: no Parquet sink.
-    vertex: str | None = None  # Folder; None: no Vertex sink.
-    vertex_restricts: tuple[str, ...] = ()
-    vertex_numeric_restricts: tuple[str, ...] = ()
-    vertex_crowding_tag: str | None = None
-    postgres: str | None = None  # URI, password included: never log it (transforms.postgres.mask).
-    postgres_table: str | None = None
-    postgres_index: str | None = None
-    chunks: bool = False  # The rows are chunks (--chunking): records.CHUNK_COLUMNS too.
-
-    @property
-    def columns(self) -> tuple:
-        """The typed sinks' columns: records.output_columns with the chunk columns and the kept fields."""
-        from transforms.records import output_columns
-
-        return output_columns(self.keep_fields, chunks=self.chunks)
-
-    @property
-    def limits(self):
-        """What these sinks cannot hold (transforms.limits.SinkLimits), checked for every record as it is read."""
-        from transforms.limits import SinkLimits
-
-        return SinkLimits(vertex=bool(self.vertex), vertex_numeric=self.vertex_numeric_restricts if self.vertex
-                          else (), postgres=bool(self.postgres))
-
-
-@dataclasses.dataclass(frozen=True)
 class Plan:
     """Options checked and resolved: everything build() needs."""
 
@@ -121,7 +91,13 @@ class Plan:
     incremental: IncrementalPlan
     max_failed_fraction: float
     max_deleted_fraction: float
-    sinks: SinkPlan = SinkPlan()
+    layout: Layout = Layout()  # The records' columns, for every sink.
+    sinks: tuple = ()  # transforms.sinks' sinks, each checked: the build loops over them.
+
+    @property
+    def limits(self) -> SinkLimits:
+        """What the sinks cannot hold, checked for every record as it is read."""
+        return limits_of(self.sinks)
 
 
 def validate(options: PipelineOptions) -> Plan:
@@ -146,10 +122,10 @@ def validate(options: PipelineOptions) -> Plan:
     if bigquery_table and not incremental.bigquery_update:
         outputs = dataclasses.replace(outputs, bigquery_table_exists=bigquery.check_table(
             bigquery_table, options.view_as(GoogleCloudOptions).project, **table_shape))
-    sinks = _plan_sinks(opts, model, incremental, kept)
+    layout, typed = _plan_typed_sinks(opts, model, incremental, inputs, kept)
     return Plan(inputs=inputs, model=model, outputs=outputs, incremental=incremental,
                 max_failed_fraction=opts.max_failed_fraction, max_deleted_fraction=opts.max_deleted_fraction,
-                sinks=sinks)
+                layout=layout, sinks=_file_and_table_sinks(inputs, outputs, incremental) + typed)
 
 
 def check_flags(options: PipelineOptions) -> None:
@@ -177,7 +153,7 @@ def _check_required(opts: EmbeddingOptions) -> None:
 def _check_no_secret_in_job(opts: EmbeddingOptions, runner: str | None) -> None:
     """A job sent elsewhere carries its options and its pickled functions: a password in --output_postgres would
     travel in both (Dataflow shows options in its console and keeps the pickles in the staging bucket)."""
-    from transforms.postgres import has_password, mask
+    from transforms.sinks.postgres import has_password, mask
 
     if opts.output_postgres and runner not in LOCAL_RUNNERS and has_password(opts.output_postgres):
         raise ValueError(f"--output_postgres {mask(opts.output_postgres)} holds a password, which would travel in "
@@ -395,14 +371,57 @@ def _plan_kept_fields(opts: EmbeddingOptions, inputs: InputPlan) -> tuple:
     return tuple(preflight.kept_columns(list(inputs.patterns), inputs.input_format, names))
 
 
-def _plan_sinks(opts: EmbeddingOptions, model: ModelPlan, incremental: IncrementalPlan,
-                keep_fields: tuple) -> SinkPlan:
-    """Kept fields typed from the input, and the typed sinks checked: flags that go together, the Vertex fields
-    among the kept ones, the PostgreSQL table (created or checked) before anything runs."""
-    import runtime
-    from transforms import postgres
-    from transforms.files import BeamFiles
+def _file_and_table_sinks(inputs: InputPlan, outputs: OutputPlan, incremental: IncrementalPlan) -> tuple:
+    """The TFRecord and BigQuery sinks the outputs name (checked by _plan_run and validate)."""
+    from transforms.sinks.bigquery import BigQuerySink
+    from transforms.sinks.tfrecord import TFRecordSink
 
+    sinks = (TFRecordSink(outputs.tfrecord, inputs.estimated_records),) if outputs.tfrecord else ()
+    if outputs.bigquery:
+        sinks += (BigQuerySink(outputs.bigquery, outputs.bigquery_method, outputs.bigquery_table_exists,
+                               update=incremental.bigquery_update, failed=outputs.failed),)
+    return sinks
+
+
+def _plan_typed_sinks(opts: EmbeddingOptions, model: ModelPlan, incremental: IncrementalPlan, inputs: InputPlan,
+                      keep_fields: tuple) -> tuple[Layout, tuple]:
+    """The records' layout and the typed sinks, checked: flags that go together, the Vertex fields among the kept
+    ones, the PostgreSQL table (created or checked) before anything runs."""
+    import runtime
+    from transforms.files import BeamFiles
+    from transforms.sinks.parquet import ParquetSink
+    from transforms.sinks.postgres import PostgresSink
+    from transforms.sinks.vertex import VertexSink
+    from transforms.write import shard_count
+
+    restricts, numeric = _check_vertex_fields(opts, keep_fields)
+    if bool(opts.output_postgres) != bool(opts.postgres_table):
+        raise ValueError("--output_postgres and --postgres_table go together: the database URI and the table to "
+                         "upsert into.")
+    if opts.postgres_index and not opts.output_postgres:
+        raise ValueError(f"--postgres_index {opts.postgres_index} needs --output_postgres.")
+    run_id = incremental.run_id
+    parquet, vertex = (path.replace("{run_id}", run_id) if path else None
+                       for path in (opts.output_parquet, opts.output_vertex))
+    _check_writable({"--output_parquet": parquet, "--output_vertex": vertex and vertex.rstrip("/") + "/x"})
+    dimension = None
+    if parquet or vertex or opts.output_postgres:
+        dimension = runtime.embedding_dimension(model.encoder, files=BeamFiles())
+    layout = Layout(kept=keep_fields, chunks=model.chunking is not None, chunk_text=opts.output_chunk_text,
+                    sequence=opts.output_sequence, dimension=dimension)
+    shards = shard_count(inputs.estimated_records)
+    sinks = (ParquetSink(parquet, shards),) if parquet else ()
+    if vertex:
+        sinks += (VertexSink(vertex, restricts, numeric, opts.vertex_crowding_tag or None, shards),)
+    if opts.output_postgres:
+        postgres = PostgresSink(opts.output_postgres, opts.postgres_table, opts.postgres_index)
+        postgres.check(layout)
+        sinks += (postgres,)
+    return layout, sinks
+
+
+def _check_vertex_fields(opts: EmbeddingOptions, keep_fields: tuple) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """--vertex_restricts and --vertex_numeric_restricts, each among the kept fields, numbers numeric."""
     types = {column.name: column.type for column in keep_fields}
     restricts = parse_field_list(opts.vertex_restricts, "--vertex_restricts")
     numeric = parse_field_list(opts.vertex_numeric_restricts, "--vertex_numeric_restricts")
@@ -418,23 +437,4 @@ def _plan_sinks(opts: EmbeddingOptions, model: ModelPlan, incremental: Increment
     if not_numeric:
         raise ValueError(f"--vertex_numeric_restricts {','.join(numeric)}: {', '.join(not_numeric)} is not a number "
                          "in the input's first records.")
-    if bool(opts.output_postgres) != bool(opts.postgres_table):
-        raise ValueError("--output_postgres and --postgres_table go together: the database URI and the table to "
-                         "upsert into.")
-    if opts.postgres_index and not opts.output_postgres:
-        raise ValueError(f"--postgres_index {opts.postgres_index} needs --output_postgres.")
-    run_id = incremental.run_id
-    parquet, vertex = (path.replace("{run_id}", run_id) if path else None
-                       for path in (opts.output_parquet, opts.output_vertex))
-    _check_writable({"--output_parquet": parquet, "--output_vertex": vertex and vertex.rstrip("/") + "/x"})
-    dimension = None
-    if parquet or vertex or opts.output_postgres:
-        dimension = runtime.embedding_dimension(model.encoder, files=BeamFiles())
-    sinks = SinkPlan(keep_fields=keep_fields, dimension=dimension, parquet=parquet, vertex=vertex,
-                     vertex_restricts=restricts, vertex_numeric_restricts=numeric,
-                     vertex_crowding_tag=opts.vertex_crowding_tag or None, postgres=opts.output_postgres or None,
-                     postgres_table=opts.postgres_table or None, postgres_index=opts.postgres_index,
-                     chunks=model.chunking is not None)
-    if sinks.postgres:
-        postgres.prepare_table(sinks.postgres, sinks.postgres_table, sinks.columns, dimension)
-    return sinks
+    return restricts, numeric

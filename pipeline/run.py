@@ -1,8 +1,9 @@
-"""Entry point: python -m pipeline.run --input GLOB (--output_tfrecord PREFIX | --output_bigquery TABLE) [options].
+"""Entry point: python -m pipeline.run --input GLOB --output_tfrecord PREFIX (or another sink) [options].
 
 Reads a corpus, embeds every record with a preprocessor + encoder SavedModel pair through RunInference, and
-writes the embeddings as TFRecord files of tf.train.Example, rows of a BigQuery table, or both; records that
-cannot be embedded go to a dead-letter output as JSON lines. Run with --help for every option.
+writes the embeddings to every sink asked for: TFRecord files of tf.train.Example, a BigQuery table, Parquet
+files, a Vertex AI Vector Search update, a PostgreSQL table with pgvector; records that cannot be embedded go to a
+dead-letter output as JSON lines. Run with --help for every option.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ _NOISY_LOGGERS = ("apache_beam", "absl", "tensorflow", "google", "urllib3", "h5p
 def build(pipeline: beam.Pipeline, plan: Plan) -> None:
     """Adds read -> embed -> check -> write to `pipeline`; with an earlier output, embeds only what changed since.
 
-    Every sink writes; the steps that commit a run (the TFRecord manifest, the BigQuery MERGE) wait for
-    transforms.guard.CheckRun, which fails the run when too much failed or would be deleted.
+    Every sink of the plan writes (transforms.sinks); each commits (the TFRecord manifest, the BigQuery MERGE, the
+    PostgreSQL merge, the files) only after transforms.guard.CheckRun, which fails the run when too much failed or
+    would be deleted.
     """
-    from transforms import dedupe, embed, guard, progress, read, write
+    from transforms import dedupe, embed, guard, progress, read, sinks, write
 
     inputs, model, outputs, incremental = plan.inputs, plan.model, plan.outputs, plan.incremental
     handler = embed.EmbeddingModelHandler(
@@ -45,7 +47,7 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
         precision=model.precision, chunking=model.chunking, pairs=bool(inputs.pair_fields))
     reader = read.ReadCorpus(list(inputs.patterns), inputs.input_format, id_field=inputs.id_field,
                              text_field=inputs.text_field, pair_fields=inputs.pair_fields,
-                             keep_fields=plan.sinks.keep_fields, limits=plan.sinks.limits)
+                             keep_fields=plan.layout.kept, limits=plan.limits)
     parsed, read_failures = pipeline | "ReadCorpus" >> reader
     records, duplicates = parsed | "DropDuplicateIds" >> dedupe.DropDuplicateIds(
         reader.records_again(), inputs.estimated_records, raw_of=reader.raw_records())
@@ -71,9 +73,9 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
         parts.update(carried=selected.carried_forward, previous=previous, deleted=selected.deleted)
     verdict = parts | "CheckRun" >> guard.CheckRun(plan.max_failed_fraction, plan.max_deleted_fraction,
                                                    f"{outputs.failed}-*.jsonl")
-    carried_forward = selected.carried_forward if selected else None
-    _write(embeddings, plan, verdict, carried_forward)
-    _write_typed(embeddings, plan, verdict, selected, earlier)
+    written = sinks.Outputs(embeddings, verdict, model.fingerprint, incremental.run_id, plan.layout, selected, earlier)
+    for sink in plan.sinks:  # Each commits only after the verdict.
+        sink.write(written)
 
 
 def _select_changed(pipeline: beam.Pipeline, plan: Plan, records):
@@ -84,87 +86,11 @@ def _select_changed(pipeline: beam.Pipeline, plan: Plan, records):
     run = plan.incremental
     chunks = plan.model.chunking is not None
     previous = pipeline | "ReadPrevious" >> (incremental.ReadPreviousTable(run.previous_output, chunks=chunks,
-                                                                           kept=plan.sinks.keep_fields)
+                                                                           kept=plan.layout.kept)
                                              if run.bigquery_update else incremental.ReadPrevious(run.previous_files))
     selected = records | "SelectChanged" >> incremental.SelectChanged(
         previous, plan.model.fingerprint, with_sequence=plan.outputs.sequence and not run.bigquery_update)
     return selected, previous
-
-
-def _write(embeddings, plan: Plan, verdict, carried_forward) -> None:
-    """Every sink the plan names; each commits only after the verdict."""
-    from transforms import bigquery, incremental, write
-
-    outputs, run, fingerprint = plan.outputs, plan.incremental, plan.model.fingerprint
-    chunks = plan.model.chunking is not None
-    if outputs.bigquery and not run.bigquery_update:
-        # Rows embedded by this run only (their embedded_at stays true).
-        refused_rows = embeddings | "WriteBigQuery" >> bigquery.WriteBigQuery(
-            outputs.bigquery, fingerprint, run.run_id, method=outputs.bigquery_method,
-            table_exists=outputs.bigquery_table_exists, verdict=verdict, chunks=chunks, kept=plan.sinks.keep_fields)
-        # Written apart from the others, which the check waits for; the name still matches PREFIX-*.jsonl.
-        _ = refused_rows | "WriteBigQueryFailures" >> write.WriteFailures(outputs.failed + "-bigquery")
-    if outputs.tfrecord:
-        written = embeddings | "WriteTFRecord" >> write.WriteTFRecord(
-            outputs.tfrecord, fingerprint, expected_records=plan.inputs.estimated_records, verdict=verdict,
-            carried_forward=carried_forward)
-        _ = written | "WriteManifest" >> incremental.WriteManifest(outputs.tfrecord, run.run_id, fingerprint,
-                                                                   verdict=verdict)
-    if run.bigquery_update:
-        # The run's complete set (embedded and carried forward) replaces the table's rows in one MERGE.
-        _ = embeddings | "UpdateBigQuery" >> incremental.UpdateTable(
-            outputs.bigquery, fingerprint, run.run_id, verdict=verdict, carried_forward=carried_forward,
-            chunks=chunks, kept=plan.sinks.keep_fields)
-
-
-def _write_typed(embeddings, plan: Plan, verdict, selected, previous) -> None:
-    """Parquet, Vertex AI Vector Search and PostgreSQL, from the same output rows (records.output_row): the complete
-    set for Parquet and PostgreSQL; for Vertex what this run embedded and the carried records whose kept fields
-    changed; removed ids deleted from both of the latter
-    (with chunks: every earlier chunk id not in the complete set, so a shrunk document's stale chunks go too).
-    Each writes only after the verdict."""
-    from transforms import parquet, postgres, vertex, write
-
-    sinks = plan.sinks
-    if not (sinks.parquet or sinks.vertex or sinks.postgres):
-        return
-    embedded = embeddings | "ToOutputRow" >> beam.Map(_output_row, plan.model.fingerprint)
-    complete, changed, deleted = embedded, embedded, None
-    if selected:
-        carried = selected.carried_forward | "CarriedToOutputRow" >> beam.Map(records_lib.carried_row, sinks.columns)
-        complete = (embedded, carried) | "CompleteSet" >> beam.Flatten()
-        deleted = selected.deleted if not sinks.chunks else _removed_ids(previous, complete)
-        if sinks.vertex:  # Vertex takes only what changed: kept fields too, which its restricts are made of.
-            refreshed = selected.refreshed | "RefreshedToOutputRow" >> beam.Map(records_lib.carried_row,
-                                                                                sinks.columns)
-            changed = (embedded, refreshed) | "ChangedSet" >> beam.Flatten()
-    shards = write.shard_count(plan.inputs.estimated_records)
-    if sinks.parquet:
-        _ = complete | "WriteParquet" >> parquet.WriteParquet(sinks.parquet, sinks.columns, sinks.dimension,
-                                                              num_shards=shards, verdict=verdict)
-    if sinks.vertex:
-        _ = changed | "WriteVertex" >> vertex.WriteVertex(
-            sinks.vertex, sinks.columns, sinks.vertex_restricts, sinks.vertex_numeric_restricts,
-            sinks.vertex_crowding_tag, num_shards=shards, verdict=verdict, deleted=deleted)
-    if sinks.postgres:
-        _ = complete | "WritePostgres" >> postgres.WritePostgres(
-            sinks.postgres, sinks.postgres_table, sinks.columns, verdict=verdict, deleted=deleted,
-            index=sinks.postgres_index, run_id=plan.incremental.run_id)
-
-
-def _removed_ids(previous, complete):
-    """The ids of the earlier output (ReadPrevious's (document id, _Previous) pairs) not in the complete set."""
-    earlier_ids = previous | "EarlierIds" >> beam.Map(lambda element: (element[1].id, "earlier"))
-    current_ids = complete | "CurrentIds" >> beam.Map(lambda row: (row["id"], "current"))
-    return ((earlier_ids, current_ids)
-            | "AllIds" >> beam.Flatten()
-            | "GroupIds" >> beam.GroupByKey()
-            | "OnlyEarlier" >> beam.FlatMap(lambda element: [] if "current" in element[1] else [element[0]]))
-
-
-def _output_row(element, model: str) -> dict:
-    key, embedding = element
-    return records_lib.output_row(key, embedding.vector, model)
 
 
 def _key_by_record(record: records_lib.Record) -> tuple[records_lib.RecordKey, tuple[str, ...]]:
@@ -220,17 +146,7 @@ def counters(result) -> dict[str, int]:
 
 
 def _destinations(plan: Plan) -> str:
-    outputs = plan.outputs
-    sinks = [f"{outputs.tfrecord}-*.tfrecord"] if outputs.tfrecord else []
-    sinks += [f"BigQuery {outputs.bigquery}"] if outputs.bigquery else []
-    typed = plan.sinks
-    sinks += [f"{typed.parquet}-*.parquet"] if typed.parquet else []
-    sinks += [f"Vertex AI update {typed.vertex}/"] if typed.vertex else []
-    if typed.postgres:
-        from transforms.postgres import mask
-
-        sinks.append(f"PostgreSQL {mask(typed.postgres)} table {typed.postgres_table}")
-    return ", ".join(sinks)
+    return ", ".join(sink.describe() for sink in plan.sinks)
 
 
 def summarize(counts: dict[str, int], plan: Plan) -> str:
@@ -293,10 +209,9 @@ def launch(options: PipelineOptions, plan: Plan) -> beam.runners.runner.Pipeline
     """
     note = plan.model.settings_note
     logging.info("%s.", note[:1].upper() + note[1:])
-    vertex_files = plan.sinks.vertex and plan.sinks.vertex.rstrip("/") + "/embeddings"
     if not options.view_as(TestOptions).dry_run:  # A dry run (Dataflow's translation only) writes nothing.
-        remove_partial_files([prefix for prefix in (plan.outputs.tfrecord, plan.outputs.failed, plan.sinks.parquet,
-                                                    vertex_files) if prefix])
+        remove_partial_files([plan.outputs.failed] + [prefix for sink in plan.sinks
+                                                      for prefix in sink.partial_prefixes()])
     pipeline = beam.Pipeline(options=options)
     build(pipeline, plan)
     result = pipeline.run()

@@ -18,13 +18,13 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from transforms import bigquery
 from transforms.bigquery import Table
-from transforms.records import counter, example_key, refresh_fields, schema
+from transforms.records import carried_row, counter, example_key, refresh_fields, schema
 
 __all__ = ["RUN_ID_PLACEHOLDER", "RUN_TABLE_INFIX", "RunPaths", "resolve_run", "Selected", "run_table", "merge_sql",
            "UpdateTable", "LATEST_PLACEHOLDER", "MANIFEST_SUFFIX", "EMBED_TAG", "CARRIED_TAG",
            "REFRESHED_TAG", "DELETED_TAG",
            "default_run_id", "manifest_path", "resolve_previous", "previous_files", "ReadPrevious",
-           "ReadPreviousTable", "SelectChanged", "WriteManifest"]
+           "ReadPreviousTable", "SelectChanged", "WriteManifest", "complete_rows", "changed_rows", "removed_ids"]
 
 RUN_ID_PLACEHOLDER = "{run_id}"
 LATEST_PLACEHOLDER = "{latest}"
@@ -296,6 +296,43 @@ class SelectChanged(beam.PTransform):
         selected = joined | "Classify" >> beam.ParDo(_ClassifyFn(self._model, self._with_sequence)).with_outputs(
             CARRIED_TAG, DELETED_TAG, REFRESHED_TAG, main=EMBED_TAG)
         return Selected(selected[EMBED_TAG], selected[CARRIED_TAG], selected[DELETED_TAG], selected[REFRESHED_TAG])
+
+
+def complete_rows(rows, selected: Selected, columns):
+    """Output rows (records.output_row) of what a run embedded -> its complete set: those and the records it
+    carries forward, as rows over `columns`."""
+    carried = selected.carried_forward | "CarriedToOutputRow" >> beam.Map(carried_row, columns)
+    return (rows, carried) | "CompleteSet" >> beam.Flatten()
+
+
+def changed_rows(rows, selected: Selected, columns):
+    """Output rows of what a run embedded -> those and the carried records whose kept fields changed: all that a
+    sink taking only changes (Vertex AI, whose restricts are kept fields) must get."""
+    refreshed = selected.refreshed | "RefreshedToOutputRow" >> beam.Map(carried_row, columns)
+    return (rows, refreshed) | "ChangedSet" >> beam.Flatten()
+
+
+def removed_ids(previous, complete):
+    """The ids of the earlier output (ReadPrevious's (document id, _Previous) pairs) not in the complete set (output
+    rows): with chunks, every chunk of a vanished document and the stale chunks of a shrunk one."""
+    earlier_ids = previous | "EarlierIds" >> beam.Map(_earlier_id)
+    current_ids = complete | "CurrentIds" >> beam.Map(_current_id)
+    return ((earlier_ids, current_ids)
+            | "AllIds" >> beam.Flatten()
+            | "GroupIds" >> beam.GroupByKey()
+            | "OnlyEarlier" >> beam.FlatMap(_only_earlier))
+
+
+def _earlier_id(element) -> tuple[str, str]:
+    return element[1].id, "earlier"
+
+
+def _current_id(row: dict) -> tuple[str, str]:
+    return row["id"], "current"
+
+
+def _only_earlier(element) -> list[str]:
+    return [] if "current" in element[1] else [element[0]]
 
 
 def _write_manifest(files: list[str], prefix: str, run_id: str, model_fingerprint: str, unused_verdict=None) -> str:

@@ -36,6 +36,11 @@ class SinkLimits(NamedTuple):
     vertex_numeric: tuple[str, ...] = ()
     postgres: bool = False
 
+    def join(self, other: SinkLimits) -> SinkLimits:
+        """The limits of both."""
+        return SinkLimits(self.vertex or other.vertex, tuple(dict.fromkeys(self.vertex_numeric + other.vertex_numeric)),
+                          self.postgres or other.postgres)
+
     def refusal(self, record_id: str, fields: tuple[tuple[str, object], ...] = ()) -> str | None:
         """Why a record with this id and these kept fields (typed values) cannot be stored, or None."""
         if self.vertex and any(mark in record_id for mark in _LINE_BREAKS):

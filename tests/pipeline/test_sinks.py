@@ -139,7 +139,7 @@ def test_a_table_of_another_dimension_is_refused_before_anything_is_written(tmp_
 
 def test_inspect_reads_the_parquet_and_postgres_outputs(tmp_path, tiny_model_dir, postgres_uri, capsys):
     from pipeline import inspect as inspect_lib
-    from transforms.postgres import mask
+    from transforms.sinks.postgres import mask
 
     table = f"emb_{uuid.uuid4().hex[:8]}"
     argv = ["--runner=FnApiRunner", f"--input={_corpus(tmp_path / 'c.jsonl', DOCS)}", f"--model_dir={tiny_model_dir}",

@@ -7,12 +7,17 @@ as they are; kept fields keep their types (`json` ones are JSON text).
 
 from __future__ import annotations
 
-import apache_beam as beam
+import dataclasses
 
+import apache_beam as beam
+import numpy as np
+
+from transforms.limits import SinkLimits
 from transforms.records import Column
+from transforms.sinks import Loaded
 from transforms.write import RemoveStaleShards
 
-__all__ = ["PARQUET_SUFFIX", "arrow_type", "arrow_schema", "WriteParquet"]
+__all__ = ["PARQUET_SUFFIX", "arrow_type", "arrow_schema", "WriteParquet", "ParquetSink", "load"]
 
 PARQUET_SUFFIX = ".parquet"
 
@@ -68,3 +73,59 @@ class WriteParquet(beam.PTransform):
             self._prefix, arrow_schema(self._columns, self._dimension), num_shards=self._num_shards,
             file_name_suffix=PARQUET_SUFFIX)
         return written | "RemoveStaleShards" >> RemoveStaleShards(self._prefix, PARQUET_SUFFIX)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParquetSink:
+    """PREFIX-SSSSS-of-NNNNN.parquet holding the run's complete set.
+
+    Attributes:
+        prefix: the output prefix, {run_id} filled in.
+        num_shards: how many files.
+    """
+
+    prefix: str
+    num_shards: int = 1
+    flag = "--output_parquet"
+    changes_only = False  # Holds the complete set after every run.
+    limits = SinkLimits()
+
+    def partial_prefixes(self) -> list[str]:
+        return [self.prefix]
+
+    def describe(self) -> str:
+        return f"{self.prefix}-*{PARQUET_SUFFIX}"
+
+    def write(self, outputs) -> None:
+        _ = outputs.complete_rows | "WriteParquet" >> WriteParquet(
+            self.prefix, outputs.layout.columns, outputs.layout.dimension, num_shards=self.num_shards,
+            verdict=outputs.verdict)
+
+    def load(self) -> Loaded:
+        return load(self.prefix)
+
+
+def load(prefix: str) -> Loaded:
+    """Reads the Parquet output of a run (PREFIX-*.parquet, its --output_parquet prefix).
+
+    Raises:
+        ValueError: when no file matches, or a file is not this pipeline's Parquet output.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = f"{prefix}-*{PARQUET_SUFFIX}"
+    paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    if not paths:
+        raise ValueError(f"No files match {pattern}; pass the --output_parquet prefix of a run.")
+    tables = []
+    for path in paths:
+        with FileSystems.open(path) as f:
+            try:
+                tables.append(pq.read_table(f, columns=["id", "embedding", "model"]))
+            except (pa.ArrowException, KeyError) as err:
+                raise ValueError(f"{path} is not a Parquet output of this pipeline: {err}") from err
+    table = pa.concat_tables(tables)
+    vectors = np.asarray(table.column("embedding").to_pylist(), np.float32).reshape(len(table), -1)
+    return Loaded(table.column("id").to_pylist(), vectors, set(table.column("model").to_pylist()), pattern)

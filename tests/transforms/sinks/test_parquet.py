@@ -1,4 +1,4 @@
-"""transforms.parquet: files read back by independent readers, pyarrow and DuckDB, with the schema promised."""
+"""transforms.sinks.parquet: files read back by independent readers, pyarrow and DuckDB, with the schema promised."""
 
 import glob
 
@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from transforms.parquet import WriteParquet
 from transforms.records import Column, output_columns
+from transforms.sinks.parquet import WriteParquet
 
 _COLUMNS = output_columns((Column("lang", "string"), Column("year", "int64"), Column("tags", "list<string>"),
                            Column("meta", "json")))

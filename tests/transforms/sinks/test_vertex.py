@@ -1,4 +1,4 @@
-"""transforms.vertex: datapoints in Vertex AI Vector Search's documented batch format, deletions in delete/."""
+"""transforms.sinks.vertex: datapoints in Vertex AI Vector Search's documented batch format, deletions in delete/."""
 
 import glob
 import json
@@ -7,7 +7,7 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from transforms.records import Column, output_columns
-from transforms.vertex import WriteVertex, datapoint
+from transforms.sinks.vertex import WriteVertex, datapoint
 
 _COLUMNS = output_columns((Column("lang", "string"), Column("tags", "list<string>"), Column("year", "int64"),
                            Column("score", "float64"), Column("ok", "bool")))

@@ -13,16 +13,21 @@ The URI's password (or PGPASSWORD's) is never logged: every message shows the UR
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
 import urllib.parse
 
 import apache_beam as beam
+import numpy as np
 
+from transforms.limits import SinkLimits
 from transforms.records import Column, counter
+from transforms.sinks import Loaded
 
-__all__ = ["PG_TYPES", "mask", "has_password", "column_type", "parse_table_name", "prepare_table", "WritePostgres",
+__all__ = ["PostgresSink", "load", "PG_TYPES", "mask", "has_password",
+           "column_type", "parse_table_name", "prepare_table", "WritePostgres",
            "connect", "stage_table", "DEFAULT_BATCH_ROWS"]
 
 # records' column types -> PostgreSQL's; "vector" becomes vector(DIM).
@@ -397,3 +402,60 @@ class WritePostgres(beam.PTransform):
         if self._index:
             return merged | "BuildIndex" >> beam.Map(_build_index, self._uri, self._table, self._index)
         return merged
+
+
+@dataclasses.dataclass(frozen=True)
+class PostgresSink:
+    """A pgvector table holding the run's complete set.
+
+    Attributes:
+        uri: connection string (URI or key=value); its password is never shown (`mask`).
+        table: TABLE or SCHEMA.TABLE.
+        index: "hnsw" or "ivfflat" to build after loading, or None.
+    """
+
+    uri: str
+    table: str
+    index: str | None = None
+    flag = "--output_postgres"
+    changes_only = False  # Holds the complete set after every run.
+    limits = SinkLimits(postgres=True)
+
+    def check(self, layout) -> bool:
+        """Before the run: the extension, and the table created or checked (prepare_table); whether it existed."""
+        return prepare_table(self.uri, self.table, layout.columns, layout.dimension)
+
+    def partial_prefixes(self) -> list[str]:
+        return []
+
+    def describe(self) -> str:
+        return f"PostgreSQL {mask(self.uri)} table {self.table}"
+
+    def write(self, outputs) -> None:
+        _ = outputs.complete_rows | "WritePostgres" >> WritePostgres(
+            self.uri, self.table, outputs.layout.columns, verdict=outputs.verdict, deleted=outputs.deleted,
+            index=self.index, run_id=outputs.run_id)
+
+    def load(self) -> Loaded:
+        return load(self.uri, self.table)
+
+
+def load(uri: str, table: str) -> Loaded:
+    """Reads a pgvector table written by --output_postgres. Errors show the connection string masked.
+
+    Raises:
+        ValueError: one line, when the table cannot be read.
+    """
+    import psycopg
+    from psycopg import sql
+
+    parts = parse_table_name(table)
+    try:
+        with connect(uri) as connection:
+            rows = connection.execute(sql.SQL("SELECT id, embedding::text, model FROM {} ORDER BY id").format(
+                sql.Identifier(*parts))).fetchall()
+    except psycopg.Error as err:
+        raise ValueError(f"cannot read {table} from {mask(uri)}: {' '.join(str(err).split())}") from None
+    vectors = np.asarray([[float(x) for x in text.strip("[]").split(",")] for _, text, _ in rows], np.float32)
+    return Loaded([row[0] for row in rows], vectors.reshape(len(rows), -1), {row[2] for row in rows},
+                  f"{mask(uri)} table {table}")

@@ -8,15 +8,19 @@ FOLDER/delete/, one per line, which a batch update deletes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
 import apache_beam as beam
+import numpy as np
 
+from transforms.limits import SinkLimits
 from transforms.records import Column, counter
+from transforms.sinks import Loaded
 from transforms.write import RemoveStaleShards, remove_stale_shards
 
-__all__ = ["DATAPOINTS_NAME", "DELETE_FOLDER", "datapoint", "WriteVertex"]
+__all__ = ["DATAPOINTS_NAME", "DELETE_FOLDER", "datapoint", "WriteVertex", "VertexSink", "load", "removed"]
 
 DATAPOINTS_NAME = "embeddings"  # FOLDER/embeddings-SSSSS-of-NNNNN.json
 DELETE_FOLDER = "delete"  # FOLDER/delete/ids-SSSSS-of-NNNNN.txt
@@ -124,3 +128,84 @@ class WriteVertex(beam.PTransform):
              | "WriteDeleted" >> beam.io.WriteToText(deleted_ids, file_name_suffix=".txt", num_shards=1)
              | "RemoveStaleDeleted" >> RemoveStaleShards(deleted_ids, ".txt"))
         return written
+
+
+@dataclasses.dataclass(frozen=True)
+class VertexSink:
+    """One batch update of a Vertex AI Vector Search index: FOLDER/embeddings-*.json and FOLDER/delete/.
+
+    Attributes:
+        folder: the update's folder, {run_id} filled in.
+        restricts, numeric_restricts, crowding_tag: kept fields written as such (see `datapoint`).
+        num_shards: datapoint files.
+    """
+
+    folder: str
+    restricts: tuple[str, ...] = ()
+    numeric_restricts: tuple[str, ...] = ()
+    crowding_tag: str | None = None
+    num_shards: int = 1
+    flag = "--output_vertex"
+    changes_only = True  # An update: the index applies it to what it holds (see removed).
+
+    @property
+    def limits(self) -> SinkLimits:
+        return SinkLimits(vertex=True, vertex_numeric=self.numeric_restricts)
+
+    def partial_prefixes(self) -> list[str]:
+        return [self.folder.rstrip("/") + "/" + DATAPOINTS_NAME]
+
+    def describe(self) -> str:
+        return f"Vertex AI update {self.folder}/"
+
+    def write(self, outputs) -> None:
+        # Only what changed: what this run embedded, and carried records whose kept fields (restricts) changed.
+        _ = outputs.changed_rows | "WriteVertex" >> WriteVertex(
+            self.folder, outputs.layout.columns, self.restricts, self.numeric_restricts, self.crowding_tag,
+            num_shards=self.num_shards, verdict=outputs.verdict, deleted=outputs.deleted)
+
+    def load(self) -> Loaded:
+        return load(self.folder)
+
+    def removed(self) -> list[str]:
+        """The ids this update deletes (FOLDER/delete/*), one per line."""
+        return removed(self.folder)
+
+
+def removed(folder: str) -> list[str]:
+    """The ids an update folder deletes: the lines of FOLDER/delete/* (an id never holds a line break)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    paths = sorted(m.path for m in FileSystems.match([f"{folder.rstrip('/')}/{DELETE_FOLDER}/*"])[0].metadata_list)
+    ids = []
+    for path in paths:
+        with FileSystems.open(path) as f:
+            ids += [line for line in f.read().decode("utf-8").split("\n") if line]
+    return ids
+
+
+def load(folder: str) -> Loaded:
+    """Reads one update folder back: its datapoints (FOLDER/embeddings-*.json); datapoints carry no model.
+
+    Raises:
+        ValueError: when the folder holds no datapoint file, or a line is not a datapoint.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = f"{folder.rstrip('/')}/{DATAPOINTS_NAME}-*.json"
+    paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    if not paths:
+        raise ValueError(f"No files match {pattern}; pass the --output_vertex folder of a run.")
+    ids, vectors = [], []
+    for path in paths:
+        with FileSystems.open(path) as f:
+            for number, line in enumerate(f.read().decode("utf-8").split("\n"), start=1):
+                if not line:
+                    continue
+                try:
+                    point = json.loads(line)
+                    ids.append(point["id"])
+                    vectors.append(point["embedding"])
+                except (ValueError, KeyError, TypeError) as err:
+                    raise ValueError(f"{path} line {number} is not a Vertex AI datapoint: {err}") from err
+    return Loaded(ids, np.asarray(vectors, np.float32).reshape(len(ids), -1), set(), pattern)

@@ -1,4 +1,4 @@
-"""transforms.postgres against a real PostgreSQL server with pgvector (conftest's postgres_uri): the table
+"""transforms.sinks.postgres against a real PostgreSQL server with pgvector (conftest's postgres_uri): the table
 created and checked before a run, bundle-sized upserts that never duplicate, deletions, the index, masked
 passwords."""
 
@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from transforms import postgres
 from transforms.records import Column, output_columns
+from transforms.sinks import postgres
 
 _COLUMNS = output_columns((Column("lang", "string"), Column("year", "int64"), Column("tags", "list<string>"),
                            Column("score", "float64"), Column("meta", "json")))
