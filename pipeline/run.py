@@ -161,8 +161,12 @@ def summarize(counts: dict[str, int], plan: Plan) -> str:
             f"{counts.get('changed', 0)} ({counts.get('changed_model', 0)} for another model), unchanged "
             f"{counts.get('unchanged', 0)} (carried forward; kept fields changed in {counts.get('fields_changed', 0)})"
             f", deleted {counts.get('deleted', 0)}")
+    unknown = counts.get(records_lib.UNKNOWN_ONLY, 0)
+    unknown_text = (f" Warning: {unknown} {'documents' if plan.model.chunking else 'records'} tokenized to [UNK] "
+                    "only (one 'word' over 100 characters without a space, as Hugging Face tokenizes it): embedded, "
+                    "but their vectors say nothing of their text." if unknown else "")
     return (f"Read {counts.get(records_lib.RECORDS_READ, 0)} records: embedded {_embedded_text(counts, plan)}, "
-            f"failed {sum(failed.values())} ({failed_text}). "
+            f"failed {sum(failed.values())} ({failed_text}).{unknown_text} "
             f"Embeddings: {_destinations(plan)}; failures: {plan.outputs.failed}-*.jsonl" + incremental_text)
 
 

@@ -35,6 +35,7 @@ class EmbeddedBatch(NamedTuple):
 
     embeddings: list[Embedding]
     tokens_computed: int
+    unknown_only: int = 0  # Inputs whose wordpieces were all [UNK] (Embedder.unknown_id): embedded, but meaningless.
 
 
 class ChunkEmbedding(NamedTuple):
@@ -60,3 +61,4 @@ class EmbeddedDocuments(NamedTuple):
 
     documents: list[list[ChunkEmbedding]]
     tokens_computed: int
+    unknown_only: int = 0  # Documents whose wordpieces were all [UNK], as in EmbeddedBatch.

@@ -95,6 +95,7 @@ class Embedder:
         self._encode_tokens = encode_tokens
         self._normalize = normalize
         self._special_ids = None
+        self._unknown_id = False  # Not looked up yet; None when the tokenizer gives no single [UNK] for it.
         self._split_words = None
 
     @property
@@ -206,7 +207,7 @@ class Embedder:
                     sequences[index] = chunk_sequence[row, :lengths[index]]
         embeddings = [Embedding(vectors[i], int(lengths[i]), bool(needed[i] > self._seq_length), sequences[i])
                       for i in range(len(texts))]
-        return EmbeddedBatch(embeddings, tokens_computed)
+        return EmbeddedBatch(embeddings, tokens_computed, self._count_unknown_only(word_ids, mask))
 
     def embed_documents(self, texts: Sequence[str], settings: ChunkSettings) -> EmbeddedDocuments:
         """Cuts each text into chunks of whole words (runtime.chunking) and embeds every chunk.
@@ -246,7 +247,10 @@ class Embedder:
                 vectors = self._encode(word_ids, mask, np.zeros_like(word_ids))[0].numpy()
                 for (number, start, end, chunk), vector in zip(batch_rows, vectors, strict=True):
                     results[number][chunk.index] = _chunk_embedding(vector, end - start + 2, chunk)
-        return EmbeddedDocuments(pooled.results() if late else results, tokens_computed)
+        unknown = self.unknown_id()
+        unknown_only = 0 if unknown is None else sum(
+            bool(len(pieces)) and bool(np.all(pieces == unknown)) for pieces, _ in documents)
+        return EmbeddedDocuments(pooled.results() if late else results, tokens_computed, unknown_only)
 
     def chunk_documents(self, texts: Sequence[str], settings: ChunkSettings) -> list[tuple[np.ndarray, list[Chunk]]]:
         """Tokenizes each text and cuts it into chunks of whole words (runtime.chunking.plan_chunks), without
@@ -265,6 +269,25 @@ class Embedder:
             word_ids[row, 1 + len(pieces)] = sep_id
             mask[row, :len(pieces) + 2] = 1
         return word_ids, mask
+
+    def unknown_id(self) -> int | None:
+        """The id of [UNK]: what the tokenizer gives a word longer than any it splits (WordPiece's 100-character
+        limit, Hugging Face's and TF Text's alike); None when it gives something else."""
+        if self._unknown_id is False:
+            import tensorflow as tf
+
+            pieces = self._preprocessor.tokenize(tf.constant(["x" * 1000])).flat_values.numpy()
+            self._unknown_id = int(pieces[0]) if len(pieces) == 1 else None
+        return self._unknown_id
+
+    def _count_unknown_only(self, word_ids: np.ndarray, mask: np.ndarray) -> int:
+        """Rows whose wordpieces, [CLS] and [SEP] aside, are all [UNK] (a text that is one over-long "word")."""
+        unknown = self.unknown_id()
+        if unknown is None:
+            return 0
+        cls_id, sep_id, _ = self._special_token_ids()
+        pieces = (mask == 1) & (word_ids != cls_id) & (word_ids != sep_id)
+        return int(np.sum(pieces.any(axis=1) & np.all((word_ids == unknown) | ~pieces, axis=1)))
 
     def _special_token_ids(self) -> tuple[int, int, int]:
         if self._special_ids is None:

@@ -123,6 +123,8 @@ class EmbeddingModelHandler(ModelHandler[tuple, runtime.Embedding, Any]):
         if len(results) != len(batch):
             raise RuntimeError(f"The model returned {len(results)} results for {len(batch)} inputs.")
         records.counter(records.TOKENS_COMPUTED).inc(embedded.tokens_computed)
+        if embedded.unknown_only:
+            records.counter(records.UNKNOWN_ONLY).inc(embedded.unknown_only)
         return [PredictionResult(example, result) for example, result in zip(batch, results, strict=True)]
 
     def get_num_bytes(self, batch: Sequence[tuple]) -> int:

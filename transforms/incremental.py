@@ -372,7 +372,7 @@ def run_table(table: Table, run_id: str) -> Table:
     return Table(table.project, table.dataset, f"{table.table}{RUN_TABLE_INFIX}{run_id.replace('.', '_')}")
 
 
-def merge_sql(table: Table, run: Table, chunks: bool = False, kept: tuple = ()) -> str:
+def merge_sql(table: Table, run: Table, chunks: bool = False, kept: tuple = (), append: bool = False) -> str:
     """The MERGE that makes `table` hold exactly the rows of `run` (one per id), touching only what differs.
 
     A row is kept when every SCHEMA column but the embedding is equal (a carried-forward row keeps its
@@ -382,10 +382,15 @@ def merge_sql(table: Table, run: Table, chunks: bool = False, kept: tuple = ()) 
     changed document's stale chunks differ in content_hash and are deleted. chunk_text, like the embedding,
     follows from the others and is not compared (it may be NULL). Kept fields (--keep_fields) are compared too, so
     a row whose field changed is replaced: NULLs as equal, lists by their JSON text.
+
+    With `append` (an appending run, no --previous_output) nothing is deleted: a row is inserted unless the table
+    holds one with the same id, content hash, model and kept fields already (whatever its embedded_at and run_id),
+    so a rerun adds no row, and a changed record adds its new row beside its earlier ones.
     """
     columns = [name for name, _, _ in schema(chunks, kept)]
     kept_names = {column.name for column in kept}
-    keys = [name for name in columns if name not in ("embedding", "chunk_text") and name not in kept_names]
+    ignored = ("embedding", "chunk_text") + (("embedded_at", "run_id") if append else ())
+    keys = [name for name in columns if name not in ignored and name not in kept_names]
     compared = [f"current.{key} = run.{key}" for key in keys] + [_same_field(column) for column in kept]
     listed = ", ".join(columns)
     return (
@@ -398,8 +403,8 @@ def merge_sql(table: Table, run: Table, chunks: bool = False, kept: tuple = ()) 
         f") AS run\n"
         f"ON {' AND '.join(compared)}\n"
         f"WHEN NOT MATCHED BY TARGET THEN\n"
-        f"  INSERT ({listed}) VALUES ({', '.join(f'run.{name}' for name in columns)})\n"
-        f"WHEN NOT MATCHED BY SOURCE THEN DELETE")
+        f"  INSERT ({listed}) VALUES ({', '.join(f'run.{name}' for name in columns)})"
+        + ("" if append else "\nWHEN NOT MATCHED BY SOURCE THEN DELETE"))
 
 
 def _same_field(column) -> str:
@@ -412,9 +417,9 @@ class _MergeFn(beam.DoFn):
     """Once every load job into the run table is done: checks its row count, MERGEs it into the table, drops it."""
 
     def __init__(self, table: Table, run: Table, billing_project: str | None, chunks: bool = False,
-                 kept: tuple = ()):
+                 kept: tuple = (), append: bool = False):
         self._table, self._run, self._billing_project, self._chunks = table, run, billing_project, chunks
-        self._kept = kept
+        self._kept, self._append = kept, append
         self._merged = counter("bigquery_rows_changed")
 
     def setup(self):
@@ -444,7 +449,7 @@ class _MergeFn(beam.DoFn):
             raise RuntimeError(f"Run table {self._run.spec} holds {found} rows, not the {expected_rows} this run "
                                f"wrote; {self._table.spec} is left as it was.")
         client.create_table(bigquery.Table(self._table.table_id, schema=columns), exists_ok=True)
-        job = client.query(merge_sql(self._table, self._run, self._chunks, self._kept))
+        job = client.query(merge_sql(self._table, self._run, self._chunks, self._kept, self._append))
         job.result()
         changed = job.num_dml_affected_rows or 0
         self._merged.inc(changed)
@@ -468,13 +473,15 @@ class UpdateTable(beam.PTransform):
       verdict: transforms.guard.CheckRun's output: the MERGE waits for it, and a refused run merges nothing.
       carried_forward: rows to keep as they are.
       chunks: the rows are chunks (--chunking): the table has records.CHUNK_SCHEMA's columns too.
+      append: add this run's rows instead (merge_sql's `append`): no row deleted, none added twice.
     """
 
     def __init__(self, table: str, model_fingerprint: str, run_id: str, verdict=None, carried_forward=None,
-                 chunks: bool = False, kept: tuple = ()):
+                 chunks: bool = False, kept: tuple = (), append: bool = False):
         super().__init__()
         self._table, self._model, self._run_id = bigquery.parse_table(table), model_fingerprint, run_id
         self._verdict, self._carried_forward, self._chunks, self._kept = verdict, carried_forward, chunks, kept
+        self._append = append
 
     def expand(self, embeddings):
         run = run_table(self._table, self._run_id)
@@ -489,6 +496,6 @@ class UpdateTable(beam.PTransform):
         billing_project = embeddings.pipeline.options.view_as(GoogleCloudOptions).project
         gate = () if self._verdict is None else (beam.pvalue.AsSingleton(self._verdict),)
         return row_count | "MergeIntoTable" >> beam.ParDo(
-            _MergeFn(self._table, run, billing_project, self._chunks, self._kept),
+            _MergeFn(self._table, run, billing_project, self._chunks, self._kept, self._append),
             beam.pvalue.AsList(written.destination_load_jobid_pairs),
             beam.pvalue.AsList(written.destination_copy_jobid_pairs), *gate)

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import apache_beam as beam
 
 __all__ = ["NAMESPACE", "RECORDS_READ", "EMBEDDED", "TOKENS_EMBEDDED", "TRUNCATED", "TOKENS_COMPUTED", "FAILED_PREFIX",
-           "counter", "Record", "RecordKey", "ChunkKey", "chunk_key", "DOCUMENTS_CHUNKED", "CHUNKS",
+           "counter", "Record", "RecordKey", "ChunkKey", "chunk_key", "DOCUMENTS_CHUNKED", "CHUNKS", "UNKNOWN_ONLY",
            "content_hash", "derived_id", "Failure", "MAX_RECORD_CHARS",
            "make_failure", "failure_to_json", "record_text", "inference_failure", "refused_row_failure", "feature_spec",
            "example_bytes", "ExampleKey", "example_key", "SCHEMA", "CHUNK_SCHEMA", "schema", "to_row", "from_read_row",
@@ -38,6 +38,9 @@ KEPT_FIELD_MISMATCH = "kept_field_mismatch"  # A --keep_fields value of another 
 FAILED_PREFIX = "failed_"  # failed_REASON, one counter per Failure reason.
 CHUNKS = "chunks"  # With --chunking: chunks embedded (EMBEDDED counts documents).
 DOCUMENTS_CHUNKED = "documents_chunked"  # Documents that needed more than one chunk.
+# Records (documents, with --chunking) whose wordpieces were all [UNK]: one "word" over 100 characters, as Hugging
+# Face tokenizes it. Embedded as the reference embeds them, and counted: such a vector says nothing of the text.
+UNKNOWN_ONLY = "unknown_only"
 
 MAX_RECORD_CHARS = 1000  # Of a record (and of a detail) in its dead letter.
 _DERIVED_ID_PREFIX = "sha256:"

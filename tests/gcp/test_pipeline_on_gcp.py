@@ -208,3 +208,25 @@ def test_pair_csv_in_gcs_streamed_into_the_existing_table_matches_the_local_run(
         np.testing.assert_allclose(rows[record_id]["embedding"], row["embedding"], atol=1e-6, rtol=0)
         assert rows[record_id]["model"] == row["model"].decode()
         assert rows[record_id]["content_hash"] == records_lib.content_hash(PAIRS[record_id])
+
+
+def test_appending_again_adds_no_row_twice_and_a_changed_record_adds_its_new_row(
+        gcp_emulators, gcs, bq, bucket, gcs_model_dir, tmp_path, capsys):
+    table = "test-project:e2e.appended"
+    bq.create_dataset("e2e", exists_ok=True)
+    texts = dict(list(TEXTS.items())[:3])
+    corpus = tmp_path / "c.jsonl"
+    argv = [f"--input={corpus}", f"--model_dir={gcs_model_dir}", "--seq_length=32", f"--output_bigquery={table}",
+            "--temp_location=gs://tests/tmp", f"--output_failed={tmp_path}/failed"]
+    corpus.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in texts.items()))
+    _run([*argv, "--run_id=append-1"], capsys)
+    _run([*argv, "--run_id=append-1"], capsys)  # The same run again, retried by a scheduler.
+    _run([*argv, "--run_id=append-2"], capsys)  # The same corpus, a new run.
+    changed = {**texts, "a": "a dog ran"}
+    corpus.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in changed.items()))
+    _run([*argv, "--run_id=append-3"], capsys)
+    rows = [dict(row.items()) for row in bq.list_rows(bigquery_lib.parse_table(table).table_id)]
+    assert sorted((row["id"], row["run_id"]) for row in rows) == sorted(
+        [(record_id, "append-1") for record_id in texts] + [("a", "append-3")])
+    newest = max((row for row in rows if row["id"] == "a"), key=lambda row: row["embedded_at"])
+    assert newest["content_hash"] == records_lib.content_hash(("a dog ran",))

@@ -261,3 +261,18 @@ def test_help_states_each_option_and_its_true_default(capsys):
         assert resolved_later.get(flag, "") in help_text, flag
 
 
+
+
+@pytest.mark.parametrize("chunking", ["none", "windows"])
+def test_a_text_that_tokenizes_to_unk_only_is_embedded_and_counted_in_the_summary(chunking, tmp_path, tiny_model_dir,
+                                                                                   capsys):
+    corpus = tmp_path / "c.jsonl"
+    texts = {"long-word": "x" * 20_000, "spaced": "the cat sat " + "y" * 150, "plain": "the cat sat on the mat"}
+    corpus.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in texts.items()))
+    argv = ["--runner=FnApiRunner", f"--input={corpus}", f"--model_dir={tiny_model_dir}", "--seq_length=16",
+            f"--output_tfrecord={tmp_path}/out/emb", f"--chunking={chunking}"]
+    argv += ["--chunk_tokens=8"] if chunking != "none" else []
+    assert run_lib.main(argv) == 0
+    summary = capsys.readouterr().out
+    what = "documents" if chunking == "windows" else "records"
+    assert f"Warning: 1 {what} tokenized to [UNK] only" in summary, summary

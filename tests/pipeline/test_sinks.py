@@ -235,3 +235,26 @@ def test_a_corpus_of_hostile_values_runs_to_the_end_with_each_record_in_every_si
     example = parse_example(tfrecord["tenth"]["serialized"])
     assert [float(np.frombuffer(value, "<f8")[0]) for value in example["big"]] == [1e300]
     assert rows["tenth"] == 0.1
+
+
+def test_two_runs_at_once_into_one_table_both_land_without_duplicates(tmp_path, tiny_model_dir, postgres_uri,
+                                                                      synthetic_text):
+    import subprocess
+    import sys
+
+    table = f"emb_{uuid.uuid4().hex[:8]}"
+    processes = []
+    for run, ids in (("a", range(0, 30)), ("b", range(20, 50))):  # d20..d29 in both.
+        corpus = _corpus(tmp_path / f"{run}.jsonl", {f"d{i:02d}": (synthetic_text(i), {"lang": run}) for i in ids})
+        argv = [f"--input={corpus}", f"--model_dir={tiny_model_dir}", "--seq_length=32", f"--run_id={run}",
+                f"--output_tfrecord={tmp_path}/{run}/emb", "--keep_fields=lang", f"--output_postgres={postgres_uri}",
+                f"--postgres_table={table}"]
+        processes.append(subprocess.Popen([sys.executable, "-m", "pipeline.run", *argv], stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+    for process in processes:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-2000:]
+    with psycopg.connect(postgres_uri) as connection:
+        rows = connection.execute(f"SELECT id, lang FROM {table}").fetchall()
+    assert sorted(record_id for record_id, _ in rows) == [f"d{i:02d}" for i in range(50)]
+    assert {lang for record_id, lang in rows if record_id < "d20"} == {"a"}

@@ -54,7 +54,14 @@ class BigQuerySink:
                 self.table, outputs.model, outputs.run_id, verdict=outputs.verdict,
                 carried_forward=outputs.carried_forward, chunks=layout.chunks, kept=layout.kept)
             return
-        # Rows embedded by this run only (their embedded_at stays true).
+        if self.method == "file_loads":
+            # This run's rows, through a run table and a MERGE that adds only what the table lacks: a rerun adds
+            # no row twice (load jobs alone would append them again).
+            _ = outputs.embeddings | "WriteBigQuery" >> incremental.UpdateTable(
+                self.table, outputs.model, outputs.run_id, verdict=outputs.verdict, chunks=layout.chunks,
+                kept=layout.kept, append=True)
+            return
+        # Streamed rows embedded by this run only (their embedded_at stays true); a rerun streams them again.
         refused_rows = outputs.embeddings | "WriteBigQuery" >> bigquery.WriteBigQuery(
             self.table, outputs.model, outputs.run_id, method=self.method, table_exists=self.table_exists,
             verdict=outputs.verdict, chunks=layout.chunks, kept=layout.kept)

@@ -37,6 +37,7 @@ PG_TYPES = {"string": "text", "int64": "bigint", "float64": "double precision", 
 DEFAULT_BATCH_ROWS = 1000  # Rows per COPY and upsert transaction (fewer at the end of a bundle).
 _FLAG = "--output_postgres"
 _CONNECT_SECONDS = 15
+_PREPARE_LOCK = 0x656D62656464  # Any fixed bigint: the advisory lock prepare_table holds while it creates.
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
 
@@ -151,8 +152,10 @@ def prepare_table(uri: str, table: str, columns: tuple[Column, ...], dimension: 
         raise ValueError(f"{where}: cannot connect: {_scrub(err, uri)}") from None
     with connection:
         try:
+            # One preparation at a time per database: two runs starting at once would both find no table (or
+            # extension) and race to create it, and IF NOT EXISTS does not stop the loser failing.
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (_PREPARE_LOCK,))
             connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            connection.commit()
         except errors.InsufficientPrivilege as err:
             raise ValueError(f"{where}: the pgvector extension is not enabled in this database and this user may not "
                              f"enable it ({_scrub(err, uri)}); ask its owner to run CREATE EXTENSION vector "
