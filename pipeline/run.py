@@ -61,7 +61,7 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
     if model.chunking:
         embeddings = embed.chunk_records(embeddings)
     failures = ((read_failures, duplicates, inference_failures | "InferenceFailure" >> beam.MapTuple(
-                 records_lib.inference_failure))
+                 records_lib.inference_failure, raw_of=reader.raw_records()))
                 | "RecordFailures" >> beam.Flatten())
     failure_files = failures | "WriteFailures" >> write.WriteFailures(outputs.failed)
     parts = {"parsed": parsed, "read_failures": read_failures, "failures": failures, "embedded": embeddings,

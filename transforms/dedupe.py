@@ -12,14 +12,13 @@ result is that of grouping everything. Beam has no approximate-membership combin
 from __future__ import annotations
 
 import hashlib
-import logging
 from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
 
 from transforms.read import FAILED_TAG, RECORDS_TAG
-from transforms.records import FAILED_PREFIX, counter, make_failure, record_text
+from transforms.records import FAILED_PREFIX, counter, make_failure, raw_record_or_texts
 
 __all__ = ["DUPLICATE_REASON", "DropDuplicateIds", "RepeatedIds", "FindRepeatedIds", "filter_bits"]
 
@@ -194,15 +193,7 @@ class _KeepOneFn(beam.DoFn):
             f"(content_hash {kept.content_hash[:16]}); this one has {same}", self._raw(record)))
 
     def _raw(self, record) -> str:
-        """The copy's raw line; its id and texts as JSON only when its file no longer holds it (or for records
-        that came from no file, in tests)."""
-        if self._raw_of is not None:
-            try:
-                return self._raw_of(record.source, record.position)
-            except (OSError, ValueError) as err:
-                logging.warning("Cannot read the raw line of a duplicate of %r again (%s); its dead letter holds "
-                                "its id and texts.", record.id[:200], err)
-        return record_text(record.id, record.texts)
+        return raw_record_or_texts(self._raw_of, record, record.texts)
 
 
 class DropDuplicateIds(beam.PTransform):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import math
 import struct
 from typing import NamedTuple
@@ -20,7 +21,8 @@ import apache_beam as beam
 __all__ = ["NAMESPACE", "RECORDS_READ", "EMBEDDED", "TOKENS_EMBEDDED", "TRUNCATED", "TOKENS_COMPUTED", "FAILED_PREFIX",
            "counter", "Record", "RecordKey", "ChunkKey", "chunk_key", "DOCUMENTS_CHUNKED", "CHUNKS", "UNKNOWN_ONLY",
            "content_hash", "derived_id", "Failure", "MAX_RECORD_CHARS",
-           "make_failure", "failure_to_json", "record_text", "inference_failure", "refused_row_failure", "feature_spec",
+           "make_failure", "failure_to_json", "record_text", "inference_failure",
+           "raw_record_or_texts", "refused_row_failure", "feature_spec",
            "example_bytes", "ExampleKey", "example_key", "SCHEMA", "CHUNK_SCHEMA", "schema", "to_row", "from_read_row",
            "FIELD_TYPES", "Column", "BASE_COLUMNS", "CHUNK_COLUMNS", "RESERVED_NAMES", "KEPT_FIELD_MISMATCH",
            "infer_field_type",
@@ -81,6 +83,7 @@ class RecordKey(NamedTuple):
         source: The path of the file the record came from.
         fields: The --keep_fields values, as (name, value) pairs (see Record).
         chunk: Where the chunk lies in its document, or None for a whole record.
+        position: Where the record lies in `source` (see Record), for its raw line in a dead letter.
     """
 
     id: str
@@ -88,11 +91,13 @@ class RecordKey(NamedTuple):
     source: str
     fields: tuple[tuple[str, object], ...] = ()
     chunk: ChunkKey | None = None
+    position: int = 0
 
 
 def chunk_key(document: RecordKey, chunk: ChunkKey) -> RecordKey:
     """The key of one chunk of a document: id DOC_ID#INDEX, the document's content hash, source and kept fields."""
-    return RecordKey(f"{document.id}#{chunk.index}", document.content_hash, document.source, document.fields, chunk)
+    return RecordKey(f"{document.id}#{chunk.index}", document.content_hash, document.source, document.fields, chunk,
+                     document.position)
 
 
 class Record(NamedTuple):
@@ -122,7 +127,7 @@ class Record(NamedTuple):
 
     @property
     def key(self) -> RecordKey:
-        return RecordKey(self.id, self.content_hash, self.source, self.fields)
+        return RecordKey(self.id, self.content_hash, self.source, self.fields, position=self.position)
 
 
 def content_hash(texts: tuple[str, ...]) -> str:
@@ -179,9 +184,22 @@ def record_text(record_id: str, texts: tuple[str, ...]) -> str:
     return json.dumps({"id": record_id, "texts": list(texts)}, ensure_ascii=False)
 
 
-def inference_failure(key: RecordKey, texts: tuple[str, ...], error: str) -> Failure:
-    """The Failure of a record whose batch failed inside the model."""
-    return make_failure(key.source, "inference_error", error, record_text(key.id, texts))
+def inference_failure(key: RecordKey, texts: tuple[str, ...], error: str, raw_of=None) -> Failure:
+    """The Failure of a record whose batch failed inside the model; its raw line through `raw_of(source,
+    position)` (transforms.read.ReadCorpus.raw_records) when given, else its id and texts as JSON."""
+    return make_failure(key.source, "inference_error", error, raw_record_or_texts(raw_of, key, texts))
+
+
+def raw_record_or_texts(raw_of, key, texts: tuple[str, ...]) -> str:
+    """A read record's raw line for its dead letter (`raw_of(source, position)`); its id and texts as JSON
+    (record_text) without `raw_of`, or when its file no longer holds it (logged)."""
+    if raw_of is not None:
+        try:
+            return raw_of(key.source, key.position)
+        except (OSError, ValueError) as err:
+            logging.warning("Cannot read the raw line of %r again (%s); its dead letter holds its id and texts.",
+                            key.id[:200], err)
+    return record_text(key.id, texts)
 
 
 def refused_row_failure(table_spec: str, row: dict, errors) -> Failure:

@@ -128,3 +128,19 @@ def test_float_kept_fields_keep_float64_in_the_example():
     parsed = tf.io.parse_single_example(serialized, {"xs": tf.io.VarLenFeature(tf.string)})
     assert tf.io.decode_raw(parsed["xs"].values, tf.float64).numpy().ravel().tolist() == [1e300, -5e-324,
                                                                                            float("inf")]
+
+
+def test_an_inference_failure_holds_the_records_raw_line(tmp_path):
+    from transforms.read import ReadCorpus
+
+    corpus = tmp_path / "c.jsonl"
+    first = '{"id": "a", "text": "x"}\n'
+    corpus.write_text(first + '{"text": "BOOM",   "id": "b"}\n')
+    # As the pipeline reads a plain file: the record's position is its line's byte offset.
+    record = records.Record("b", ("BOOM",), records.content_hash(("BOOM",)), str(corpus), position=len(first))
+    raw_of = ReadCorpus([str(corpus)], "jsonl").raw_records()
+    failure = records.inference_failure(record.key, record.texts, "the model choked", raw_of=raw_of)
+    assert failure.record == '{"text": "BOOM",   "id": "b"}' and failure.reason == "inference_error"
+    corpus.write_text("")  # Gone from its file: its id and texts instead, never a crash.
+    assert json.loads(records.inference_failure(record.key, record.texts, "e", raw_of=raw_of).record) == {
+        "id": "b", "texts": ["BOOM"]}
