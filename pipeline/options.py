@@ -102,7 +102,8 @@ class _StrictParser(argparse.ArgumentParser):
 
 
 def options_parser(prog: str = "python -m pipeline.run", description: str | None = None,
-                   beam_options: bool = True, epilog: str | None = None) -> argparse.ArgumentParser:
+                   beam_options: bool = True, epilog: str | None = None,
+                   usage: str | None = None) -> argparse.ArgumentParser:
     """The parser of the pipeline's command line: EmbeddingOptions and, with `beam_options`, every Beam option.
 
     The one way to build it, for the pipeline's --help and checks, the Flex Template launcher and the template
@@ -111,7 +112,7 @@ def options_parser(prog: str = "python -m pipeline.run", description: str | None
     from apache_beam.options.pipeline_options import PipelineOptions
 
     parser = _StrictParser(prog=prog, description=description, epilog=epilog, allow_abbrev=False,
-                           formatter_class=_HelpFormatter)
+                           formatter_class=_HelpFormatter, usage=usage)
     EmbeddingOptions._add_argparse_args(parser)
     if beam_options:
         # As PipelineOptions.get_all_options does: every options class Beam knows, once.
@@ -255,7 +256,8 @@ class EmbeddingOptions(PipelineOptions):
         group.add_argument("--output_failed", default=None,
                            help="Dead-letter prefix: records that could not be embedded, as JSON lines with "
                            "source, reason, detail and the raw record. Default: OUTPUT_TFRECORD-failed; "
-                           "required when --output_bigquery is the only output.")
+                           "required when there is no --output_tfrecord (BigQuery, Parquet, Vertex AI or PostgreSQL "
+                           "alone).")
         group.add_argument("--max_failed_fraction", type=_fraction, default=0.1,
                            help="Fail the run when more than this fraction of the input records could not be "
                            "embedded (between 0 and 1). A failed run writes its dead letters but no manifest, "

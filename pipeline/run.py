@@ -232,17 +232,25 @@ def run(argv=None, strict: bool = True) -> beam.runners.runner.PipelineResult:
 _EPILOG = """\
 Beam's own pipeline options are accepted beside these: --runner (default DirectRunner), --direct_num_workers,
 --direct_running_mode, --project, --region, --temp_location, ... (see Beam's documentation).
---verbose shows every log line and the traceback of a failure.
-
 Exit codes: 0 done; 1 the run failed (bad data past --max_failed_fraction, a refused deletion, an I/O or
 model error); 2 a usage error (a flag, its value, or what it names); 130 interrupted.
 
 Example: python -m pipeline.run --input corpus/*.jsonl --model_dir models/minilm --output_tfrecord out/emb"""
 
 
+_USAGE = ("python -m pipeline.run --input PATTERN (--output_tfrecord PREFIX | --output_bigquery TABLE | "
+          "--output_parquet PREFIX | --output_vertex FOLDER | --output_postgres URI --postgres_table TABLE) "
+          "[--output_failed PREFIX] [options] [--verbose]")
+
+
 def help_parser():
-    """The parser behind --help: the pipeline's own options, described, without Beam's."""
-    return options_parser(description=__doc__.split("\n\n")[1], beam_options=False, epilog=_EPILOG)
+    """The parser behind --help: the pipeline's own options, described, without Beam's; and --verbose, which only
+    the command line reads."""
+    parser = options_parser(description=__doc__.split("\n\n")[1], beam_options=False, epilog=_EPILOG, usage=_USAGE)
+    parser.add_argument_group("Command line").add_argument(
+        "--verbose", action="store_true",
+        help="Show every log line (TensorFlow's and Beam's too) and the traceback of a failure. Default: off.")
+    return parser
 
 
 def _quiet(verbose: bool) -> None:

