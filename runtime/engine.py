@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import bisect
+import logging
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,6 +24,9 @@ _ENCODER_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
 SUB_BATCH_OVERHEAD_TOKENS = {"fp32": 64, "bf16": 512}
 # Code points per tokenizer call when chunking: bounds the tokenizer's memory (about 80 bytes per code point).
 _TOKENIZE_CHARS = 1 << 18
+# A batch of long documents can take minutes between two records out of the pipeline: the engine says how far it
+# is through such a batch this often.
+PROGRESS_SECONDS = 30.0
 
 
 class Embedder:
@@ -233,7 +238,9 @@ class Embedder:
         results: list[list[ChunkEmbedding | None]] = [] if late else [[None] * len(chunks) for _, chunks in documents]
         lengths = np.array([end - start + 2 for _, start, end, _ in rows], np.int64)
         tokens_computed = 0
+        progress = _BatchProgress(len(texts), len(rows), int(lengths.sum()), "windows" if late else "chunks")
         for sub_batch in plan_sub_batches(lengths, self._token_budget, self._call_overhead):
+            progress.advance(len(sub_batch), int(lengths[sub_batch].sum()))
             width = int(lengths[sub_batch].max())
             tokens_computed += len(sub_batch) * width
             batch_rows = [rows[i] for i in sub_batch]
@@ -394,6 +401,29 @@ class _LatePooling:
                     vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
                 results[-1].append(_chunk_embedding(vector, chunk.piece_end - chunk.piece_start, chunk))
         return results
+
+
+class _BatchProgress:
+    """Logs how far a batch of documents is, every PROGRESS_SECONDS (never for a batch done sooner)."""
+
+    def __init__(self, documents: int, rows: int, tokens: int, what: str):
+        self._documents, self._rows, self._tokens, self._what = documents, rows, tokens, what
+        self._rows_done = self._tokens_done = 0
+        self._start = self._last = time.monotonic()
+
+    def advance(self, rows: int, tokens: int) -> None:
+        """Called before `rows` more rows of `tokens` tokens are encoded."""
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_SECONDS and self._tokens_done:
+            self._last = now
+            rate = self._tokens_done / (now - self._start)
+            logging.info("Embedding a batch of %d documents: %s of %s %s (%s of %s tokens, %.0f%%), %.0f tokens/s, "
+                         "about %.0f s left in this batch.", self._documents, f"{self._rows_done:,}",
+                         f"{self._rows:,}", self._what, f"{self._tokens_done:,}", f"{self._tokens:,}",
+                         100 * self._tokens_done / max(self._tokens, 1), rate,
+                         (self._tokens - self._tokens_done) / max(rate, 1e-9))
+        self._rows_done += rows
+        self._tokens_done += tokens
 
 
 def _chunk_embedding(vector: np.ndarray, tokens: int, chunk: Chunk) -> ChunkEmbedding:

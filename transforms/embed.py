@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -105,10 +107,15 @@ class EmbeddingModelHandler(ModelHandler[tuple, runtime.Embedding, Any]):
         self._precision, self._pairs = precision, pairs
 
     def load_model(self) -> runtime.Embedder:
-        return runtime.load(self._encoder_handle, self._preprocessor_handle, seq_length=self._seq_length,
-                            pooling=self._pooling, normalize=self._normalize, precision=self._precision,
-                            with_sequence=self._with_sequence, token_budget=self._token_budget, files=BeamFiles(),
-                            pairs=self._pairs, chunking=self.chunking)
+        # Loading takes seconds to minutes (staging, TensorFlow, tracing): a run that is only loading says so.
+        logging.info("Loading the model %s ...", self._encoder_handle)
+        start = time.monotonic()
+        model = runtime.load(self._encoder_handle, self._preprocessor_handle, seq_length=self._seq_length,
+                             pooling=self._pooling, normalize=self._normalize, precision=self._precision,
+                             with_sequence=self._with_sequence, token_budget=self._token_budget, files=BeamFiles(),
+                             pairs=self._pairs, chunking=self.chunking)
+        logging.info("Model loaded in %.1f s; embedding.", time.monotonic() - start)
+        return model
 
     def run_inference(self, batch: Sequence[tuple], model: runtime.Embedder,
                       inference_args: dict | None = None) -> Iterable[PredictionResult]:

@@ -127,3 +127,22 @@ def test_chunking_flags_that_do_not_go_together_get_one_clear_line(extra, fragme
     assert run_lib.main(argv) == 2
     one_error_line(capsys.readouterr().err.strip().splitlines(), *fragments)
     assert not os.path.exists(f"{tmp_path}/out-manifest.json")
+
+
+def test_a_chunked_run_says_how_far_it_is_inside_a_batch(tmp_path, tiny_model_dir, synthetic_text, monkeypatch,
+                                                         caplog):
+    import logging
+
+    from runtime import engine
+
+    monkeypatch.setattr(engine, "PROGRESS_SECONDS", 0.0)  # Every sub-batch, instead of every 30 s.
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": " ".join(synthetic_text(i + j) for j in range(40))})
+                              + "\n" for i in range(4)))
+    caplog.set_level(logging.INFO)
+    run_lib.run(["--runner=FnApiRunner", f"--input={corpus}", f"--model_dir={tiny_model_dir}", "--chunking=windows",
+                 "--chunk_tokens=8", "--chunk_overlap=0", "--token_budget=64", f"--output_tfrecord={tmp_path}/o/e"])
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(message.startswith("Loading the model") for message in messages)
+    progress = [message for message in messages if message.startswith("Embedding a batch of 4 documents")]
+    assert progress and " chunks (" in progress[0] and "tokens/s" in progress[0], messages[-10:]
