@@ -126,7 +126,8 @@ def _pooling_of(module_dir: str) -> str | None:
 
 
 def read_sentence_config(checkpoint_dir: str) -> dict | None:
-    """How sentence-transformers uses a checkpoint: {"pooling", "normalize", "max_seq_length"}, or None.
+    """How sentence-transformers uses a checkpoint: {"pooling", "normalize", "max_seq_length"} and, when it
+    declares them, {"prompts", "default_prompt_name"}; or None.
 
     Reads modules.json (the module list), the Pooling module's config.json, whether a Normalize module follows,
     and sentence_bert_config.json's max_seq_length. Modules the pipeline cannot compute (Dense layers, max
@@ -157,12 +158,30 @@ def read_sentence_config(checkpoint_dir: str) -> dict | None:
         max_seq_length = _read_json(bert_config_path).get("max_seq_length")
         if isinstance(max_seq_length, int) and max_seq_length > 1:
             config["max_seq_length"] = max_seq_length
+    config.update(_read_prompts(checkpoint_dir))
     if unsupported or config.get("pooling") is None:
         logging.warning("%s is a sentence-transformers model whose modules the export cannot reproduce: %s. "
                         "Its pooling is not recorded; pass --pooling and --normalize to the pipeline yourself.",
                         checkpoint_dir, ", ".join(unsupported) or "no Pooling module")
         return None
     return config
+
+
+def _read_prompts(checkpoint_dir: str) -> dict:
+    """config_sentence_transformers.json's prompts ({name: prefix}) and default_prompt_name, when it has them:
+    sentence-transformers prepends the prefix to each text before tokenizing (E5's "query: ", BGE's
+    instruction)."""
+    path = os.path.join(checkpoint_dir, "config_sentence_transformers.json")
+    if not os.path.isfile(path):
+        return {}
+    recorded = _read_json(path)
+    prompts = recorded.get("prompts") or {}
+    prompts = {name: text for name, text in prompts.items() if isinstance(name, str) and isinstance(text, str)}
+    found = {"prompts": prompts} if prompts else {}
+    default = recorded.get("default_prompt_name")
+    if isinstance(default, str) and default in prompts:
+        found["default_prompt_name"] = default
+    return found
 
 
 def _canonical_name(name: str) -> str | None:

@@ -189,14 +189,15 @@ def write_sentence_config(encoder_dir: str, *, sentence_config: dict) -> str:
 
     Args:
       encoder_dir: an exported encoder SavedModel.
-      sentence_config: its keys pooling, normalize and max_seq_length are written; others are left out.
+      sentence_config: its keys pooling, normalize, max_seq_length, prompts and default_prompt_name are written;
+        others are left out.
 
     Returns:
       The path of the file written.
     """
     path = os.path.join(encoder_dir, SENTENCE_CONFIG_PATH)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    keys = ("pooling", "normalize", "max_seq_length")
+    keys = ("pooling", "normalize", "max_seq_length", "prompts", "default_prompt_name")
     with open(path, "w", encoding="utf-8") as f:
         json.dump({key: sentence_config[key] for key in keys if key in sentence_config}, f, indent=1, sort_keys=True)
         f.write("\n")

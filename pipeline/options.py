@@ -210,6 +210,15 @@ class EmbeddingOptions(PipelineOptions):
                            help="L2-normalise every embedding (cosine similarity becomes a dot product). "
                            "Default: as the model was exported (a sentence-transformers checkpoint with a "
                            "Normalize module), else off.")
+        group.add_argument("--prompt_name", default=None,
+                           help="Prepend the model's prompt of this name to every text before tokenizing, as "
+                           "sentence-transformers' encode(prompt_name=...) does (E5's passage, BGE's query ...): "
+                           "model.export records a checkpoint's prompts. Default: the model's default_prompt_name, "
+                           "if it declares one, else no prompt. With --chunking windows the prompt's wordpieces go "
+                           "before every chunk's, within --seq_length.")
+        group.add_argument("--prompt", default=None,
+                           help="Prepend this text to every text before tokenizing instead (sentence-transformers' "
+                           "prompt=...). Default: see --prompt_name.")
         group.add_argument("--batch_size", type=_positive_int, default=512,
                            help="Texts handed to the model at once (fewer only at the end of a bundle). A batch "
                            "is sorted by length and cut into sub-batches of similar lengths: the larger the "

@@ -54,6 +54,7 @@ class ModelPlan:
     model_copies: int | None
     settings_note: str  # Where pooling, normalisation and seq_length came from, for the user.
     chunking: ChunkSettings | None = None  # None: one embedding per record (--chunking none).
+    prompt: str = ""  # Prepended to every text before tokenizing (--prompt, --prompt_name or the model's default).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,13 +191,17 @@ def _plan_model(opts: EmbeddingOptions, pairs: bool) -> ModelPlan:
     runtime.check_models(encoder, preprocessor, files=BeamFiles())
     longest = runtime.model_max_seq_length(preprocessor, files=BeamFiles()) if opts.chunking != "none" else None
     longest = longest or runtime.MAX_SEQ_LENGTH
-    chunking = _plan_chunking(opts, encoder, pairs, longest)
+    prompt = runtime.resolve_prompt(encoder, prompt_name=opts.prompt_name, prompt=opts.prompt, files=BeamFiles())
+    prompt_pieces = _check_prompt(opts, prompt.text, preprocessor, pairs)
+    chunking = _plan_chunking(opts, encoder, pairs, longest, reserved=prompt_pieces)
     chunking_seq_length = None
     if chunking:
-        chunking_seq_length = chunking.tokens + 2 if chunking.mode == "windows" else longest
+        chunking_seq_length = (chunking.tokens + 2 + prompt_pieces if chunking.mode == "windows" else longest)
         if opts.seq_length is None and chunking_seq_length > longest:
-            raise ValueError(f"--chunk_tokens {chunking.tokens} plus [CLS] and [SEP] exceeds the longest input the "
-                             f"model takes ({longest} tokens): use --chunk_tokens {longest - 2} or less.")
+            with_prompt = f", the prompt's {prompt_pieces} wordpieces" if prompt_pieces else ""
+            raise ValueError(f"--chunk_tokens {chunking.tokens} plus [CLS]{with_prompt} and [SEP] exceeds the longest "
+                             f"input the model takes ({longest} tokens): use --chunk_tokens "
+                             f"{longest - 2 - prompt_pieces} or less.")
     settings = runtime.resolve_settings(encoder, pooling=opts.pooling, normalize=opts.normalize,
                                         seq_length=opts.seq_length, chunking_seq_length=chunking_seq_length,
                                         files=BeamFiles())
@@ -206,22 +211,47 @@ def _plan_model(opts: EmbeddingOptions, pairs: bool) -> ModelPlan:
         if chunking.mode == "late" and settings.pooling != "mean":
             raise ValueError(f"--chunking late pools each chunk's token vectors by their mean: it needs --pooling "
                              f"mean (pooling here is {settings.pooling}); or use --chunking windows.")
-        chunking_lib.check_chunking(chunking, settings.seq_length)
+        chunking_lib.check_chunking(chunking, settings.seq_length - prompt_pieces)
         described = chunking.describe() + (";chunk_text" if opts.output_chunk_text else "")
     fingerprint = runtime.model_fingerprint(encoder, preprocessor, settings.pooling, settings.normalize,
                                             settings.seq_length, opts.precision, chunking=described,
-                                            files=BeamFiles())
+                                            prompt=prompt.text, files=BeamFiles())
     return ModelPlan(encoder=encoder, preprocessor=preprocessor, fingerprint=fingerprint,
                      seq_length=settings.seq_length, pooling=settings.pooling, normalize=settings.normalize,
                      precision=opts.precision, batch_size=opts.batch_size, token_budget=opts.token_budget,
-                     large_model=opts.large_model, model_copies=opts.model_copies, settings_note=settings.note,
-                     chunking=chunking)
+                     large_model=opts.large_model, model_copies=opts.model_copies,
+                     settings_note=f"{settings.note}, {prompt.note}", chunking=chunking, prompt=prompt.text)
 
 
-def _plan_chunking(opts: EmbeddingOptions, encoder: str, pairs: bool, longest: int) -> ChunkSettings | None:
+def _check_prompt(opts: EmbeddingOptions, prompt: str, preprocessor: str, pairs: bool) -> int:
+    """The prompt's wordpieces when chunks must make room for it (0 otherwise); ValueError naming the flags that
+    do not go with a prompt."""
+    import runtime
+    from transforms.files import BeamFiles
+
+    if not prompt:
+        return 0
+    if pairs:
+        raise ValueError("a prompt (--prompt, --prompt_name or the model's default) prefixes single texts; "
+                         "--pair_fields embeds pairs: drop one of the two (--prompt '' for none).")
+    if opts.chunking == "late":
+        raise ValueError("--chunking late pools each chunk from a whole window's token vectors: a prompt before "
+                         "every chunk has no place there; use --chunking windows, or --prompt '' for none.")
+    if opts.chunking != "windows":
+        return 0
+    if prompt[-1:].isalnum():
+        raise ValueError(f"--chunking windows puts the prompt's wordpieces before every chunk's, which equals "
+                         f"tokenizing prompt + chunk only when the prompt ends in a space or punctuation: "
+                         f"{prompt!r} does not.")
+    return runtime.count_wordpieces(preprocessor, prompt, files=BeamFiles())
+
+
+def _plan_chunking(opts: EmbeddingOptions, encoder: str, pairs: bool, longest: int,
+                   reserved: int = 0) -> ChunkSettings | None:
     """--chunking, --chunk_tokens and --chunk_overlap as ChunkSettings (sizes checked later against the length),
     None for --chunking none; ValueError naming the flags that do not go together. The default chunk fits the
-    model's `longest` input, and for windows its sentence-transformers length too."""
+    model's `longest` input, and for windows its sentence-transformers length too, less the `reserved`
+    wordpieces of a prompt before every chunk."""
     from runtime import chunking, model_defaults
     from transforms.files import BeamFiles
 
@@ -241,8 +271,8 @@ def _plan_chunking(opts: EmbeddingOptions, encoder: str, pairs: bool, longest: i
     tokens = opts.chunk_tokens
     if tokens is None:
         own_length = model_defaults(encoder, files=BeamFiles()).get("max_seq_length")
-        tokens = chunking.default_chunk_tokens(min(own_length or longest, longest) if opts.chunking == "windows"
-                                               else longest)
+        tokens = chunking.default_chunk_tokens(min(own_length or longest, longest) - reserved
+                                               if opts.chunking == "windows" else longest)
     overlap = opts.chunk_overlap
     if overlap is None:
         overlap = min(chunking.DEFAULT_CHUNK_OVERLAP, tokens // 8)

@@ -44,7 +44,7 @@ def build(pipeline: beam.Pipeline, plan: Plan) -> None:
         model.encoder, model.preprocessor, seq_length=model.seq_length, pooling=model.pooling,
         normalize=model.normalize, with_sequence=outputs.sequence, max_batch_size=model.batch_size,
         token_budget=model.token_budget, large_model=model.large_model, model_copies=model.model_copies,
-        precision=model.precision, chunking=model.chunking, pairs=bool(inputs.pair_fields))
+        precision=model.precision, chunking=model.chunking, pairs=bool(inputs.pair_fields), prompt=model.prompt)
     reader = read.ReadCorpus(list(inputs.patterns), inputs.input_format, id_field=inputs.id_field,
                              text_field=inputs.text_field, pair_fields=inputs.pair_fields,
                              keep_fields=plan.layout.kept, limits=plan.limits)

@@ -48,11 +48,13 @@ class Embedder:
       token_budget: the most padded tokens encoded at once (at least seq_length); batches are cut into
         length-sorted sub-batches.
       precision: the precision the encoder runs at; here it only tunes the sub-batch planning.
+      prompt: text prepended to every single text before tokenizing, as sentence-transformers' prompts are ("":
+        none); with chunking ("windows"), its wordpieces go before every chunk's.
     """
 
     def __init__(self, preprocessor, encoder, *, seq_length: int = 128, pooling: str = "pooled",
                  normalize: bool = False, with_sequence: bool = False, token_budget: int = 4096,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", prompt: str = ""):
         import tensorflow as tf
 
         self._preprocessor = preprocessor
@@ -100,6 +102,7 @@ class Embedder:
         self._encode_tokens = encode_tokens
         self._normalize = normalize
         self._special_ids = None
+        self._prompt, self._prompt_ids = prompt, None
         self._unknown_id = False  # Not looked up yet; None when the tokenizer gives no single [UNK] for it.
         self._split_words = None
 
@@ -191,6 +194,8 @@ class Embedder:
         Returns:
           One Embedding per input, in input order, and the padded tokens the encoder computed.
         """
+        if self._prompt:
+            texts = [(self._prompt + item[0], *item[1:]) for item in texts]
         segments = list(zip(*texts, strict=True))
         word_ids, mask, type_ids, needed = (t.numpy() for t in self.pack(*segments))
         lengths = mask.sum(axis=1)
@@ -226,6 +231,10 @@ class Embedder:
         """
         documents = self.chunk_documents(texts, settings)
         late = settings.mode == "late"
+        if late and self._prompt:
+            raise ValueError("late chunking pools each chunk from a whole window's token vectors: a prompt before "
+                             "every chunk has no place there; use --chunking windows.")
+        prefix = self.prompt_ids()
         rows = []  # (document, piece start, piece end, the late window or the chunk)
         for number, (pieces, chunks) in enumerate(documents):
             if late:
@@ -236,7 +245,7 @@ class Embedder:
         # Late runs pool into _LatePooling; windows fill each chunk's place in `results`.
         pooled = _LatePooling(documents, self._normalize) if late else None
         results: list[list[ChunkEmbedding | None]] = [] if late else [[None] * len(chunks) for _, chunks in documents]
-        lengths = np.array([end - start + 2 for _, start, end, _ in rows], np.int64)
+        lengths = np.array([end - start + 2 + len(prefix) for _, start, end, _ in rows], np.int64)
         tokens_computed = 0
         progress = _BatchProgress(len(texts), len(rows), int(lengths.sum()), "windows" if late else "chunks")
         for sub_batch in plan_sub_batches(lengths, self._token_budget, self._call_overhead):
@@ -244,7 +253,7 @@ class Embedder:
             width = int(lengths[sub_batch].max())
             tokens_computed += len(sub_batch) * width
             batch_rows = [rows[i] for i in sub_batch]
-            word_ids, mask = self._pack_pieces([documents[number][0][start:end]
+            word_ids, mask = self._pack_pieces([np.concatenate([prefix, documents[number][0][start:end]])
                                                 for number, start, end, _ in batch_rows], width)
             if late:
                 sequences = self._encode_tokens(word_ids, mask, np.zeros_like(word_ids)).numpy()
@@ -253,7 +262,7 @@ class Embedder:
             else:
                 vectors = self._encode(word_ids, mask, np.zeros_like(word_ids))[0].numpy()
                 for (number, start, end, chunk), vector in zip(batch_rows, vectors, strict=True):
-                    results[number][chunk.index] = _chunk_embedding(vector, end - start + 2, chunk)
+                    results[number][chunk.index] = _chunk_embedding(vector, end - start + 2 + len(prefix), chunk)
         unknown = self.unknown_id()
         unknown_only = 0 if unknown is None else sum(
             bool(len(pieces)) and bool(np.all(pieces == unknown)) for pieces, _ in documents)
@@ -276,6 +285,17 @@ class Embedder:
             word_ids[row, 1 + len(pieces)] = sep_id
             mask[row, :len(pieces) + 2] = 1
         return word_ids, mask
+
+    def prompt_ids(self) -> np.ndarray:
+        """The prompt's wordpieces (int32; empty without a prompt), which go before every chunk's."""
+        if self._prompt_ids is None:
+            self._prompt_ids = np.zeros(0, np.int32)
+            if self._prompt:
+                import tensorflow as tf
+
+                pieces = self._preprocessor.tokenize(tf.constant([self._prompt])).flat_values.numpy()
+                self._prompt_ids = pieces.astype(np.int32)
+        return self._prompt_ids
 
     def unknown_id(self) -> int | None:
         """The id of [UNK]: what the tokenizer gives a word longer than any it splits (WordPiece's 100-character

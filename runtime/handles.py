@@ -176,7 +176,45 @@ def model_defaults(encoder: str, *, files: Files = LOCAL) -> dict:
         defaults["normalize"] = recorded["normalize"]
     if isinstance(recorded.get("max_seq_length"), int):
         defaults["max_seq_length"] = recorded["max_seq_length"]
+    prompts = recorded.get("prompts")
+    if isinstance(prompts, dict) and prompts:
+        defaults["prompts"] = {name: text for name, text in prompts.items() if isinstance(text, str)}
+        if recorded.get("default_prompt_name") in defaults["prompts"]:
+            defaults["default_prompt_name"] = recorded["default_prompt_name"]
     return defaults
+
+
+class Prompt(NamedTuple):
+    """The text prepended to every input before tokenizing ("" for none), and where it came from, for the user."""
+
+    text: str
+    note: str
+
+
+def resolve_prompt(encoder: str, *, prompt_name: str | None = None, prompt: str | None = None,
+                   files: Files = LOCAL) -> Prompt:
+    """The prompt of a run, as sentence-transformers' encode(prompt_name=..., prompt=...) picks it: `prompt` as
+    given, else the model's prompt named `prompt_name`, else the model's default_prompt_name's, else none.
+
+    Raises:
+      ValueError: naming --prompt or --prompt_name: both given, or a name the model does not declare.
+    """
+    if prompt is not None and prompt_name is not None:
+        raise ValueError("--prompt and --prompt_name both name the prompt: pass one of them.")
+    if prompt is not None:
+        return Prompt(prompt, f"prompt {prompt!r} (flag)")
+    recorded = model_defaults(encoder, files=files)
+    prompts = recorded.get("prompts", {})
+    if prompt_name is not None:
+        if prompt_name not in prompts:
+            known = ", ".join(sorted(prompts)) or "none"
+            raise ValueError(f"--prompt_name {prompt_name}: the model declares no such prompt (its prompts: "
+                             f"{known}); pass --prompt TEXT for another prefix.")
+        return Prompt(prompts[prompt_name], f"prompt {prompt_name} = {prompts[prompt_name]!r} (flag)")
+    name = recorded.get("default_prompt_name")
+    if name:
+        return Prompt(prompts[name], f"prompt {name} = {prompts[name]!r} (model default)")
+    return Prompt("", "no prompt")
 
 
 class Settings(NamedTuple):
@@ -294,7 +332,8 @@ def _root_variable(saved_model_dir: str, name: str):
 
 
 def model_fingerprint(encoder: str, preprocessor: str, pooling: str, normalize: bool, seq_length: int,
-                      precision: str = "fp32", *, chunking: str | None = None, files: Files = LOCAL) -> str:
+                      precision: str = "fp32", *, chunking: str | None = None, prompt: str = "",
+                      files: Files = LOCAL) -> str:
     """A short hash naming what made an embedding: both models' graphs and weights index, pooling, length.
 
     For local and gs:// handles it hashes saved_model.pb and variables/variables.index (whose entries carry
@@ -310,6 +349,7 @@ def model_fingerprint(encoder: str, preprocessor: str, pooling: str, normalize: 
       precision: one of runtime.PRECISIONS.
       chunking: how documents are cut into chunks (ChunkSettings.describe()), or None for whole records
         (which adds nothing, as fp32 does).
+      prompt: the text prepended to every input; "" adds nothing.
       files: reads both handles.
 
     Returns:
@@ -326,6 +366,8 @@ def model_fingerprint(encoder: str, preprocessor: str, pooling: str, normalize: 
         digest.update(f";precision={precision}".encode())
     if chunking:
         digest.update(f";{chunking}".encode())
+    if prompt:
+        digest.update(f";prompt={json.dumps(prompt)}".encode())
     return digest.hexdigest()[:16]
 
 

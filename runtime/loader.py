@@ -11,7 +11,7 @@ from runtime.files import LOCAL, Files
 from runtime.handles import resolve_handle
 from runtime.precision import PRECISIONS, load_encoder_call, use_precision
 
-__all__ = ["check_settings", "load"]
+__all__ = ["check_settings", "load", "count_wordpieces"]
 
 
 def check_settings(*, pooling: str = "pooled", precision: str = "fp32") -> None:
@@ -28,7 +28,8 @@ def check_settings(*, pooling: str = "pooled", precision: str = "fp32") -> None:
 
 def load(encoder: str, preprocessor: str, *, seq_length: int = 128, pooling: str = "pooled",
          normalize: bool = False, precision: str = "fp32", with_sequence: bool = False, token_budget: int = 4096,
-         files: Files = LOCAL, pairs: bool | None = None, chunking: ChunkSettings | None = None) -> Embedder:
+         files: Files = LOCAL, pairs: bool | None = None, chunking: ChunkSettings | None = None,
+         prompt: str = "") -> Embedder:
     """Loads a preprocessor + encoder SavedModel pair, picks the encoder call to run, and warms it up.
 
     Registers tensorflow_text's ops first (they must be before the preprocessor loads), lets GPU memory grow and,
@@ -51,6 +52,7 @@ def load(encoder: str, preprocessor: str, *, seq_length: int = 128, pooling: str
         up, and the other traces at its first batch (seconds). None warms up both.
       chunking: how documents will be cut (Embedder.embed_documents), when they will be: the functions it runs
         are warmed up instead (the late mode's token vectors, the word splitting).
+      prompt: text prepended to every input before tokenizing (runtime.resolve_prompt); "" for none.
 
     Returns:
       The Embedder, its graph functions traced.
@@ -67,7 +69,7 @@ def load(encoder: str, preprocessor: str, *, seq_length: int = 128, pooling: str
     encoder_call = load_encoder_call(resolve_handle(encoder, files=files), precision=precision, cls_only=cls_only)
     use_precision(precision, native_bf16=encoder_call.native_bf16)
     embedder = Embedder(None, encoder_call, seq_length=seq_length, pooling=pooling, normalize=normalize,
-                        with_sequence=with_sequence, token_budget=token_budget, precision=precision)
+                        with_sequence=with_sequence, token_budget=token_budget, precision=precision, prompt=prompt)
     # The first call of each graph function traces and optimises it: pay that here, not in the first batch.
     # Later shapes need no retracing (every signature has unknown dimensions). The encoder's first call is
     # mostly grappler in C++, which releases the GIL (seconds for bf16's constant weights): it runs in a thread
@@ -81,3 +83,12 @@ def load(encoder: str, preprocessor: str, *, seq_length: int = 128, pooling: str
         embedder.warm_up_inputs(pairs, chunking=chunking is not None)
         encoder_warmed.result()
     return embedder
+
+
+def count_wordpieces(preprocessor: str, text: str, *, files: Files = LOCAL) -> int:
+    """How many wordpieces the preprocessor makes of `text` (a prompt, to size chunks around it). Loads the
+    preprocessor alone: about a second."""
+    tf = imports.import_tensorflow()
+    imports.register_text_ops()
+    loaded = tf.saved_model.load(resolve_handle(preprocessor, files=files))
+    return int(loaded.tokenize(tf.constant([text])).flat_values.shape[0])

@@ -80,6 +80,7 @@ class EmbeddingModelHandler(ModelHandler[tuple, runtime.Embedding, Any]):
         precision, which applies to every graph of the loading process: one precision per process.
       chunking: a runtime.ChunkSettings: cut each text into chunks of whole words and embed every chunk
         (Embedder.embed_documents); a result is then the list of the text's ChunkEmbeddings. Single texts only.
+      prompt: text prepended to every text before tokenizing (runtime.resolve_prompt picks the model's).
 
     Raises:
       ValueError: for an unknown pooling or precision.
@@ -89,7 +90,7 @@ class EmbeddingModelHandler(ModelHandler[tuple, runtime.Embedding, Any]):
                  normalize: bool = False, with_sequence: bool = False, max_batch_size: int = 512,
                  token_budget: int = 4096, large_model: bool = False, model_copies: int | None = None,
                  precision: str = "fp32", chunking: runtime.ChunkSettings | None = None,
-                 pairs: bool | None = None):
+                 pairs: bool | None = None, prompt: str = ""):
         runtime.check_settings(pooling=pooling, precision=precision)
         batch_size, weight = max_batch_size, {}
         if chunking:
@@ -104,7 +105,7 @@ class EmbeddingModelHandler(ModelHandler[tuple, runtime.Embedding, Any]):
         self._encoder_handle, self._preprocessor_handle = encoder, preprocessor
         self._seq_length, self._pooling, self._normalize = seq_length, pooling, normalize
         self._with_sequence, self._token_budget = with_sequence, token_budget
-        self._precision, self._pairs = precision, pairs
+        self._precision, self._pairs, self._prompt = precision, pairs, prompt
 
     def load_model(self) -> runtime.Embedder:
         # Loading takes seconds to minutes (staging, TensorFlow, tracing): a run that is only loading says so.
@@ -113,7 +114,7 @@ class EmbeddingModelHandler(ModelHandler[tuple, runtime.Embedding, Any]):
         model = runtime.load(self._encoder_handle, self._preprocessor_handle, seq_length=self._seq_length,
                              pooling=self._pooling, normalize=self._normalize, precision=self._precision,
                              with_sequence=self._with_sequence, token_budget=self._token_budget, files=BeamFiles(),
-                             pairs=self._pairs, chunking=self.chunking)
+                             pairs=self._pairs, chunking=self.chunking, prompt=self._prompt)
         logging.info("Model loaded in %.1f s; embedding.", time.monotonic() - start)
         return model
 
