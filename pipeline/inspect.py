@@ -1,6 +1,6 @@
-"""Shows what an embedding output holds: python -m pipeline.inspect PREFIX [--corpus FILE].
+"""Shows what an embedding output holds: python -m pipeline.inspect PREFIX [--corpus FILE] [--query TEXT].
 
-PREFIX is a run's TFRecord or Parquet prefix, or a PostgreSQL URI with --postgres_table.
+PREFIX is a run's TFRecord or Parquet prefix, a Vertex AI update folder, or a PostgreSQL URI with --postgres_table.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["load_output", "nearest_neighbours", "corpus_texts",
+__all__ = ["load_output", "nearest_neighbours", "nearest_to", "corpus_texts",
            "main"]
 
 # Texts longer than this are cut when shown, so one long document does not bury the neighbour list.
@@ -96,6 +96,31 @@ def _chunk_places(prefix: str) -> dict[str, _Place]:
                                                             int(features["char_start"][0]),
                                                             int(features["char_end"][0]), text)
     return places
+
+
+def _embed_query(args, dimension: int) -> np.ndarray:
+    """The query's vector, made as the run made its records' (runtime.embed_texts), with the query prompt."""
+    import runtime
+
+    if not args.model_dir:
+        raise _UsageError("--query needs --model_dir, the model the run embedded with.")
+    encoder = args.model_dir.rstrip("/") + "/encoder"
+    name = args.query_prompt_name
+    if name is None and "query" in runtime.model_defaults(encoder).get("prompts", {}):
+        name = "query"
+    vector = runtime.embed_texts(args.model_dir, [args.query], prompt_name=name)[0]
+    if vector.shape[0] != dimension:
+        raise _UsageError(f"--model_dir {args.model_dir} makes vectors of dimension {vector.shape[0]}; the output "
+                          f"holds {dimension}: pass the model the run used.")
+    return vector
+
+
+def nearest_to(vectors: np.ndarray, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The k rows of `vectors` nearest to `query` by cosine similarity, best first: (row, similarity)."""
+    norms = np.linalg.norm(vectors, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
+    similarities = vectors @ query / np.maximum(norms, 1e-12)
+    order = np.argsort(-similarities, kind="stable")[:k]
+    return [(int(i), float(similarities[i])) for i in order]
 
 
 def nearest_neighbours(vectors: np.ndarray, index: int, k: int) -> list[tuple[int, float]]:
@@ -227,6 +252,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=_positive_int, default=3,
                         help="How many records to show neighbours for, spread over the output. Default: 3.")
     parser.add_argument("-k", type=_positive_int, default=3, help="Neighbours shown per record. Default: 3.")
+    parser.add_argument("--query", metavar="TEXT",
+                        help="Embed TEXT with --model_dir, as the run embedded its corpus, and show the stored "
+                        "records nearest to it (chunks with their document and place) instead of sample "
+                        "neighbours. Default: none.")
+    parser.add_argument("--top", type=_positive_int, default=5,
+                        help="How many records --query shows. Default: 5.")
+    parser.add_argument("--model_dir",
+                        help="The run's --model_dir, for --query: its pooling, normalisation and length are the "
+                        "model's own, as in a run without those flags. Default: none.")
+    parser.add_argument("--query_prompt_name", default=None,
+                        help="The model's prompt for --query (sentence-transformers' prompt_name). Default: query "
+                        "when the model declares it, else the model's default prompt, else none.")
     return parser
 
 
@@ -255,13 +292,19 @@ def _inspect(args) -> int:
     failures = _count_failures(args.failed or args.prefix + "-failed") if "://" not in where else 0
     print(f"{len(ids)} embeddings of dimension {vectors.shape[1] if len(ids) else 0} in {where}; "
           f"{failures} records in the dead-letter output; model fingerprint(s): {', '.join(sorted(models))}")
-    step = max(len(ids) // args.samples, 1)
-    shown = [(index, nearest_neighbours(vectors, index, min(args.k, len(ids) - 1)))
-             for index in list(range(0, len(ids), step))[:args.samples]]
-    texts = {}
     places = _chunk_places(args.prefix) if any("#" in record_id for record_id in ids) else {}
+    if args.query is not None:
+        with _usage("--query"):
+            found = nearest_to(vectors, _embed_query(args, vectors.shape[1] if len(ids) else 0), args.top)
+        shown = [(None, found)]
+    else:
+        step = max(len(ids) // args.samples, 1)
+        shown = [(index, nearest_neighbours(vectors, index, min(args.k, len(ids) - 1)))
+                 for index in list(range(0, len(ids), step))[:args.samples]]
+    texts = {}
     if paths:
-        wanted = {ids[i] for index, neighbours in shown for i in [index, *(n for n, _ in neighbours)]}
+        wanted = {ids[i] for index, neighbours in shown
+                  for i in ([] if index is None else [index]) + [n for n, _ in neighbours]}
         wanted = {places[i].doc_id if i in places else i for i in wanted}
         with _usage("--corpus"):
             texts, unread = corpus_texts(paths, input_format, args.id_field, args.text_field, pair_fields, wanted)
@@ -273,7 +316,7 @@ def _inspect(args) -> int:
             print(f"note: none of the ids shown is in --corpus read as {input_format}: check --input_format, "
                   "--id_field, --text_field and --pair_fields against the run's", file=sys.stderr)
     for index, neighbours in shown:
-        print(f"\n{_label(ids[index], texts, places)}")
+        print(f"\nquery: {args.query}" if index is None else f"\n{_label(ids[index], texts, places)}")
         for neighbour, score in neighbours:
             print(f"  {score:.3f}  {_label(ids[neighbour], texts, places)}")
     return 0

@@ -24,10 +24,11 @@ from runtime.handles import (
     stage_locally,
 )
 from runtime.imports import import_tensorflow, register_text_ops
-from runtime.loader import check_settings, count_wordpieces, load
+from runtime.loader import check_settings, count_wordpieces, embed_texts, load
 from runtime.precision import PRECISIONS, EncoderCall, load_encoder_call, use_precision
 
-__all__ = ["load", "check_settings", "Embedder", "Embedding", "EmbeddedBatch", "ChunkEmbedding", "EmbeddedDocuments",
+__all__ = ["load", "embed_texts", "check_settings", "Embedder", "Embedding", "EmbeddedBatch", "ChunkEmbedding",
+           "EmbeddedDocuments",
            "ChunkSettings", "CHUNKING_MODES", "EncoderCall", "load_encoder_call",
            "use_precision", "plan_sub_batches", "POOLING_MODES", "PRECISIONS", "SUB_BATCH_OVERHEAD_TOKENS",
            "SENTENCE_CONFIG_PATH", "DEFAULT_POOLING", "DEFAULT_SEQ_LENGTH", "MAX_SEQ_LENGTH", "Settings",

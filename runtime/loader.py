@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import concurrent.futures
 
+import numpy as np
+
 from runtime import devices, imports
 from runtime.chunking import ChunkSettings
 from runtime.engine import POOLING_MODES, Embedder
 from runtime.files import LOCAL, Files
-from runtime.handles import resolve_handle
+from runtime.handles import resolve_handle, resolve_prompt, resolve_settings
 from runtime.precision import PRECISIONS, load_encoder_call, use_precision
 
-__all__ = ["check_settings", "load", "count_wordpieces"]
+__all__ = ["check_settings", "load", "count_wordpieces", "embed_texts"]
 
 
 def check_settings(*, pooling: str = "pooled", precision: str = "fp32") -> None:
@@ -92,3 +94,30 @@ def count_wordpieces(preprocessor: str, text: str, *, files: Files = LOCAL) -> i
     imports.register_text_ops()
     loaded = tf.saved_model.load(resolve_handle(preprocessor, files=files))
     return int(loaded.tokenize(tf.constant([text])).flat_values.shape[0])
+
+
+def embed_texts(model_dir: str, texts, *, prompt_name: str | None = None, prompt: str | None = None,
+                pooling: str | None = None, normalize: bool | None = None, seq_length: int | None = None,
+                files: Files = LOCAL) -> np.ndarray:
+    """Embeds a few texts in this process, exactly as `python -m pipeline.run --model_dir MODEL_DIR` embeds a
+    corpus (the same engine; pooling, normalisation, length and prompt from the flags' counterparts here, else the
+    model's own): a query to search an output with, say.
+
+        vectors = runtime.embed_texts("out/models/all-MiniLM-L6-v2", ["how do cats sleep?"], prompt_name="query")
+
+    Loads the model on every call (seconds): for many texts, run the pipeline or keep a runtime.load'ed Embedder.
+
+    Returns:
+      float32 [len(texts), dimension], one row per text, in order.
+
+    Raises:
+      ValueError: for a prompt the model does not declare, or settings the engine does not know.
+    """
+    root = model_dir.rstrip("/")
+    encoder, preprocessor = f"{root}/encoder", f"{root}/preprocessor"
+    settings = resolve_settings(encoder, pooling=pooling, normalize=normalize, seq_length=seq_length, files=files)
+    chosen = resolve_prompt(encoder, prompt_name=prompt_name, prompt=prompt, files=files)
+    embedder = load(encoder, preprocessor, seq_length=settings.seq_length, pooling=settings.pooling,
+                    normalize=settings.normalize, files=files, pairs=False, prompt=chosen.text)
+    embedded = embedder.embed([(text,) for text in texts]).embeddings
+    return np.stack([embedding.vector for embedding in embedded]) if embedded else np.zeros((0, 0), np.float32)

@@ -2,6 +2,7 @@
 
 import csv
 import gzip
+import json
 
 import pytest
 import tensorflow as tf
@@ -160,3 +161,46 @@ def test_help_explains_every_option_with_its_default(capsys):
         assert action.help, f"{action.option_strings} has no help text"
         if action.option_strings and action.dest != "help":
             assert "Default:" in action.help, f"{action.option_strings} does not name its default"
+
+
+def test_a_query_ranks_the_record_it_was_taken_from_first(csv_run, tiny_model_dir, capsys):
+    corpus, prefix = csv_run
+    assert inspect_lib.main([prefix, "--query", TEXTS["c"], "--model_dir", tiny_model_dir, "--top", "2",
+                             "--corpus", str(corpus)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    at = lines.index(f"query: {TEXTS['c']}")
+    assert lines[at + 1].strip().startswith("1.000  c: a dog ran and the cat sat") and len(lines) == at + 3
+
+
+def test_a_query_over_chunks_names_the_document_and_place(tmp_path_factory, tiny_model_dir, capsys, synthetic_text):
+    text = " ".join(synthetic_text(i) for i in range(12))
+
+    def write(folder):
+        path = folder / "c.jsonl"
+        path.write_text(json.dumps({"id": "doc", "text": text}) + "\n")
+        return path
+
+    _, prefix = _embed(tmp_path_factory, tiny_model_dir, "query_chunks", write, "--chunking=windows",
+                       "--chunk_tokens=8", "--chunk_overlap=0", "--output_chunk_text")
+    chunk_text = next(iter(_chunk_texts(prefix).values()))
+    assert inspect_lib.main([prefix, "--query", chunk_text, "--model_dir", tiny_model_dir, "--top", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "1.000  doc#" in out and "(document doc, characters " in out
+
+
+def _chunk_texts(prefix):
+    from transforms.sinks.tfrecord import load
+
+    loaded = load(prefix)
+    rows = {}
+    for serialized in tf.data.TFRecordDataset(tf.io.gfile.glob(prefix + "-*.tfrecord")):
+        parsed = tf.io.parse_single_example(serialized, records_lib.feature_spec(chunks=True, chunk_text=True))
+        rows[parsed["id"].numpy().decode()] = parsed["chunk_text"].numpy().decode()
+    assert sorted(rows) == sorted(loaded.ids)
+    return rows
+
+
+def test_a_query_without_the_model_is_one_line(csv_run, capsys):
+    _, prefix = csv_run
+    assert inspect_lib.main([prefix, "--query", "cats"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --query needs --model_dir, the model the run embedded with."
