@@ -1,5 +1,5 @@
 """`python -m pipeline` is `python -m pipeline.run`."""
 
-from pipeline.run import exit_process, main
+from pipeline.cli import exit_process, main
 
 exit_process(main())

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import cli
 from pipeline import options as options_lib
-from pipeline import run as run_lib
 from transforms import bigquery as bigquery_lib
 from transforms import records as records_lib
 
@@ -55,7 +55,7 @@ def test_schema_problems_allow_nullable_and_extra_nullable_columns_only():
 
 
 def test_bigquery_method_choices_agree_with_the_sink():
-    parser = run_lib.help_parser()
+    parser = cli.help_parser()
     action = next(a for a in parser._actions if "--bigquery_method" in a.option_strings)
     assert tuple(action.choices) == tuple(bigquery_lib.METHODS)
     assert "--output_bigquery" in parser.format_help()
@@ -71,7 +71,7 @@ def corpus(tmp_path):
 
 def _error(argv, capsys):
     """Runs main(argv); returns its one error line, after checking it exited with 2 and printed no traceback."""
-    assert run_lib.main(["--runner=FnApiRunner", *argv]) == 2
+    assert cli.main(["--runner=FnApiRunner", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "Traceback" not in "\n".join(err)
     assert err[-1].startswith("error: ")
@@ -160,7 +160,7 @@ def test_load_jobs_append_to_an_existing_table_with_its_own_compatible_schema(
     fields = [bigquery.SchemaField(name, type_, mode="REPEATED" if mode == "REPEATED" else "NULLABLE")
               for name, type_, mode in records_lib.SCHEMA] + [bigquery.SchemaField("note", "STRING")]
     bq.create_table(bigquery.Table("test-project.own_schema.embeddings", schema=fields), exists_ok=True)
-    assert run_lib.main(["--runner=FnApiRunner", f"--input={corpus}", f"--model_dir={tiny_model_dir}",
+    assert cli.main(["--runner=FnApiRunner", f"--input={corpus}", f"--model_dir={tiny_model_dir}",
                          "--output_bigquery=test-project:own_schema.embeddings", "--temp_location=gs://tests/tmp",
                          "--output_failed=gs://tests/own_schema/failed", "--run_id=own"]) == 0
     assert "embedded 1 " in capsys.readouterr().out

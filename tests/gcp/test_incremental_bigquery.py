@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 from google.api_core import exceptions
 
+from pipeline import cli
 from pipeline import run as run_lib
 from transforms import bigquery as bigquery_lib
 from transforms import incremental as incremental_lib
@@ -183,7 +184,7 @@ def test_merge_leaves_unchanged_rows_and_own_columns_alone_and_removes_duplicate
 
 
 def _error(argv, capsys):
-    assert run_lib.main(["--runner=FnApiRunner", "--project=test-project", *argv]) == 2
+    assert cli.main(["--runner=FnApiRunner", "--project=test-project", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "Traceback" not in "\n".join(err)
     assert err[-1].startswith("error: ")
@@ -337,7 +338,7 @@ def test_a_table_of_the_other_shape_is_refused_up_front(chunked_table, dataset, 
     corpus.write_text(json.dumps({"id": "a", "text": "the cat sat"}) + "\n")
     argv = ["--project=test-project", f"--input={corpus}", f"--model_dir={tiny_model_dir}",
             f"--output_bigquery={table.spec}", "--temp_location=gs://tests/tmp", f"--output_failed={tmp_path}/f"]
-    assert run_lib.main(argv + ([] if chunked_table else ["--chunking=windows"])) == 2
+    assert cli.main(argv + ([] if chunked_table else ["--chunking=windows"])) == 2
     one_error_line(capsys.readouterr().err.strip().splitlines(), table.spec,
                    "holds chunks" if chunked_table else "holds whole records")
     assert bq.get_table(table.table_id).num_rows == 0

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import run as run_lib
+from pipeline import cli
 from transforms import bigquery as bigquery_lib
 from transforms import records as records_lib
 from transforms.records import feature_spec
@@ -119,7 +119,7 @@ def local_model_dir(gcs, gcs_model_dir, tmp_path_factory):
 
 
 def _run(argv, capsys):
-    assert run_lib.main(["--runner=FnApiRunner", "--project=test-project", *argv]) == 0
+    assert cli.main(["--runner=FnApiRunner", "--project=test-project", *argv]) == 0
     return capsys.readouterr().out
 
 
@@ -174,7 +174,7 @@ def test_a_refused_run_appends_no_row_and_writes_no_shard(
     _put(bucket, "refused/corpus", _jsonl_shards(TEXTS), tmp_path / "corpus")
     bq.create_dataset("e2e", exists_ok=True)
     _create_table_if_missing(bq)
-    code = run_lib.main(["--runner=FnApiRunner", "--project=test-project",
+    code = cli.main(["--runner=FnApiRunner", "--project=test-project",
                          "--input=gs://tests/refused/corpus/part-*.jsonl", f"--model_dir={gcs_model_dir}",
                          "--output_tfrecord=gs://tests/refused/out/emb", f"--output_bigquery={TABLE}",
                          "--temp_location=gs://tests/tmp", "--run_id=run-refused", "--max_failed_fraction=0"])

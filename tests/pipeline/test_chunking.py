@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from pipeline import cli
 from pipeline import run as run_lib
 from transforms import incremental
 
@@ -124,7 +125,7 @@ def test_chunking_flags_that_do_not_go_together_get_one_clear_line(extra, fragme
     corpus = tmp_path / "c.jsonl"
     corpus.write_text(json.dumps({"id": "a", "text": "the cat", "other": "a dog"}) + "\n")
     argv = [f"--input={corpus}", f"--model_dir={tiny_model_dir}", f"--output_tfrecord={tmp_path}/out", *extra]
-    assert run_lib.main(argv) == 2
+    assert cli.main(argv) == 2
     one_error_line(capsys.readouterr().err.strip().splitlines(), *fragments)
     assert not os.path.exists(f"{tmp_path}/out-manifest.json")
 

@@ -14,6 +14,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.dataflow.internal import apiclient
 
 import runtime
+from pipeline import cli
 from pipeline import run as run_lib
 from transforms import bigquery
 from transforms.records import content_hash
@@ -204,7 +205,7 @@ def test_a_postgres_password_never_travels_in_a_dataflow_job(tmp_path, tiny_mode
     socket = postgres_uri.split("host=", 1)[1]
     for conninfo in (f"postgresql://postgres:hunter2@/postgres?host={socket}",
                      f"host={socket} user=postgres password='hunter 2' dbname=postgres"):
-        assert run_lib.main(dataflow_args(*common, f"--output_postgres={conninfo}")) == 2
+        assert cli.main(dataflow_args(*common, f"--output_postgres={conninfo}")) == 2
         line = one_error_line(capsys.readouterr().err.strip().splitlines(), "--output_postgres",
                               "holds a password", "PGPASSFILE")
         assert "hunter" not in line

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from pipeline import cli
 from pipeline import run as run_lib
 from transforms import guard
 
@@ -24,7 +25,7 @@ def _texts(n, synthetic_text, start=0):
 
 def _main(capsys, *argv):
     """Runs the command line; returns its exit code and what it printed to stderr, as lines."""
-    code = run_lib.main(["--runner=FnApiRunner", *argv])
+    code = cli.main(["--runner=FnApiRunner", *argv])
     return code, capsys.readouterr().err.strip().splitlines()
 
 
@@ -235,7 +236,7 @@ def test_a_rerun_removes_the_partial_files_an_interrupted_attempt_left(tmp_path)
 
 
 def test_help_shows_defaults_and_what_is_required(capsys):
-    assert run_lib.main(["--help"]) == 0
+    assert cli.main(["--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "Required. Corpus file pattern(s)" in out
     assert "more than this fraction of the input records could not be embedded (between 0 and 1)" in out
@@ -312,7 +313,7 @@ def test_a_usage_error_is_reported_before_tensorflow_is_imported(argv, fragment)
     import subprocess
     import sys
 
-    probe = ("import sys; from pipeline import run; code = run.main(sys.argv[1:]); "
+    probe = ("import sys; from pipeline import cli; code = cli.main(sys.argv[1:]); "
              "print(code, 'tensorflow' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["2", "False"], done
@@ -326,13 +327,17 @@ def test_ctrl_c_during_inference_exits_130_with_one_line(tmp_path, tiny_model_di
     import time
 
     corpus = tmp_path / "c.jsonl"
-    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": synthetic_text(i)}) + "\n" for i in range(20_000)))
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": synthetic_text(i)}) + "\n" for i in range(50_000)))
     argv = [f"--input={corpus}", f"--model_dir={tiny_model_dir}", "--batch_size=8", "--seq_length=16",
             f"--output_tfrecord={tmp_path}/out/emb"]
     process = subprocess.Popen([sys.executable, "-m", "pipeline.run", *argv], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    seen = [process.stderr.readline()]  # The settings line: the pipeline is being built and run.
-    time.sleep(12)  # Into the run: 20,000 records in batches of 8 take minutes on the tiny model.
+    seen, deadline = [], time.monotonic() + 300
+    while time.monotonic() < deadline:  # Interrupted once the model is loaded: records are being embedded.
+        seen.append(process.stderr.readline())
+        if "Model loaded in" in seen[-1] or not seen[-1]:
+            break
+    time.sleep(0.5)
     assert process.poll() is None, seen
     process.send_signal(signal.SIGINT)
     _, rest = process.communicate(timeout=120)

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  Registers the preprocessor's ops.
 
+from pipeline import cli
 from pipeline import options as options_lib
 from pipeline import run as run_lib
 from transforms import records as records_lib
@@ -218,12 +219,12 @@ def test_user_mistakes_get_one_clear_line(argv, message, tmp_path, tiny_model_di
         if arg.startswith(("--encoder", "--preprocessor")):
             base.pop("--model_dir", None)
     full = [f"{k}={v}" for k, v in base.items()] + argv + ["--runner=FnApiRunner"]
-    assert run_lib.main(full) == 2
+    assert cli.main(full) == 2
     one_error_line(capsys.readouterr().err.strip().splitlines(), message)
 
 
 def test_unknown_format_is_refused_by_the_option_parser(tmp_path, capsys):
-    assert run_lib.main([f"--input={tmp_path}/c.xml", "--input_format=xml", f"--output_tfrecord={tmp_path}/o"]) == 2
+    assert cli.main([f"--input={tmp_path}/c.xml", "--input_format=xml", f"--output_tfrecord={tmp_path}/o"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--input_format" in err[0] and "invalid choice: 'xml'" in err[0]
 
@@ -239,7 +240,7 @@ def test_mismatched_vocabularies_are_refused_before_the_pipeline_starts(tmp_path
                    vocab_file=str(other_vocab))
     corpus = tmp_path / "c.txt"
     corpus.write_text("the cat\n")
-    code = run_lib.main([f"--input={corpus}", f"--output_tfrecord={tmp_path / 'o'}", f"--encoder={tmp_path / 'enc'}",
+    code = cli.main([f"--input={corpus}", f"--output_tfrecord={tmp_path / 'o'}", f"--encoder={tmp_path / 'enc'}",
                          f"--preprocessor={tiny_model_dir}/preprocessor", "--runner=FnApiRunner"])
     assert code == 2
     assert "different vocabularies" in capsys.readouterr().err
@@ -248,7 +249,7 @@ def test_mismatched_vocabularies_are_refused_before_the_pipeline_starts(tmp_path
 def test_help_states_each_option_and_its_true_default(capsys):
     """--help names every option with a sentence of help and states its real default, also where the default is
     resolved later (the model URLs)."""
-    assert run_lib.main(["--help"]) == 0
+    assert cli.main(["--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     for action in options_lib.options_parser(beam_options=False)._actions[1:]:  # [0] is -h.
         flag = action.option_strings[0]
@@ -272,7 +273,7 @@ def test_a_text_that_tokenizes_to_unk_only_is_embedded_and_counted_in_the_summar
     argv = ["--runner=FnApiRunner", f"--input={corpus}", f"--model_dir={tiny_model_dir}", "--seq_length=16",
             f"--output_tfrecord={tmp_path}/out/emb", f"--chunking={chunking}"]
     argv += ["--chunk_tokens=8"] if chunking != "none" else []
-    assert run_lib.main(argv) == 0
+    assert cli.main(argv) == 0
     summary = capsys.readouterr().out
     what = "documents" if chunking == "windows" else "records"
     assert f"Warning: 1 {what} tokenized to [UNK] only" in summary, summary

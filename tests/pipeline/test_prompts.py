@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from pipeline import cli
 from pipeline import run as run_lib
 
 pytestmark = pytest.mark.slow  # Exports the real all-MiniLM-L6-v2.
@@ -98,5 +99,5 @@ def test_prompt_mistakes_are_one_line(extra, message, prompted, tmp_path, capsys
     corpus.write_text('{"id": "a", "text": "x"}\n')
     argv = ["--runner=FnApiRunner", f"--input={corpus}", f"--model_dir={model_dir}", f"--output_tfrecord={tmp_path}/o",
             *extra]
-    assert run_lib.main(argv) == 2
+    assert cli.main(argv) == 2
     one_error_line(capsys.readouterr().err.strip().splitlines(), message)

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import cli
 from pipeline import run as run_lib
 from transforms.examples import parse_example
 
@@ -118,7 +119,7 @@ def test_sink_mistakes_get_one_clear_line(extra, message, tmp_path, tiny_model_d
     corpus = _corpus(tmp_path / "c.jsonl", DOCS)
     argv = [f"--input={corpus}", f"--model_dir={tiny_model_dir}", f"--output_parquet={tmp_path}/p",
             f"--output_vertex={tmp_path}/v", f"--output_failed={tmp_path}/failed", "--runner=FnApiRunner", *extra]
-    assert run_lib.main(argv) == 2
+    assert cli.main(argv) == 2
     one_error_line(capsys.readouterr().err.strip().splitlines(), message)
 
 
@@ -131,7 +132,7 @@ def test_a_table_of_another_dimension_is_refused_before_anything_is_written(tmp_
     argv = [f"--input={_corpus(tmp_path / 'c.jsonl', DOCS)}", f"--model_dir={tiny_model_dir}",
             f"--output_parquet={tmp_path}/p", f"--output_failed={tmp_path}/failed",
             f"--output_postgres={postgres_uri}", f"--postgres_table={table}", "--runner=FnApiRunner"]
-    assert run_lib.main(argv) == 2
+    assert cli.main(argv) == 2
     one_error_line(capsys.readouterr().err.strip().splitlines(), f"--postgres_table {table}",
                    "embedding is vector(8), not vector(32)")
     assert not glob.glob(f"{tmp_path}/p*")
@@ -219,7 +220,7 @@ def test_a_corpus_of_hostile_values_runs_to_the_end_with_each_record_in_every_si
             f"--output_parquet={root}/parquet/emb", f"--output_vertex={root}/vertex",
             "--vertex_numeric_restricts=score",
             f"--output_postgres={postgres_uri}", f"--postgres_table={table}", "--max_failed_fraction=0.9"]
-    assert run_lib.main(argv) == 0
+    assert cli.main(argv) == 0
 
     dead = [json.loads(line) for f in glob.glob(f"{root}/emb-failed-*.jsonl") for line in open(f)]
     assert {entry["reason"] for entry in dead} == {"unstorable_value"}

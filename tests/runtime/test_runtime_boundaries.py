@@ -65,3 +65,13 @@ print(sorted({{m.split('.')[0] for m in sys.modules}} & {{'keras', 'tf_keras', '
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_only_the_command_line_imports_tensorflow_in_pipeline():
+    """pipeline/ wires transforms together and knows no TensorFlow; the command line alone imports it (quietly,
+    once its flags are checked), through runtime."""
+    for source in _sources("pipeline"):
+        tensorflow = {name for name in _imported_modules(source) if name.split(".")[0] == "tensorflow"}
+        assert not tensorflow, f"{source.relative_to(REPO)} imports {sorted(tensorflow)}"
+        if source.name != "cli.py":
+            assert "import_tensorflow" not in source.read_text(encoding="utf-8"), source.relative_to(REPO)

@@ -39,13 +39,13 @@ def test_a_run_writes_one_row_per_id_and_counts_the_duplicates(tmp_path, tiny_mo
 
     import tensorflow as tf
 
-    from pipeline import run as run_lib
+    from pipeline import cli
 
     records = [{"id": f"d{i}", "text": synthetic_text(i)} for i in range(10)] + [{"id": "d3", "text": "other"}]
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in records))
     prefix = str(tmp_path / "out" / "emb")
-    assert run_lib.main(["--runner=FnApiRunner", f"--input={corpus}", f"--model_dir={tiny_model_dir}",
+    assert cli.main(["--runner=FnApiRunner", f"--input={corpus}", f"--model_dir={tiny_model_dir}",
                          f"--output_tfrecord={prefix}"]) == 0
     assert sorted(read_embeddings(prefix)) == sorted(f"d{i}" for i in range(10))  # It fails on an id read twice.
     assert "duplicate_id 1" in capsys.readouterr().out

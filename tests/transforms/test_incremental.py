@@ -12,6 +12,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipeline import cli
 from pipeline import run as run_lib
 from transforms import incremental
 from transforms.records import Record, content_hash
@@ -205,7 +206,7 @@ def test_incremental_mistakes_get_one_clear_line(extra, message, tmp_path, tiny_
     argv = [f"--input={corpus}", f"--model_dir={tiny_model_dir}", "--runner=FnApiRunner", "--run_id=r1",
             f"--output_tfrecord={tmp_path}/run={{run_id}}/part"]
     argv = argv + [arg.format(out=out, root=tmp_path) for arg in extra]
-    assert run_lib.main(argv) == 2
+    assert cli.main(argv) == 2
     one_error_line(capsys.readouterr().err.strip().splitlines(), message)
 
 
