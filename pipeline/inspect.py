@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["load_output", "nearest_neighbours", "nearest_to", "corpus_texts",
+__all__ = ["load_output", "nearest_neighbours", "nearest_to", "corpus_texts", "parser",
            "main"]
 
 # Texts longer than this are cut when shown, so one long document does not bury the neighbour list.
@@ -222,7 +222,8 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+    """The command line's parser."""
     from transforms.read import FORMATS
 
     parser = _Parser(prog="python -m pipeline.inspect", description=_DESCRIPTION)
@@ -332,7 +333,7 @@ def main(argv=None) -> int:
         The exit code: 0, or 2 after one `error:` line on stderr for a mistake in the arguments or a path.
     """
     try:
-        args = _parser().parse_args(argv)
+        args = parser().parse_args(argv)
     except SystemExit as exit_:
         # --help (0) or a flag argparse refused (2, its error line printed): returned, as from any mistake.
         return exit_.code

@@ -15,7 +15,7 @@ from transforms.read import FORMATS
 __all__ = ["EmbeddingOptions", "UsageError", "LOCAL_RUNNERS",
            "DEFAULT_ENCODER", "DEFAULT_PREPROCESSOR", "split_patterns",
            "parse_pair_fields", "parse_field_list", "POSTGRES_INDEXES",
-           "options_parser", "check_argv"]
+           "options_parser", "check_argv", "option_actions"]
 
 # Runners that run in this process, on this machine: only these are waited for, and only they may be handed a
 # secret in their options (nothing of the job leaves the machine).
@@ -123,6 +123,13 @@ def options_parser(prog: str = "python -m pipeline.run", description: str | None
     return parser
 
 
+def option_actions(parser: argparse.ArgumentParser | None = None) -> list[argparse.Action]:
+    """The options a parser declares, --help left out (default: the pipeline's own, without Beam's): the one
+    place that reads argparse's list of them, which has no public accessor."""
+    parser = parser or options_parser(beam_options=False)
+    return [action for action in parser._actions if action.option_strings and action.dest != "help"]
+
+
 class _GroupAdapter:
     """Lets Beam's options classes add their arguments to one argument group; tolerates repeats."""
 
@@ -151,7 +158,8 @@ def check_argv(argv: list[str]) -> None:
     """
     parser = options_parser()
     _, unknown = parser.parse_known_args(argv)
-    known = [option for action in parser._actions for option in action.option_strings if option.startswith("--")]
+    known = [option for action in option_actions(parser) for option in action.option_strings
+             if option.startswith("--")]
     for arg in unknown:
         if not arg.startswith("-"):
             raise UsageError(f"Unexpected argument {arg!r}: every setting is a --flag (value); "

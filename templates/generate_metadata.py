@@ -13,7 +13,7 @@ import json
 import pathlib
 import sys
 
-from pipeline.options import options_parser
+from pipeline.options import option_actions
 
 __all__ = ["METADATA_PATH", "REQUIRED", "PATTERNS", "parameters", "metadata", "render", "main"]
 
@@ -53,15 +53,14 @@ _LABEL_WORDS = {"id": "ID", "tfrecord": "TFRecord", "bigquery": "BigQuery", "seq
 _NAME = "Embed a text corpus with DistilBERT/BERT"
 _DESCRIPTION = ("Reads a corpus (text, JSONL, CSV, TSV or TFRecord files on Cloud Storage), embeds every record "
                 "with an exported preprocessor + encoder SavedModel pair through RunInference, and writes the "
-                "embeddings as TFRecord files of tf.train.Example and/or a BigQuery table; records that cannot "
-                "be embedded go to a dead-letter output. With previous_output, embeds only new and changed "
+                "embeddings to TFRecord files, a BigQuery table, Parquet files, a Vertex AI Vector Search update "
+                "and/or a PostgreSQL table with pgvector; records that cannot be embedded go to a dead-letter "
+                "output. With previous_output, embeds only new and changed "
                 "records.")
 
 
 def _actions() -> list[argparse.Action]:
-    parser = options_parser(beam_options=False)
-    return [action for action in parser._actions
-            if action.option_strings and not isinstance(action, argparse._HelpAction)]
+    return option_actions()
 
 
 def _is_flag(action: argparse.Action) -> bool:

@@ -13,16 +13,14 @@ import sys
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import run as pipeline_run
-from pipeline.options import EmbeddingOptions, options_parser
+from pipeline.options import EmbeddingOptions, option_actions
 
 __all__ = ["to_pipeline_args", "launch", "main"]
 
 
 def _flags() -> set[str]:
     """The on/off options (store_true), which the command line takes bare but templates pass as =true/=false."""
-    parser = options_parser(beam_options=False)
-    return {action.option_strings[0] for action in parser._actions
-            if action.option_strings and action.nargs == 0 and action.const is True}
+    return {action.option_strings[0] for action in option_actions() if action.nargs == 0 and action.const is True}
 
 
 def to_pipeline_args(template_args: list[str]) -> list[str]:

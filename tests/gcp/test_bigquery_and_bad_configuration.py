@@ -56,7 +56,7 @@ def test_schema_problems_allow_nullable_and_extra_nullable_columns_only():
 
 def test_bigquery_method_choices_agree_with_the_sink():
     parser = cli.help_parser()
-    action = next(a for a in parser._actions if "--bigquery_method" in a.option_strings)
+    action = next(a for a in options_lib.option_actions(parser) if "--bigquery_method" in a.option_strings)
     assert tuple(action.choices) == tuple(bigquery_lib.METHODS)
     assert "--output_bigquery" in parser.format_help()
     assert options_lib.EmbeddingOptions  # The options are declared there, once.

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline import inspect as inspect_lib
+from pipeline import options as options_lib
 from pipeline import run as run_lib
 from transforms import records as records_lib
 from transforms.examples import serialize_example
@@ -155,7 +156,7 @@ def test_a_prefix_without_output_is_one_error_line(tmp_path, capsys):
 def test_help_explains_every_option_with_its_default(capsys):
     assert inspect_lib.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for action in inspect_lib._parser()._actions:
+    for action in options_lib.option_actions(inspect_lib.parser()):
         for flag in action.option_strings:
             assert flag in out
         assert action.help, f"{action.option_strings} has no help text"

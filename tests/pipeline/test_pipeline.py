@@ -251,7 +251,7 @@ def test_help_states_each_option_and_its_true_default(capsys):
     resolved later (the model URLs)."""
     assert cli.main(["--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    for action in options_lib.options_parser(beam_options=False)._actions[1:]:  # [0] is -h.
+    for action in options_lib.option_actions():
         flag = action.option_strings[0]
         help_text = " ".join((action.help or "").split())
         assert len(help_text.split()) >= 4, f"{flag} has no real help text"

@@ -12,7 +12,7 @@ from apache_beam.runners.dataflow import dataflow_runner
 from google.cloud.dataflow_v1beta3.types import templates as dataflow_templates
 
 from pipeline import run as run_lib
-from pipeline.options import options_parser
+from pipeline.options import option_actions
 from transforms import bigquery, incremental
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -32,8 +32,7 @@ template_main = _load("main")
 
 
 def _option_actions():
-    parser = options_parser(beam_options=False)
-    return {action.dest: action for action in parser._actions if action.option_strings and action.dest != "help"}
+    return {action.dest: action for action in option_actions()}
 
 
 def _metadata() -> dict:
