@@ -48,9 +48,9 @@ def test_settings_come_from_the_model_unless_given(tiny_model_dir):
         EmbedTexts()
 
 
-def test_the_readme_example_runs(tiny_model_dir, tmp_path):
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## In your own Beam pipeline", 1)[1]
+def test_the_documented_example_runs(tiny_model_dir, tmp_path):
+    manual = (ROOT / "docs" / "running.md").read_text(encoding="utf-8")
+    section = manual.split("## In your own Beam pipeline", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert README_MODEL in code
     script = tmp_path / "example.py"
