@@ -13,7 +13,8 @@ from runtime import chunking
 from runtime.chunking import Chunk, ChunkSettings
 from runtime.embedding import ChunkEmbedding, EmbeddedBatch, EmbeddedDocuments, Embedding
 
-__all__ = ["POOLING_MODES", "SUB_BATCH_OVERHEAD_TOKENS", "Embedder", "plan_sub_batches"]
+__all__ = ["POOLING_MODES", "SUB_BATCH_OVERHEAD_TOKENS", "Embedder", "plan_sub_batches", "TOKENIZE_CHARS",
+           "PROGRESS_SECONDS"]
 
 POOLING_MODES = ("pooled", "cls", "mean")
 _ENCODER_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
@@ -23,7 +24,7 @@ _ENCODER_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
 # on AMX its matmuls are so fast that dispatch weighs more.
 SUB_BATCH_OVERHEAD_TOKENS = {"fp32": 64, "bf16": 512}
 # Code points per tokenizer call when chunking: bounds the tokenizer's memory (about 80 bytes per code point).
-_TOKENIZE_CHARS = 1 << 18
+TOKENIZE_CHARS = 1 << 18
 # A batch of long documents can take minutes between two records out of the pipeline: the engine says how far it
 # is through such a batch this often.
 PROGRESS_SECONDS = 30.0
@@ -326,14 +327,14 @@ class Embedder:
     def _tokenize_words(self, texts: Sequence[str]):
         """Per text: (wordpiece ids, wordpieces per word, word starts, word ends), spans in code points.
 
-        Texts go to the tokenizer in calls of about _TOKENIZE_CHARS code points, a long text cut into segments
+        Texts go to the tokenizer in calls of about TOKENIZE_CHARS code points, a long text cut into segments
         that tokenize as the whole does (chunking.text_segments): memory stays bounded whatever the length."""
         segments = [(number, start, text[start:end]) for number, text in enumerate(texts)
-                    for start, end in _pairwise(chunking.text_segments(text, _TOKENIZE_CHARS) + [len(text)])]
+                    for start, end in _pairwise(chunking.text_segments(text, TOKENIZE_CHARS) + [len(text)])]
         parts: list[list] = [[] for _ in texts]
         call: list = []
         for segment in segments + [None]:
-            if call and (segment is None or sum(len(s[2]) for s in call) + len(segment[2]) > _TOKENIZE_CHARS):
+            if call and (segment is None or sum(len(s[2]) for s in call) + len(segment[2]) > TOKENIZE_CHARS):
                 for (number, start, _), words in zip(call, self._tokenize_call([s[2] for s in call]), strict=True):
                     parts[number].append((start, words))
                 call = []

@@ -24,7 +24,8 @@ __all__ = ["RUN_ID_PLACEHOLDER", "RUN_TABLE_INFIX", "RunPaths", "resolve_run", "
            "UpdateTable", "LATEST_PLACEHOLDER", "MANIFEST_SUFFIX", "EMBED_TAG", "CARRIED_TAG",
            "REFRESHED_TAG", "DELETED_TAG",
            "default_run_id", "manifest_path", "resolve_previous", "previous_files", "ReadPrevious",
-           "ReadPreviousTable", "SelectChanged", "WriteManifest", "complete_rows", "changed_rows", "removed_ids"]
+           "ReadPreviousTable", "SelectChanged", "WriteManifest", "complete_rows", "changed_rows", "removed_ids",
+           "RUN_ID_PATTERN", "key_previous"]
 
 RUN_ID_PLACEHOLDER = "{run_id}"
 LATEST_PLACEHOLDER = "{latest}"
@@ -34,7 +35,7 @@ EMBED_TAG = "embed"
 CARRIED_TAG = "carried"
 REFRESHED_TAG = "refreshed"
 DELETED_TAG = "deleted"
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHARD_GLOB = "-*-of-*.tfrecord"  # WriteToTFRecord's -SSSSS-of-NNNNN shard names with write.TFRECORD_SUFFIX.
 
 
@@ -55,7 +56,7 @@ def resolve_run(run_id: str | None, output_tfrecord: str | None, output_failed: 
     `previous_output` here is a TFRecord prefix (a BigQuery table is checked by the caller) or None.
     """
     run_id = run_id or default_run_id()
-    if not _RUN_ID.fullmatch(run_id):
+    if not RUN_ID_PATTERN.fullmatch(run_id):
         raise ValueError(f"--run_id {run_id!r} goes into paths: use letters, digits, '.', '_' and '-' only.")
     output_tfrecord, output_failed = (path.replace(RUN_ID_PLACEHOLDER, run_id) if path else None
                                       for path in (output_tfrecord, output_failed))
@@ -181,7 +182,7 @@ class _Previous(NamedTuple):
     carried: bytes | dict
 
 
-def _key_previous(element):
+def key_previous(element):
     """(file name, serialised Example) -> (its document's id, _Previous): a chunk joins its document."""
     source, serialized = element
     key = example_key(serialized, source)
@@ -199,7 +200,7 @@ class ReadPrevious(beam.PTransform):
         return (pbegin
                 | "PreviousFiles" >> beam.Create(self._files)
                 | "ReadTFRecord" >> beam.io.ReadAllFromTFRecord(with_filename=True)
-                | "KeyById" >> beam.Map(_key_previous))
+                | "KeyById" >> beam.Map(key_previous))
 
 
 def _key_previous_row(row: dict):

@@ -19,12 +19,12 @@ from transforms.examples import parse_example
 from transforms.records import example_bytes, failure_to_json
 
 __all__ = ["WriteTFRecord", "WriteFailures", "RemoveStaleShards", "remove_stale_shards", "shard_count",
-           "TFRECORD_SUFFIX", "FAILED_SUFFIX"]
+           "TFRECORD_SUFFIX", "FAILED_SUFFIX", "RECORDS_PER_SHARD", "SPILL_BYTES"]
 
 TFRECORD_SUFFIX = ".tfrecord"
 FAILED_SUFFIX = ".jsonl"
-_RECORDS_PER_SHARD = 100_000  # About, when WriteTFRecord picks the shard count from the expected records.
-_SPILL_BYTES = 64 * 2**20  # Examples a bundle holds before it writes them out as sorted runs.
+RECORDS_PER_SHARD = 100_000  # About, when WriteTFRecord picks the shard count from the expected records.
+SPILL_BYTES = 64 * 2**20  # Examples a bundle holds before it writes them out as sorted runs.
 _TEMP_MARK = ".temp-"  # PREFIX-SSSSS-of-NNNNN.tfrecord.temp-HEX while a shard is being written.
 _RUNS_MARK = ".runs-"  # PREFIX.runs-HEX/: the sorted runs of one write, removed when it is done.
 
@@ -90,7 +90,7 @@ class _WriteShards(beam.PTransform):
 
     An external merge sort, so no step holds more than a bounded buffer of Examples in memory (a local runner
     keeps whatever crosses a GroupByKey in memory): each bundle spills its Examples, sorted, in runs of at most
-    _SPILL_BYTES to files under PREFIX.runs-TOKEN/, one run per shard; then each shard's runs are merged, in
+    SPILL_BYTES to files under PREFIX.runs-TOKEN/, one run per shard; then each shard's runs are merged, in
     (id, bytes) order, into the shard file. Only the run file names are grouped.
     """
 
@@ -118,7 +118,7 @@ class _WriteShards(beam.PTransform):
 def shard_count(expected_records: int | None) -> int:
     """Shards for about `expected_records` records: enough that each holds at most about 100,000. The same
     expected count (the same input) gives the same count, so the same files."""
-    return max(1, math.ceil((expected_records or 0) / _RECORDS_PER_SHARD))
+    return max(1, math.ceil((expected_records or 0) / RECORDS_PER_SHARD))
 
 
 def _shard_of(record_id: bytes, count: int) -> int:
@@ -128,7 +128,7 @@ def _shard_of(record_id: bytes, count: int) -> int:
 
 class _SpillSortedRuns(beam.DoFn):
     """Buffers (id, Example) pairs per shard and writes each shard's buffer, sorted, as one run file whenever the
-    buffer passes _SPILL_BYTES and at the end of the bundle; outputs (shard, run file name).
+    buffer passes SPILL_BYTES and at the end of the bundle; outputs (shard, run file name).
 
     A run holds alternating TFRecord-framed records: an id, then its Example. A retried bundle writes new files
     under new names; the runner drops the names the failed attempt output, and RemoveStale deletes the folder.
@@ -145,7 +145,7 @@ class _SpillSortedRuns(beam.DoFn):
         record_id, serialized = element
         self._buffers[_shard_of(record_id, self._count)].append(element)
         self._bytes += len(record_id) + len(serialized)
-        if self._bytes >= _SPILL_BYTES:
+        if self._bytes >= SPILL_BYTES:
             yield from self._spill()
 
     def finish_bundle(self):

@@ -239,7 +239,7 @@ def test_a_long_text_is_tokenized_in_bounded_calls_with_the_same_chunks(tiny_emb
     whole = tiny_embedder.chunk_documents([text, "a dog"], ChunkSettings("windows", 16, 4))
     calls = []
     original = engine.Embedder._tokenize_call
-    monkeypatch.setattr(engine, "_TOKENIZE_CHARS", 300)
+    monkeypatch.setattr(engine, "TOKENIZE_CHARS", 300)
     monkeypatch.setattr(engine.Embedder, "_tokenize_call", lambda self, texts: calls.append(texts) or original(
         self, texts))
     cut = tiny_embedder.chunk_documents([text, "a dog"], ChunkSettings("windows", 16, 4))

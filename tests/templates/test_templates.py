@@ -87,7 +87,7 @@ def test_metadata_regexes_accept_the_documented_formats(name, good, bad):
 
 def test_run_id_and_table_regexes_agree_with_the_pipeline():
     for value in ("2026-11-24T02-00-00", "nightly.3", "a/b", "-x", "a b"):
-        assert _matches("run_id", value) == bool(incremental._RUN_ID.fullmatch(value)), value
+        assert _matches("run_id", value) == bool(incremental.RUN_ID_PATTERN.fullmatch(value)), value
     for value in ("my-project:emb.docs", "my-project.emb.docs", "example.com:proj:emb.docs", "emb.docs", "P:e.t"):
         try:
             bigquery.parse_table(value)

@@ -125,7 +125,7 @@ def test_select_changed_joins_on_id_and_counts_each_case():
                _record("oldmodel", "same"), _record("seq", "seq"), _record("dup", "dup"), _record("dup", "dup")]
     pipeline = beam.Pipeline(runner="FnApiRunner", options=PipelineOptions([]))
     keyed_previous = (pipeline | "Previous" >> beam.Create([(f"f{i}", s) for i, (_, s) in enumerate(previous)])
-                      | beam.Map(incremental._key_previous))
+                      | beam.Map(incremental.key_previous))
     to_embed, carried, deleted, refreshed = (pipeline | "Records" >> beam.Create(records)
                                              | incremental.SelectChanged(keyed_previous, "m1", with_sequence=False))
     assert_that(deleted, equal_to(["gone"]), label="Deleted")

@@ -93,7 +93,7 @@ def test_the_same_records_give_identical_files(tmp_path, num_shards, expected_sh
 
 
 def test_the_shard_count_follows_from_the_expected_records(tmp_path, monkeypatch, read_embeddings):
-    monkeypatch.setattr(write, "_RECORDS_PER_SHARD", 100)
+    monkeypatch.setattr(write, "RECORDS_PER_SHARD", 100)
     prefix = str(tmp_path / "emb")
     _write(prefix, _embeddings(250), expected_records=250)
     assert sorted(_files(prefix)) == [f"emb-{i:05d}-of-00003.tfrecord" for i in range(3)]
@@ -105,7 +105,7 @@ def test_records_past_the_spill_buffer_are_merged_from_sorted_runs_into_the_same
     embeddings = _embeddings(300)
     whole = str(tmp_path / "whole" / "emb")
     _write(whole, embeddings, num_shards=2)
-    monkeypatch.setattr(write, "_SPILL_BYTES", 2000)  # A few dozen Examples per run: many runs per shard.
+    monkeypatch.setattr(write, "SPILL_BYTES", 2000)  # A few dozen Examples per run: many runs per shard.
     spilled = str(tmp_path / "spilled" / "emb")
     _write(spilled, embeddings[::-1], num_shards=2)
     assert _files(spilled) == _files(whole)
