@@ -5,6 +5,8 @@ PREFIX is a run's TFRecord or Parquet prefix, a Vertex AI update folder, or a Po
 
 from __future__ import annotations
 
+# Imports of runtime, transforms, psycopg and the like sit inside the functions that use them: the command line
+# answers --help and usage errors before it pays for them (see pipeline/cli.py).
 import argparse
 import contextlib
 import sys

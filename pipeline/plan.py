@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+# Imports of runtime, transforms, psycopg and the like sit inside the functions that use them: the command line
+# answers --help and usage errors before it pays for them (see pipeline/cli.py).
 import dataclasses
 import logging
 import os

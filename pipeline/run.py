@@ -8,6 +8,8 @@ dead-letter output as JSON lines. Run with --help for every option.
 
 from __future__ import annotations
 
+# Imports of runtime, transforms, psycopg and the like sit inside the functions that use them: the command line
+# answers --help and usage errors before it pays for them (see pipeline/cli.py).
 import logging
 import os
 import sys

@@ -210,6 +210,7 @@ class ReadCorpus(beam.PTransform):
         keep_fields: tuple[Column, ...] = (),
         counted: bool = True,
         limits: SinkLimits = _NO_LIMITS,
+        listing: dict | None = None,
     ):
         """Initialises the transform.
 
@@ -223,6 +224,9 @@ class ReadCorpus(beam.PTransform):
             counted: Whether the Beam counters count what is read; False for a second read of the same input.
             limits: What the run's sinks cannot hold: a record with such an id or kept value is a Failure of
                 reason "unstorable_value" (transforms.limits).
+            listing: Another ReadCorpus's `listing` of the same patterns, to reuse (records_again passes its
+                reader's): whether the files are compressed and the matched files, one listing of the input for
+                all reads (a round trip each on GCS, and fewer steps).
 
         Raises:
             ValueError: If there are no patterns, the format is unknown, or pair mode or kept fields are asked
@@ -254,17 +258,13 @@ class ReadCorpus(beam.PTransform):
         self._keep_fields = tuple(keep_fields)
         self._counted = counted
         self._limits = limits
-        # Shared with the readers records_again() makes: whether the matched files are compressed, and the
-        # matched files themselves (one listing of the input, a round trip each on GCS, and fewer steps).
-        self._shared = {"kinds": set(), "files": None}
+        self.listing = listing if listing is not None else {"kinds": set(), "files": None}
 
     def records_again(self) -> beam.PTransform:
         """PBegin -> the same records read once more, uncounted, without their failures or kept fields (see
         transforms.dedupe, which needs ids, sources, content hashes and positions)."""
-        again = ReadCorpus(self._patterns, self._input_format, self._id_field, self._text_field, self._pair_fields,
-                           counted=False, limits=self._limits)
-        again._shared = self._shared
-        return _RecordsOnly(again)
+        return _RecordsOnly(ReadCorpus(self._patterns, self._input_format, self._id_field, self._text_field,
+                                       self._pair_fields, counted=False, limits=self._limits, listing=self.listing))
 
     def raw_records(self):
         """A picklable function (source, position) -> the raw record there as a dead letter shows it (raw_record):
@@ -272,9 +272,9 @@ class ReadCorpus(beam.PTransform):
         return functools.partial(raw_record, input_format=self._input_format)
 
     def expand(self, pbegin):
-        files = self._shared["files"]
+        files = self.listing["files"]
         if files is None or files.pipeline is not pbegin.pipeline:
-            files = self._shared["files"] = self._match(pbegin)
+            files = self.listing["files"] = self._match(pbegin)
         if self._input_format == "tfrecord":
             # Beam's ReadAllFromTFRecord raises on a bad CRC or a truncated record, failing the bundle and so
             # the run; reading the framing ourselves dead-letters the record instead. Beam does not split
@@ -285,7 +285,7 @@ class ReadCorpus(beam.PTransform):
                 | "ReadTFRecord" >> beam.ParDo(_ReadTFRecordsFn())
             )
         else:
-            kinds = self._shared["kinds"]
+            kinds = self.listing["kinds"]
             if not kinds:
                 kinds.update(_compressions(self._patterns))
             keyed_raw = self._read_lines(files, set(kinds))
