@@ -32,7 +32,7 @@ import numpy as np
 from transforms.limits import SinkLimits
 from transforms.records import Column, output_columns, output_row
 
-__all__ = ["Layout", "Loaded", "Outputs", "limits_of"]
+__all__ = ["Layout", "Loaded", "Outputs", "FileSink", "limits_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +67,21 @@ class Loaded(NamedTuple):
     vectors: np.ndarray
     models: set[str]
     where: str
+
+
+class FileSink:
+    """What the sinks that write PREFIX-SSSSS-of-NNNNN{suffix} files of the complete set share (a `prefix` field
+    and a `suffix`): they hold any value, and an interrupted attempt leaves its files under the prefix."""
+
+    suffix = ""
+    changes_only = False  # Holds the complete set after every run.
+    limits = SinkLimits()
+
+    def partial_prefixes(self) -> list[str]:
+        return [self.prefix]
+
+    def describe(self) -> str:
+        return f"{self.prefix}-*{self.suffix}"
 
 
 def limits_of(sinks) -> SinkLimits:

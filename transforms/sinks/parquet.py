@@ -12,9 +12,8 @@ import dataclasses
 import apache_beam as beam
 import numpy as np
 
-from transforms.limits import SinkLimits
 from transforms.records import Column
-from transforms.sinks import Loaded
+from transforms.sinks import FileSink, Loaded
 from transforms.write import RemoveStaleShards
 
 __all__ = ["PARQUET_SUFFIX", "arrow_type", "arrow_schema", "WriteParquet", "ParquetSink", "load"]
@@ -76,7 +75,7 @@ class WriteParquet(beam.PTransform):
 
 
 @dataclasses.dataclass(frozen=True)
-class ParquetSink:
+class ParquetSink(FileSink):
     """PREFIX-SSSSS-of-NNNNN.parquet holding the run's complete set.
 
     Attributes:
@@ -87,14 +86,7 @@ class ParquetSink:
     prefix: str
     num_shards: int = 1
     flag = "--output_parquet"
-    changes_only = False  # Holds the complete set after every run.
-    limits = SinkLimits()
-
-    def partial_prefixes(self) -> list[str]:
-        return [self.prefix]
-
-    def describe(self) -> str:
-        return f"{self.prefix}-*{PARQUET_SUFFIX}"
+    suffix = PARQUET_SUFFIX
 
     def write(self, outputs) -> None:
         _ = outputs.complete_rows | "WriteParquet" >> WriteParquet(

@@ -10,14 +10,13 @@ import dataclasses
 
 import numpy as np
 
-from transforms.limits import SinkLimits
-from transforms.sinks import Loaded
+from transforms.sinks import FileSink, Loaded
 
 __all__ = ["TFRecordSink", "load"]
 
 
 @dataclasses.dataclass(frozen=True)
-class TFRecordSink:
+class TFRecordSink(FileSink):
     """PREFIX-SSSSS-of-NNNNN.tfrecord and PREFIX-manifest.json.
 
     Attributes:
@@ -28,14 +27,7 @@ class TFRecordSink:
     prefix: str
     expected_records: int | None = None
     flag = "--output_tfrecord"
-    changes_only = False  # Holds the complete set after every run.
-    limits = SinkLimits()
-
-    def partial_prefixes(self) -> list[str]:
-        return [self.prefix]
-
-    def describe(self) -> str:
-        return f"{self.prefix}-*.tfrecord"
+    suffix = ".tfrecord"  # transforms.write.TFRECORD_SUFFIX, without importing the writer here.
 
     def write(self, outputs) -> None:
         from transforms import incremental, write
