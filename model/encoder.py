@@ -209,7 +209,7 @@ class Encoder(tf.Module):
         float32 computation is the same; elsewhere (GPU, TF_ENABLE_ONEDNN_OPTS=0) the fused LayerNorm runs as a
         real batch norm, slower (see BENCHMARKS.md), so leave it off there.
         """
-        for norm in self._layer_norms():
+        for norm in self.layer_norms():
             norm.fused = enabled
         for block in self.layer:
             block.attention.softmax_in_compute_dtype = enabled
@@ -230,7 +230,8 @@ class Encoder(tf.Module):
         for layer in (layer for block in self.layer for layer in block.dense_layers()):
             layer.kernel = tf.cast(layer.kernel, self.compute_dtype).numpy()
 
-    def _layer_norms(self) -> list[_LayerNorm]:
+    def layer_norms(self) -> list[_LayerNorm]:
+        """Every LayerNorm of the encoder, the embeddings' first (which ones run fused is the export's choice)."""
         return [self.embeddings_layer_norm] + [norm for block in self.layer
                                                for norm in (block.sa_layer_norm, block.output_layer_norm)]
 

@@ -19,7 +19,7 @@ from transforms.examples import parse_example
 from transforms.records import example_bytes, failure_to_json
 
 __all__ = ["WriteTFRecord", "WriteFailures", "RemoveStaleShards", "remove_stale_shards", "shard_count",
-           "TFRECORD_SUFFIX", "FAILED_SUFFIX", "RECORDS_PER_SHARD", "SPILL_BYTES"]
+           "TFRECORD_SUFFIX", "FAILED_SUFFIX", "RECORDS_PER_SHARD", "SPILL_BYTES", "merge_shard"]
 
 TFRECORD_SUFFIX = ".tfrecord"
 FAILED_SUFFIX = ".jsonl"
@@ -108,7 +108,7 @@ class _WriteShards(beam.PTransform):
         written = ((runs, markers)
                    | "WithMarkers" >> beam.Flatten()
                    | "GroupRunsByShard" >> beam.GroupByKey()
-                   | "MergeShards" >> beam.Map(_merge_shard, self._prefix, self._num_shards, *gate))
+                   | "MergeShards" >> beam.Map(merge_shard, self._prefix, self._num_shards, *gate))
         # Only after every shard is in place, so a stale shard is never removed before its replacement exists.
         return (written
                 | "CollectShards" >> beam.combiners.ToList()
@@ -178,9 +178,12 @@ def _read_run(path: str):
             yield record_id, _TFRecordUtil.read_record(f)
 
 
-def _merge_shard(grouped, prefix: str, count: int, unused_verdict=None) -> str:
+def merge_shard(grouped, prefix: str, count: int, unused_verdict=None) -> str:
     """Merges one shard's run files (shard, [name or None]) in (id, bytes) order into the shard file, written
-    under a temporary name and renamed into place; returns its name. Holds one record per run in memory."""
+    under a temporary name and renamed into place; returns its name. Holds one record per run in memory.
+
+    A run file holds TFRecord-framed records, an id then its serialised Example, sorted by (id, bytes). A merge that
+    fails part-way (a run it cannot read, a full disk) leaves no file under the shard's final name."""
     shard, runs = grouped
     runs = sorted(run for run in runs if run is not None)
     final = _shard_name(prefix, shard, count)

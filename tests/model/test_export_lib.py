@@ -95,7 +95,7 @@ def test_onednn_call_computes_what_call_does(preset, tmp_path):
     """onednn_call (the pipeline's fp32 path on oneDNN CPUs) holds the fused LayerNorms; __call__ stays portable."""
     encoder = Encoder(config_lib.preset(preset), seed=13)
     export_encoder(str(tmp_path / "encoder"), encoder=encoder)
-    assert not any(norm.fused for norm in encoder._layer_norms()) and len(encoder._layer_norms()) == 5
+    assert not any(norm.fused for norm in encoder.layer_norms()) and len(encoder.layer_norms()) == 5
     loaded = tf.saved_model.load(str(tmp_path / "encoder"))
     assert "FusedBatchNormV3" in _graph_ops(loaded.onednn_call)
     assert "FusedBatchNormV3" not in _graph_ops(loaded.__call__)

@@ -199,7 +199,7 @@ def test_the_encoder_runs_the_fastest_form_for_the_outputs_wanted(options, cls_o
     assert bf16.form == exported.form
     onednn = runtime.onednn_runs_on_cpu()
     for module in (exported.owner, bf16.owner):
-        assert {norm.fused for norm in module._layer_norms()} == {onednn}
+        assert {norm.fused for norm in module.layer_norms()} == {onednn}
         assert {block.attention.softmax_in_compute_dtype for block in module.layer} == {onednn}
 
 
