@@ -14,13 +14,18 @@ import json
 import math
 from typing import NamedTuple
 
-__all__ = ["UNSTORABLE_REASON", "POSTGRES_MAX_ID_BYTES", "SinkLimits"]
+__all__ = ["UNSTORABLE_REASON", "POSTGRES_MAX_ID_BYTES", "SinkLimits", "breaks_lines"]
 
 UNSTORABLE_REASON = "unstorable_value"
 # A PostgreSQL B-tree row holds at most a third of a page (2704 bytes with 8 kB pages, less its header); the
 # primary key on id needs its id in one. Kept below that with room for the row's own overhead.
 POSTGRES_MAX_ID_BYTES = 2000
 _LINE_BREAKS = ("\n", "\r")
+
+
+def breaks_lines(record_id: str) -> bool:
+    """Whether an id holds a line break, which a file of one id per line (Vertex AI's delete/) cannot list."""
+    return any(mark in record_id for mark in _LINE_BREAKS)
 
 
 class SinkLimits(NamedTuple):
@@ -43,7 +48,7 @@ class SinkLimits(NamedTuple):
 
     def refusal(self, record_id: str, fields: tuple[tuple[str, object], ...] = ()) -> str | None:
         """Why a record with this id and these kept fields (typed values) cannot be stored, or None."""
-        if self.vertex and any(mark in record_id for mark in _LINE_BREAKS):
+        if self.vertex and breaks_lines(record_id):
             return ("--output_vertex: the id holds a line break, which a Vertex AI delete/ file (one id per line) "
                     "cannot hold")
         if self.postgres:

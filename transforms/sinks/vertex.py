@@ -15,7 +15,7 @@ import logging
 import apache_beam as beam
 import numpy as np
 
-from transforms.limits import SinkLimits
+from transforms.limits import SinkLimits, breaks_lines
 from transforms.records import Column, counter
 from transforms.sinks import Loaded
 from transforms.write import RemoveStaleShards, remove_stale_shards
@@ -75,7 +75,7 @@ def _to_line(row: dict, restricts, numeric_restricts, crowding_tag, types, unuse
 def _listable(record_id: str, unused_verdict=None) -> list[str]:
     """[record_id], or [] for an id with a line break, which a delete/ file cannot list (transforms.limits keeps
     such ids out of every Vertex run, so none of them was ever upserted by one)."""
-    if "\n" in record_id or "\r" in record_id:
+    if breaks_lines(record_id):
         logging.warning("Not listing removed id %r in delete/: a line break would split it into other ids.",
                         record_id[:200])
         counter("vertex_ids_not_listed").inc()
