@@ -268,11 +268,8 @@ class _UpsertFn(_BatchedFn):
 
         # One row per id within a batch: ON CONFLICT cannot touch the same row twice in one statement.
         rows = list({row["id"]: row for row in batch}.values())
-        names = [column.name for column in self._columns]
-        listed = sql.SQL(", ").join(sql.Identifier(name) for name in names)
+        listed = sql.SQL(", ").join(sql.Identifier(column.name) for column in self._columns)
         table = _table_sql(parse_table_name(self._table))
-        updates = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name))
-                                     for name in names if name != "id")
         with self._connection.transaction():
             cursor = self._connection.cursor()
             cursor.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS embeddings_upsert "
@@ -281,10 +278,21 @@ class _UpsertFn(_BatchedFn):
                 for row in rows:
                     copy.write_row([_vector_text(row[column.name]) if column.type == "vector" else row[column.name]
                                     for column in self._columns])
-            cursor.execute(sql.SQL("INSERT INTO {table} ({listed}) SELECT {listed} FROM embeddings_upsert "
-                                   "ON CONFLICT (id) DO UPDATE SET {updates}").format(
-                                       table=table, listed=listed, updates=updates))
+            cursor.execute(_upsert_sql(table, sql.Identifier("embeddings_upsert"), self._columns))
         self._upserted.inc(len(rows))
+
+
+def _upsert_sql(target, source, columns: tuple[Column, ...]):
+    """INSERT every row of `source` into `target` (both sql.Identifier), or UPDATE the row of the same id."""
+    from psycopg import sql
+
+    names = [column.name for column in columns]
+    listed = sql.SQL(", ").join(sql.Identifier(name) for name in names)
+    updates = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name))
+                                 for name in names if name != "id")
+    return sql.SQL("INSERT INTO {target} ({listed}) SELECT {listed} FROM {source} "
+                   "ON CONFLICT (id) DO UPDATE SET {updates}").format(target=target, listed=listed, source=source,
+                                                                     updates=updates)
 
 
 def stage_table(table: str, token: str) -> str:
@@ -313,16 +321,9 @@ def _merge_stage(unused, uri: str, table: str, stage: str, columns: tuple[Column
     run that fails before this leaves `table` as it was."""
     from psycopg import sql
 
-    names = [column.name for column in columns]
-    listed = sql.SQL(", ").join(sql.Identifier(name) for name in names)
-    updates = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name))
-                                 for name in names if name != "id")
     target, staged = _table_sql(parse_table_name(table)), _table_sql(parse_table_name(stage))
     with connect(uri) as connection:  # psycopg commits the block's one transaction at its end.
-        upserted = connection.execute(sql.SQL("INSERT INTO {target} ({listed}) SELECT {listed} FROM {staged} "
-                                              "ON CONFLICT (id) DO UPDATE SET {updates}").format(
-                                                  target=target, listed=listed, staged=staged, updates=updates))
-        rows = upserted.rowcount
+        rows = connection.execute(_upsert_sql(target, staged, columns)).rowcount
         removed = 0
         if deleted:
             removed = connection.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(target),
