@@ -439,8 +439,7 @@ def _plan_typed_sinks(opts: EmbeddingOptions, model: ModelPlan, incremental: Inc
     dimension = None
     if parquet or vertex or opts.output_postgres:
         dimension = runtime.embedding_dimension(model.encoder, files=BeamFiles())
-    layout = Layout(kept=keep_fields, chunks=model.chunking is not None, chunk_text=opts.output_chunk_text,
-                    sequence=opts.output_sequence, dimension=dimension)
+    layout = Layout(kept=keep_fields, chunks=model.chunking is not None, dimension=dimension)
     shards = shard_count(inputs.estimated_records)
     sinks = (ParquetSink(parquet, shards),) if parquet else ()
     if vertex:

@@ -41,16 +41,13 @@ class Layout:
 
     Attributes:
         kept: records.Column of each --keep_fields field, typed from the input.
-        chunks: the records are chunks (--chunking): records.CHUNK_COLUMNS too.
-        chunk_text: chunks carry their text (--output_chunk_text).
-        sequence: records carry their token vectors (--output_sequence; TFRecord only).
+        chunks: the records are chunks (--chunking): records.CHUNK_COLUMNS too (chunk_text null without
+            --output_chunk_text).
         dimension: the embedding's length; known whenever a typed sink (Parquet, Vertex, PostgreSQL) is asked for.
     """
 
     kept: tuple[Column, ...] = ()
     chunks: bool = False
-    chunk_text: bool = False
-    sequence: bool = False
     dimension: int | None = None
 
     @property
