@@ -26,7 +26,7 @@ __all__ = ["NAMESPACE", "RECORDS_READ", "EMBEDDED", "TOKENS_EMBEDDED", "TRUNCATE
            "example_bytes", "ExampleKey", "example_key", "SCHEMA", "CHUNK_SCHEMA", "schema", "to_row", "from_read_row",
            "FIELD_TYPES", "Column", "BASE_COLUMNS", "CHUNK_COLUMNS", "RESERVED_NAMES", "KEPT_FIELD_MISMATCH",
            "infer_field_type",
-           "typed_value", "float64_bytes", "output_columns", "output_row", "carried_row", "with_fields",
+           "typed_value", "float64_bytes", "output_columns", "output_row", "carried_row",
            "refresh_fields"]
 
 # Beam counters of a run, read back by pipeline.run for its summary and by transforms.guard for its verdict.
@@ -582,11 +582,6 @@ def carried_row(carried, columns: tuple[Column, ...]) -> dict:
     return row
 
 
-def with_fields(carried, fields: tuple[tuple[str, object], ...]):
-    """A carried-forward Example or row with its kept fields replaced by the current record's `fields`."""
-    return refresh_fields(carried, fields)[0]
-
-
 def refresh_fields(carried, fields: tuple[tuple[str, object], ...]):
     """(`carried` with its kept fields replaced by `fields`, whether any of them held another value before): a
     sink that takes only what changed (Vertex AI) needs the records whose fields alone changed."""
@@ -601,7 +596,8 @@ def refresh_fields(carried, fields: tuple[tuple[str, object], ...]):
     kept = {name for name, _ in fields}
     parsed = parse_example(carried)
     wanted = _field_features(fields)
-    changed = any(_plain(parsed.get(name)) != _plain(wanted.get(name)) for name in kept)
+    if all(_plain(parsed.get(name)) == _plain(wanted.get(name)) for name in kept):
+        return carried, False  # The same features: serialize_example would give these very bytes again.
     features = {}
     for name, values in parsed.items():
         if name in kept or values is None:
@@ -609,7 +605,7 @@ def refresh_fields(carried, fields: tuple[tuple[str, object], ...]):
         features[name] = values if values.dtype == np.float32 else list(
             values if values.dtype != np.int64 else (int(v) for v in values))
     features.update(wanted)
-    return serialize_example(features), changed
+    return serialize_example(features), True
 
 
 def _plain(values) -> list | None:
