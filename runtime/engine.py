@@ -14,7 +14,7 @@ from runtime.chunking import Chunk, ChunkSettings
 from runtime.embedding import ChunkEmbedding, EmbeddedBatch, EmbeddedDocuments, Embedding
 
 __all__ = ["POOLING_MODES", "SUB_BATCH_OVERHEAD_TOKENS", "Embedder", "plan_sub_batches", "TOKENIZE_CHARS",
-           "PROGRESS_SECONDS"]
+           "PROGRESS_SECONDS", "wordpieces"]
 
 POOLING_MODES = ("pooled", "cls", "mean")
 _ENCODER_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
@@ -290,21 +290,15 @@ class Embedder:
     def prompt_ids(self) -> np.ndarray:
         """The prompt's wordpieces (int32; empty without a prompt), which go before every chunk's."""
         if self._prompt_ids is None:
-            self._prompt_ids = np.zeros(0, np.int32)
-            if self._prompt:
-                import tensorflow as tf
-
-                pieces = self._preprocessor.tokenize(tf.constant([self._prompt])).flat_values.numpy()
-                self._prompt_ids = pieces.astype(np.int32)
+            self._prompt_ids = (wordpieces(self._preprocessor, self._prompt) if self._prompt
+                                else np.zeros(0, np.int32))
         return self._prompt_ids
 
     def unknown_id(self) -> int | None:
         """The id of [UNK]: what the tokenizer gives a word longer than any it splits (WordPiece's 100-character
         limit, Hugging Face's and TF Text's alike); None when it gives something else."""
         if self._unknown_id is False:
-            import tensorflow as tf
-
-            pieces = self._preprocessor.tokenize(tf.constant(["x" * 1000])).flat_values.numpy()
+            pieces = wordpieces(self._preprocessor, "x" * 1000)
             self._unknown_id = int(pieces[0]) if len(pieces) == 1 else None
         return self._unknown_id
 
@@ -422,6 +416,13 @@ class _LatePooling:
                     vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
                 results[-1].append(_chunk_embedding(vector, chunk.piece_end - chunk.piece_start, chunk))
         return results
+
+
+def wordpieces(preprocessor, text: str) -> np.ndarray:
+    """The wordpiece ids (int32) a loaded preprocessor makes of one text, [CLS] and [SEP] not included."""
+    import tensorflow as tf
+
+    return preprocessor.tokenize(tf.constant([text])).flat_values.numpy().astype(np.int32)
 
 
 class _BatchProgress:

@@ -8,7 +8,7 @@ import numpy as np
 
 from runtime import devices, imports
 from runtime.chunking import ChunkSettings
-from runtime.engine import POOLING_MODES, Embedder
+from runtime.engine import POOLING_MODES, Embedder, wordpieces
 from runtime.files import LOCAL, Files
 from runtime.handles import resolve_handle, resolve_prompt, resolve_settings
 from runtime.precision import PRECISIONS, load_encoder_call, use_precision
@@ -92,8 +92,7 @@ def count_wordpieces(preprocessor: str, text: str, *, files: Files = LOCAL) -> i
     preprocessor alone: about a second."""
     tf = imports.import_tensorflow()
     imports.register_text_ops()
-    loaded = tf.saved_model.load(resolve_handle(preprocessor, files=files))
-    return int(loaded.tokenize(tf.constant([text])).flat_values.shape[0])
+    return len(wordpieces(tf.saved_model.load(resolve_handle(preprocessor, files=files)), text))
 
 
 def embed_texts(model_dir: str, texts, *, prompt_name: str | None = None, prompt: str | None = None,
